@@ -1,0 +1,40 @@
+# The two commands: `make run` (the demo) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint format check-python venv clean bench
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory check-python
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[api,postgres,redis]' --group dev
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trusthub_eval needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
+
+run: $(STAMP)
+	$(BIN)/python -m project.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy trusthub_eval
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: $(STAMP) lint
+	$(BIN)/python -m tests.run
+
+bench: $(STAMP)
+	$(BIN)/python bench/rest.py
+
+clean:
+	rm -rf $(VENV) var node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""Shared fixtures, and the loud skipping (or failing) of tests whose service is missing."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from tests import services
+
+pytest_plugins = ["tests.sandbox_fixtures"]
+
+SERVICE_MARKERS = ("postgres", "redis", "rabbitmq", "prism", "browser", "spec")
+_missing: dict[str, list[str]] = defaultdict(list)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SERVICE_MARKERS:
+            if item.get_closest_marker(name) is None:
+                continue
+            ok, why = services.available(name)
+            if ok:
+                continue
+            # The SQLite pass skips PostgreSQL-only tests quietly: the PostgreSQL pass runs them,
+            # and the Makefile says loudly if that pass cannot run.
+            if name == "postgres" and services.available("postgres")[1].startswith("the suite"):
+                item.add_marker(pytest.mark.skip(reason=f"PostgreSQL only: {why}"))
+                continue
+            _missing[name].append(item.nodeid)
+            if services.require_services():
+                item.add_marker(pytest.mark.usefixtures("_service_required"))
+                item.user_properties.append(("missing_service", f"{name}: {why}"))
+            else:
+                item.add_marker(pytest.mark.skip(reason=f"SERVICE MISSING {name}: {why}"))
+
+
+@pytest.fixture
+def _service_required(request: pytest.FixtureRequest) -> None:
+    missing = [value for key, value in request.node.user_properties if key == "missing_service"]
+    pytest.fail(f"TRUSTHUB_REQUIRE_SERVICES=1 but a service is missing: {'; '.join(missing)}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _missing:
+        return
+    verb = "FAILED" if services.require_services() else "SKIPPED"
+    terminalreporter.section(f"tests {verb} for want of a service", sep="!", bold=True, red=True)
+    for name, nodeids in sorted(_missing.items()):
+        terminalreporter.write_line(
+            f"{verb} {len(nodeids)} test(s) needing {name}: {services.available(name)[1]}",
+            red=True,
+            bold=True,
+        )
+
+
+@pytest.fixture(autouse=True)
+def trusthub_settings(request: pytest.FixtureRequest, settings: Any) -> None:
+    """Point the app at the in-thread sandbox for tests that use it."""
+    if "sandbox" not in request.fixturenames:
+        return
+    sandbox = request.getfixturevalue("sandbox")
+    settings.TRUSTHUB_EVAL = {
+        **settings.TRUSTHUB_EVAL,
+        "BASE_URL": sandbox.url,
+        "ACCOUNT_SID": sandbox.account_sid,
+        "AUTH_TOKEN": sandbox.auth_token,
+    }

@@ -1,0 +1,34 @@
+"""Small helpers that build the app's rows for tests."""
+
+from __future__ import annotations
+
+import secrets
+
+from trusthub_eval import services
+from trusthub_eval.models import CustomerProfile, Policy
+
+ACME = "BUfd0c753db72f0d7f08d8ff54199fda78"  # compliant
+INITECH = "BU0c94a6739989d2d0335a3cf9fc125bde"  # no business information
+UMBRELLA = "BU64dc6bf5810565dc16eaf5c3a772768c"  # incomplete business information
+STARK = "BUf42cba1f25e07bafecf3ee9658264fe7"  # no address document
+HOOLI = "BU4e61d8e55f52a2c61f9636063688d5e5"  # starter profile, compliant
+PRIMARY_POLICY = "RNdfbf3fae0e1107f8aded0e7cead80bf5"
+STARTER_POLICY = "RN806dd6cd175f314e1f96a9727ee271f4"
+
+
+def sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+def sync_world() -> dict[str, CustomerProfile]:
+    """Import the sandbox's policies and profiles; the profiles by SID."""
+    services.sync_policies()
+    services.sync_customer_profiles()
+    return {profile.sid: profile for profile in CustomerProfile.objects.select_related("policy")}
+
+
+def make_profile(policy: Policy | None = None, **fields: object) -> CustomerProfile:
+    """A profile that exists only locally (TrustHub does not know its SID)."""
+    policy = policy or Policy.objects.for_sid(PRIMARY_POLICY)
+    fields.setdefault("friendly_name", "Local only")
+    return CustomerProfile.objects.create(sid=sid("BU"), policy=policy, **fields)

@@ -1,0 +1,403 @@
+"""The evaluation flow against the sandbox over a real socket: request, run, retry, reconcile."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from tests.factories import (
+    ACME,
+    INITECH,
+    PRIMARY_POLICY,
+    STARK,
+    UMBRELLA,
+    make_profile,
+    sync_world,
+)
+from trusthub_eval import services, signals
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.services import Outcome, RetryLater
+
+pytestmark = pytest.mark.django_db
+
+
+def posts(sandbox, profile_sid: str) -> int:
+    path = f"/v1/CustomerProfiles/{profile_sid}/Evaluations"
+    return sum(1 for r in sandbox.requests_log if r["method"] == "POST" and r["path"] == path)
+
+
+def wait_idle(sandbox, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sandbox.stats["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def run_until_done(evaluation: Evaluation) -> Evaluation:
+    """Run attempts in-process, as the task's retries would, until the row is finished."""
+    for _ in range(20):
+        try:
+            services.run_evaluation(evaluation.pk)
+        except RetryLater:
+            continue
+        break
+    evaluation.refresh_from_db()
+    return evaluation
+
+
+def test_request_writes_a_queued_row_and_points_the_profile_at_it(sandbox):
+    profile = sync_world()[UMBRELLA]
+    evaluation, created = services.request_evaluation(profile, trigger="cli")
+    assert created
+    assert evaluation.state == Evaluation.State.QUEUED
+    assert evaluation.policy.sid == PRIMARY_POLICY
+    assert evaluation.status is None
+    profile.refresh_from_db()
+    assert profile.latest_evaluation_id == evaluation.pk
+
+
+def test_second_request_while_queued_returns_the_same_row(sandbox):
+    profile = sync_world()[UMBRELLA]
+    first, created = services.request_evaluation(profile, trigger="api")
+    second, created_again = services.request_evaluation(profile, trigger="admin")
+    assert created and not created_again
+    assert second.pk == first.pk
+    assert Evaluation.objects.filter(customer_profile=profile).count() == 1
+
+
+def test_a_new_request_after_completion_makes_a_new_row(sandbox):
+    profile = sync_world()[UMBRELLA]
+    first, _ = services.request_evaluation(profile, trigger="api")
+    run_until_done(first)
+    second, created = services.request_evaluation(profile, trigger="api")
+    assert created and second.pk != first.pk
+
+
+def test_request_enqueues_on_commit_and_the_task_stores_the_outcome(
+    sandbox, django_capture_on_commit_callbacks
+):
+    profile = sync_world()[INITECH]
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        evaluation, _ = services.request_evaluation(profile, trigger="cli")
+        assert Evaluation.objects.get(pk=evaluation.pk).state == "queued"
+    assert callbacks  # the task was sent on commit, not before
+    evaluation.refresh_from_db()
+    assert evaluation.state == Evaluation.State.COMPLETED
+    assert evaluation.status == Evaluation.Status.NONCOMPLIANT
+    assert evaluation.sid.startswith("EL")
+    assert evaluation.attempts == 1
+    assert evaluation.date_created is not None
+    failing = evaluation.requirement_results.filter(passed=False)
+    assert 22214 in set(failing.values_list("error_code", flat=True))
+    assert evaluation.raw["sid"] == evaluation.sid
+    assert len(evaluation.raw["results"]) == evaluation.requirement_results.count()
+
+
+def test_compliant_profile_is_recorded_compliant(sandbox):
+    profile = sync_world()[ACME]
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    evaluation.refresh_from_db()
+    assert evaluation.status == "compliant"
+    assert not evaluation.requirement_results.filter(passed=False).exists()
+    profile.refresh_from_db()
+    assert profile.compliance_status == "compliant"
+    assert profile.compliance_checked_at == evaluation.completed_at
+
+
+def test_failing_requirement_is_a_query(sandbox):
+    profiles = sync_world()
+    for sid in (ACME, STARK, INITECH):
+        run_until_done(services.request_evaluation(profiles[sid], trigger="cli")[0])
+    failing = RequirementResult.objects.failing().values_list(
+        "evaluation__customer_profile__sid", flat=True
+    )
+    assert ACME not in set(failing)
+    assert {STARK, INITECH} <= set(failing)
+
+
+def test_a_second_claim_of_the_same_row_does_nothing(sandbox):
+    profile = sync_world()[UMBRELLA]
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    claimed = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
+    assert claimed is not None and claimed.state == Evaluation.State.RUNNING
+    assert Evaluation.objects.claim(evaluation.pk, running_timeout=300) is None
+    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert posts(sandbox, UMBRELLA) == 0
+    evaluation.refresh_from_db()
+    assert evaluation.attempts == 1
+
+
+def test_a_finished_row_is_never_run_again(sandbox):
+    profile = sync_world()[UMBRELLA]
+    evaluation = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_a_row_left_running_by_a_dead_worker_is_claimed_again(sandbox):
+    profile = sync_world()[UMBRELLA]
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        state="running", started_at=timezone.now() - datetime.timedelta(hours=1), attempts=1
+    )
+    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    evaluation.refresh_from_db()
+    assert evaluation.attempts == 2 and evaluation.state == "completed"
+
+
+def test_an_outcome_is_not_stored_by_a_worker_that_lost_its_claim(sandbox):
+    profile = sync_world()[UMBRELLA]
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    mine = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
+    # Another worker reclaims it as stale meanwhile.
+    Evaluation.objects.filter(pk=evaluation.pk).update(started_at=timezone.now())
+    assert not Evaluation.objects.record_result(mine, {"sid": "EL" + "0" * 32, "status": "x"})
+    evaluation.refresh_from_db()
+    assert evaluation.sid is None and evaluation.state == "running"
+
+
+def test_429_is_retried_with_retry_after_and_then_completes(sandbox):
+    profile = sync_world()[UMBRELLA]
+    sandbox.add_fault(method="POST", path="Evaluations$", status=429, code=20429, retry_after=3)
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    with pytest.raises(RetryLater) as retry:
+        services.run_evaluation(evaluation.pk)
+    assert retry.value.countdown >= 3
+    evaluation.refresh_from_db()
+    assert evaluation.state == "queued" and evaluation.error_code == 20429
+    assert evaluation.posted_at is None  # a 429 was not processed: nothing to reconcile
+    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    evaluation.refresh_from_db()
+    assert evaluation.attempts == 2
+    assert evaluation.error_code is None and evaluation.error_message == ""
+    assert posts(sandbox, UMBRELLA) == 2
+    assert sandbox.evaluation_count(UMBRELLA) == 1
+
+
+def test_unknown_profile_fails_with_20404_and_is_not_retried(sandbox):
+    sync_world()
+    profile = make_profile()
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert evaluation.state == "failed"
+    assert evaluation.error_code == 20404
+    assert "not found" in evaluation.error_message.lower()
+    assert evaluation.attempts == 1
+    assert evaluation.completed_at is not None
+    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert posts(sandbox, profile.sid) == 1
+
+
+def test_transient_errors_past_max_attempts_end_failed(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 3}
+    profile = sync_world()[UMBRELLA]
+    sandbox.add_fault(method="POST", path="Evaluations$", status=503, code=20503, times=10)
+    evaluation = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+    assert evaluation.state == "failed" and evaluation.attempts == 3
+    assert evaluation.error_message.startswith("Gave up after 3 attempts")
+    assert posts(sandbox, UMBRELLA) == 3
+
+
+def test_read_timeout_after_creation_ends_as_one_row_with_that_sid(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "READ_TIMEOUT": 0.5}
+    profile = sync_world()[UMBRELLA]
+    sandbox.add_fault(method="POST", path="Evaluations$", after_processing=True, delay=1.5)
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    with pytest.raises(RetryLater):
+        services.run_evaluation(evaluation.pk)
+    evaluation.refresh_from_db()
+    assert evaluation.state == "queued" and evaluation.posted_at is not None
+    assert sandbox.evaluation_count(UMBRELLA) == 1  # TrustHub made it; we did not hear back
+
+    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    evaluation.refresh_from_db()
+    wait_idle(sandbox)  # the stalled POST is logged once its answer has been sent
+    remote = sandbox.requests_log
+    assert posts(sandbox, UMBRELLA) == 1  # reconciled by listing, never POSTed again
+    assert any(r["method"] == "GET" and r["path"].endswith("/Evaluations") for r in remote)
+    assert sandbox.evaluation_count(UMBRELLA) == 1
+    assert Evaluation.objects.filter(customer_profile=profile).count() == 1
+    assert evaluation.sid is not None and evaluation.status == "noncompliant"
+    assert evaluation.requirement_results.exists()
+    assert evaluation.posted_at is None
+
+
+def test_server_error_after_creation_is_reconciled_too(sandbox):
+    profile = sync_world()[STARK]
+    sandbox.add_fault(method="POST", path="Evaluations$", after_processing=True, status=500)
+    evaluation = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+    assert evaluation.state == "completed"
+    assert posts(sandbox, STARK) == 1
+    assert sandbox.evaluation_count(STARK) == Evaluation.objects.filter(sid__isnull=False).count()
+
+
+def test_ambiguous_post_that_created_nothing_is_posted_again(sandbox):
+    profile = sync_world()[UMBRELLA]
+    # 502 without processing: ambiguous to us, but TrustHub has nothing to adopt.
+    sandbox.add_fault(method="POST", path="Evaluations$", status=502)
+    evaluation = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+    assert evaluation.state == "completed"
+    assert posts(sandbox, UMBRELLA) == 2
+    assert sandbox.evaluation_count(UMBRELLA) == 1
+
+
+def test_reconcile_does_not_adopt_an_evaluation_already_stored(sandbox):
+    profile = sync_world()[UMBRELLA]
+    earlier = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    Evaluation.objects.filter(pk=evaluation.pk).update(posted_at=timezone.now())
+    run_until_done(evaluation)
+    evaluation.refresh_from_db()
+    assert evaluation.sid != earlier.sid
+    assert posts(sandbox, UMBRELLA) == 2
+
+
+def test_auth_token_never_reaches_logs_rows_or_errors(sandbox, settings, caplog):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "AUTH_TOKEN": "wrong-token-0123456789"}
+    caplog.set_level(logging.DEBUG)
+    profile = make_profile()
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert evaluation.error_code == 20003
+    assert "wrong-token-0123456789" not in evaluation.error_message
+    assert caplog.records
+    for record in caplog.records:
+        assert "wrong-token-0123456789" not in record.getMessage()
+
+
+def test_no_policy_anywhere_is_a_clear_error(sandbox):
+    profile = CustomerProfile.objects.create(sid="BU" + "1" * 32)
+    with pytest.raises(services.NoPolicy, match="DEFAULT_POLICY_SID"):
+        services.request_evaluation(profile, trigger="cli")
+
+
+def test_default_policy_from_settings(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "DEFAULT_POLICY_SID": PRIMARY_POLICY}
+    profile = CustomerProfile.objects.create(sid="BU" + "1" * 32)
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert evaluation.policy.sid == PRIMARY_POLICY
+
+
+def test_signals_fire_on_completion_and_on_a_change_of_compliance(
+    sandbox, django_capture_on_commit_callbacks
+):
+    profile = sync_world()[UMBRELLA]
+    completed, changed = [], []
+
+    def on_completed(evaluation, **kwargs):
+        completed.append(evaluation.pk)
+
+    def on_changed(customer_profile, previous, current, **kwargs):
+        changed.append((customer_profile.sid, previous, current))
+
+    signals.evaluation_completed.connect(on_completed)
+    signals.compliance_changed.connect(on_changed)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            first = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+        with django_capture_on_commit_callbacks(execute=True):
+            run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+        # Fix the profile in TrustHub: give it everything the compliant profile has.
+        acme_items = sandbox.update_profile(ACME, {})
+        sandbox.update_profile(
+            UMBRELLA,
+            {
+                kind: acme_items[kind]
+                for kind in acme_items
+                if kind not in ("sid", "status", "errors")
+            },
+        )
+        with django_capture_on_commit_callbacks(execute=True):
+            run_until_done(services.request_evaluation(profile, trigger="cli")[0])
+    finally:
+        signals.evaluation_completed.disconnect(on_completed)
+        signals.compliance_changed.disconnect(on_changed)
+    assert len(completed) == 3 and completed[0] == first.pk
+    assert changed == [(UMBRELLA, "", "noncompliant"), (UMBRELLA, "noncompliant", "compliant")]
+
+
+def test_bulk_request_queues_new_and_counts_in_flight(sandbox, django_assert_max_num_queries):
+    profiles = sync_world()
+    busy, _ = services.request_evaluation(profiles[UMBRELLA], trigger="api")
+    with django_assert_max_num_queries(6):
+        result = services.request_evaluations(CustomerProfile.objects.all(), trigger="api")
+    assert result.in_flight == 1
+    assert result.queued == len(profiles) - 1
+    assert Evaluation.objects.active().count() == len(profiles)
+    assert busy.pk not in result.evaluation_ids
+    acme = CustomerProfile.objects.get(sid=ACME)
+    assert acme.latest_evaluation.state == "queued"
+
+
+def test_bulk_request_costs_the_same_queries_for_many_profiles(sandbox):
+    from django.test.utils import CaptureQueriesContext
+
+    policy = Policy.objects.for_sid(PRIMARY_POLICY)
+    CustomerProfile.objects.bulk_create(
+        CustomerProfile(sid=f"BU{i:032x}", policy=policy) for i in range(1, 301)
+    )
+    with CaptureQueriesContext(connection) as few:
+        services.request_evaluations(CustomerProfile.objects.filter(pk__lte=3), trigger="api")
+    with CaptureQueriesContext(connection) as many:
+        services.request_evaluations(CustomerProfile.objects.filter(pk__gt=3), trigger="api")
+    if connection.vendor == "postgresql":
+        assert len(many) == len(few)
+    else:  # SQLite caps the parameters of one INSERT, so bulk_create batches
+        assert len(many) <= len(few) + 4
+    assert Evaluation.objects.active().count() == 300
+
+
+def test_sync_imports_policies_profiles_and_history_idempotently(sandbox):
+    profiles = sync_world()
+    assert len(profiles) == 7
+    assert Policy.objects.get(sid=PRIMARY_POLICY).requirements["end_user"]
+    acme = profiles[ACME]
+    assert acme.status == "twilio-approved" and acme.policy.sid == PRIMARY_POLICY
+    imported = sum(services.sync_evaluations(p) for p in profiles.values())
+    assert imported == 5
+    assert sum(services.sync_evaluations(p) for p in profiles.values()) == 0
+    sync_world()
+    assert CustomerProfile.objects.count() == 7
+    history = Evaluation.objects.filter(trigger="sync")
+    assert history.count() == 5
+    assert all(e.requirement_results.exists() for e in history)
+    with_history = history.first().customer_profile
+    newest = history.filter(customer_profile=with_history).order_by("-date_created").first()
+    with_history.refresh_from_db()
+    assert with_history.compliance_status == newest.status
+    assert with_history.latest_evaluation_id == newest.pk
+
+
+def test_fetch_customer_profile_imports_an_unknown_one_with_its_policy(sandbox):
+    profile = services.fetch_customer_profile(STARK)
+    assert profile.friendly_name.startswith("Stark")
+    assert profile.policy.synced_at is not None
+    assert profile.policy.requirements
+
+
+def test_resume_queued_resends_old_queued_rows(sandbox):
+    profile = sync_world()[UMBRELLA]
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert services.resume_queued(older_than=60) == 0
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        requested_at=timezone.now() - datetime.timedelta(minutes=5)
+    )
+    # Celery runs eagerly in the suite: resending runs it.
+    assert services.resume_queued(older_than=60) == 1
+    evaluation.refresh_from_db()
+    assert evaluation.state == "completed"
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after(settings):
+    settings.TRUSTHUB_EVAL = {"RETRY_BACKOFF": 2.0, "RETRY_BACKOFF_MAX": 30.0}
+    assert all(0 <= services.backoff(1) <= 2 for _ in range(50))
+    assert max(services.backoff(4) for _ in range(200)) > 2
+    assert all(services.backoff(20) <= 30 for _ in range(50))
+    assert all(services.backoff(1, retry_after=10) >= 10 for _ in range(50))

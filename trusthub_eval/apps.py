@@ -1,0 +1,14 @@
+"""App configuration: wiring only."""
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class TrustHubEvalConfig(AppConfig):
+    name = "trusthub_eval"
+    verbose_name = _("TrustHub evaluations")
+    # Pinned so a host's DEFAULT_AUTO_FIELD never changes our migrations.
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from trusthub_eval import checks  # noqa: F401  (registers the system checks)

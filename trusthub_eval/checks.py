@@ -1,0 +1,84 @@
+"""System checks for the app's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, Warning, register
+
+from trusthub_eval.conf import DEFAULTS, app_settings
+from trusthub_eval.sids import SidKind, is_sid
+
+_SID_SETTINGS = {
+    "ACCOUNT_SID": SidKind.ACCOUNT,
+    "API_KEY_SID": SidKind.API_KEY,
+    "DEFAULT_POLICY_SID": SidKind.POLICY,
+}
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    from django.conf import settings
+
+    errors: list[Error | Warning] = []
+    user = getattr(settings, "TRUSTHUB_EVAL", {})
+    if not isinstance(user, dict):
+        return [
+            Error(
+                "TRUSTHUB_EVAL must be a dict.",
+                hint="Set TRUSTHUB_EVAL = {...} in your settings.",
+                id="trusthub_eval.E001",
+            )
+        ]
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        errors.append(
+            Warning(
+                f"Unknown TRUSTHUB_EVAL keys: {', '.join(unknown)}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="trusthub_eval.W001",
+            )
+        )
+    for name, kind in _SID_SETTINGS.items():
+        value = getattr(app_settings, name)
+        if value and not is_sid(value, kind):
+            errors.append(
+                Error(
+                    f"TRUSTHUB_EVAL['{name}'] is not a valid {kind.label}.",
+                    hint=f"Use '{kind.value}' followed by 32 hexadecimal digits.",
+                    id="trusthub_eval.E002",
+                )
+            )
+    has_token = bool(app_settings.ACCOUNT_SID and app_settings.AUTH_TOKEN)
+    has_key = bool(app_settings.API_KEY_SID and app_settings.API_KEY_SECRET)
+    if app_settings.uses_twilio and not (has_token or has_key):
+        errors.append(
+            Error(
+                "No TrustHub credentials while BASE_URL is Twilio's.",
+                hint=(
+                    "Set TRUSTHUB_EVAL['ACCOUNT_SID'] and ['AUTH_TOKEN'] (or ['API_KEY_SID'] and "
+                    "['API_KEY_SECRET']), or the TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN "
+                    "(TWILIO_API_KEY / TWILIO_API_SECRET) environment variables."
+                ),
+                id="trusthub_eval.E003",
+            )
+        )
+    if not app_settings.BASE_URL.startswith(("https://", "http://")):
+        errors.append(
+            Error(
+                f"TRUSTHUB_EVAL['BASE_URL'] is not an http(s) URL: {app_settings.BASE_URL!r}.",
+                id="trusthub_eval.E004",
+            )
+        )
+    if app_settings.RETRY_BACKOFF_MAX >= 3600:
+        errors.append(
+            Warning(
+                "RETRY_BACKOFF_MAX is an hour or more.",
+                hint=(
+                    "Keep retry countdowns below the broker's visibility timeout (Redis and SQS "
+                    "default to one hour), or delayed messages are delivered twice."
+                ),
+                id="trusthub_eval.W003",
+            )
+        )
+    return errors

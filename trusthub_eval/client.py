@@ -1,0 +1,486 @@
+"""TrustHubClient: the only code that talks HTTP to Twilio TrustHub."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3.exceptions
+from django.core.exceptions import ImproperlyConfigured
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase, HTTPBasicAuth
+from urllib3.util.retry import Retry
+
+from . import __version__
+from .conf import DEFAULTS, TWILIO_BASE_URL, app_settings
+from .exceptions import (
+    ErrorKind,
+    ImproperlyConfiguredCredentials,
+    InvalidResponse,
+    TrustHubConnectionError,
+    TrustHubError,
+    TrustHubTimeout,
+    error_from_response,
+)
+from .sids import SidKind, check_sid, is_sid
+
+logger = logging.getLogger("trusthub_eval.client")
+
+JSONObject = dict[str, Any]
+
+# Twilio's list endpoints accept PageSize 1..1000.
+MAX_PAGE_SIZE = 1000
+
+USER_AGENT = (
+    f"trusthub-eval/{__version__} python-requests/{requests.__version__} "
+    f"Python/{platform.python_version()}"
+)
+
+_CREDENTIALS_HELP = (
+    "Set TRUSTHUB_EVAL['ACCOUNT_SID'] and TRUSTHUB_EVAL['AUTH_TOKEN'] (or "
+    "TRUSTHUB_EVAL['API_KEY_SID'] and TRUSTHUB_EVAL['API_KEY_SECRET']) in your settings, or the "
+    "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET) "
+    "environment variables."
+)
+
+# Causes inside a requests ConnectionError proving that no byte of the request reached TrustHub.
+_NOT_CONNECTED = (
+    urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError, NameResolutionError
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.SSLError,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
+
+
+class _Credentials:
+    """A basic-auth pair whose secret stays out of reprs, ``vars()`` dumps and pickles."""
+
+    __slots__ = ("_secret", "username")
+
+    def __init__(self, username: str, secret: str) -> None:
+        self.username = username
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return f"_Credentials(username={self.username!r}, secret='********')"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("TrustHub credentials cannot be pickled.")
+
+    def apply(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        prepared: requests.PreparedRequest = HTTPBasicAuth(self.username, self._secret)(request)
+        return prepared
+
+
+class _Auth(AuthBase):
+    """Per-request basic auth, so the session object never holds the secret."""
+
+    def __init__(self, credentials: _Credentials) -> None:
+        self._credentials = credentials
+
+    def __repr__(self) -> str:
+        return f"_Auth({self._credentials!r})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return self._credentials.apply(request)
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: ``__cause__``, ``__context__``, exception ``args`` and
+    urllib3's ``MaxRetryError.reason``."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked: list[object] = [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            *current.args,
+        ]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short description of a transport failure: the wrapped exception types and the innermost
+    message (host and socket error, never headers, which is where the credentials are)."""
+    line: list[BaseException] = [exc]
+    while len(line) < 10:
+        current = line[-1]
+        candidates = [
+            current.__cause__,
+            getattr(current, "reason", None),
+            *current.args,
+            current.__context__,
+        ]
+        inner = next((c for c in candidates if isinstance(c, BaseException)), None)
+        if inner is None or inner in line:
+            break
+        line.append(inner)
+    wrappers = (requests.RequestException, urllib3.exceptions.MaxRetryError)
+    names = [type(item).__name__ for item in line if not isinstance(item, wrappers)]
+    names = names or [type(exc).__name__]
+    detail = str(line[-1]).strip()
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    return f"{', '.join(dict.fromkeys(names))}: {detail}" if detail else names[0]
+
+
+def _validate_page_size(page_size: int) -> int:
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise TypeError(f"page_size must be an int, not {type(page_size).__name__}.")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, not {page_size}.")
+    return page_size
+
+
+class TrustHubClient:
+    """A small, typed client for the TrustHub v1 calls this app needs.
+
+    Every call has a (connect, read) timeout and is made exactly once: nothing is retried here,
+    because a replayed POST may create a second evaluation. Retrying is the caller's decision,
+    guided by the raised error's ``kind``.
+    """
+
+    def __init__(
+        self,
+        *,
+        account_sid: str | None = None,
+        auth_token: str | None = None,
+        api_key_sid: str | None = None,
+        api_key_secret: str | None = None,
+        base_url: str = TWILIO_BASE_URL,
+        timeout: tuple[float, float] = (
+            float(DEFAULTS["CONNECT_TIMEOUT"]),
+            float(DEFAULTS["READ_TIMEOUT"]),
+        ),
+        session: requests.Session | None = None,
+        page_size: int = int(DEFAULTS["PAGE_SIZE"]),
+    ) -> None:
+        self.account_sid = account_sid or None
+        self._credentials = self._make_credentials(
+            account_sid or None, auth_token or None, api_key_sid or None, api_key_secret or None
+        )
+        self.base_url = self._validate_base_url(base_url)
+        connect_timeout, read_timeout = timeout
+        self.timeout = (float(connect_timeout), float(read_timeout))
+        self.page_size = _validate_page_size(page_size)
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            # No automatic retries of any kind (urllib3 would replay a POST on some errors).
+            adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=False))
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self._session = session
+
+    @classmethod
+    def from_settings(cls, *, session: requests.Session | None = None) -> Self:
+        """A client configured from ``settings.TRUSTHUB_EVAL`` (and the TWILIO_* env vars)."""
+        return cls(
+            account_sid=app_settings.ACCOUNT_SID,
+            auth_token=app_settings.AUTH_TOKEN,
+            api_key_sid=app_settings.API_KEY_SID,
+            api_key_secret=app_settings.API_KEY_SECRET,
+            base_url=app_settings.BASE_URL,
+            timeout=(app_settings.CONNECT_TIMEOUT, app_settings.READ_TIMEOUT),
+            session=session,
+            page_size=app_settings.PAGE_SIZE,
+        )
+
+    @staticmethod
+    def _make_credentials(
+        account_sid: str | None,
+        auth_token: str | None,
+        api_key_sid: str | None,
+        api_key_secret: str | None,
+    ) -> _Credentials:
+        # The values are never echoed: a secret pasted into the wrong setting must not leak.
+        if account_sid is not None and not is_sid(account_sid, SidKind.ACCOUNT):
+            raise ImproperlyConfiguredCredentials(
+                "The Account SID is not valid: expected 'AC' followed by 32 hexadecimal "
+                "digits. " + _CREDENTIALS_HELP
+            )
+        if api_key_sid is not None or api_key_secret is not None:
+            # An API key authenticates for the account that owns it (Twilio docs: "API keys").
+            if api_key_sid is None or api_key_secret is None:
+                raise ImproperlyConfiguredCredentials(
+                    "An API key needs both its SID and its secret. " + _CREDENTIALS_HELP
+                )
+            if not is_sid(api_key_sid, SidKind.API_KEY):
+                raise ImproperlyConfiguredCredentials(
+                    "The API Key SID is not valid: expected 'SK' followed by 32 hexadecimal "
+                    "digits. " + _CREDENTIALS_HELP
+                )
+            return _Credentials(api_key_sid, api_key_secret)
+        if account_sid is not None and auth_token is not None:
+            return _Credentials(account_sid, auth_token)
+        if account_sid is not None:
+            raise ImproperlyConfiguredCredentials(
+                "An Account SID was given without its Auth Token. " + _CREDENTIALS_HELP
+            )
+        raise ImproperlyConfiguredCredentials("No TrustHub credentials. " + _CREDENTIALS_HELP)
+
+    @staticmethod
+    def _validate_base_url(base_url: str) -> str:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImproperlyConfigured(
+                f"TRUSTHUB_EVAL['BASE_URL'] must be an http(s) URL such as {TWILIO_BASE_URL!r}."
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ImproperlyConfigured(
+                "TRUSTHUB_EVAL['BASE_URL'] must not contain credentials, a query or a fragment."
+            )
+        return base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} base_url={self.base_url!r} "
+            f"username={self._credentials.username!r}>"
+        )
+
+    # Lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release pooled connections (a session passed in by the caller is left open)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # TrustHub calls ------------------------------------------------------------------------
+
+    def create_evaluation(self, customer_profile_sid: str, policy_sid: str) -> JSONObject:
+        """Evaluate a Customer Profile against a Policy (201, the evaluation with its results).
+
+        Not retried: after a timeout or 5xx the raised error is AMBIGUOUS, because TrustHub may
+        have created the evaluation; list the profile's evaluations before posting again.
+        """
+        bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
+        rn = check_sid(policy_sid, SidKind.POLICY)
+        return self._request_object(
+            "POST", f"/v1/CustomerProfiles/{bu}/Evaluations", data={"PolicySid": rn}
+        )
+
+    def fetch_evaluation(self, customer_profile_sid: str, evaluation_sid: str) -> JSONObject:
+        """One evaluation of a Customer Profile."""
+        bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
+        el = check_sid(evaluation_sid, SidKind.EVALUATION)
+        return self._request_object("GET", f"/v1/CustomerProfiles/{bu}/Evaluations/{el}")
+
+    def list_evaluations(
+        self, customer_profile_sid: str, *, page_size: int | None = None
+    ) -> Iterator[JSONObject]:
+        """Every evaluation of a Customer Profile, page after page."""
+        bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
+        return self._paginate(f"/v1/CustomerProfiles/{bu}/Evaluations", {}, page_size)
+
+    def list_customer_profiles(
+        self,
+        *,
+        status: str | None = None,
+        policy_sid: str | None = None,
+        friendly_name: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[JSONObject]:
+        """Every Customer Profile of the account, optionally filtered."""
+        params: dict[str, str] = {}
+        if status is not None:
+            params["Status"] = status
+        if policy_sid is not None:
+            params["PolicySid"] = check_sid(policy_sid, SidKind.POLICY)
+        if friendly_name is not None:
+            params["FriendlyName"] = friendly_name
+        return self._paginate("/v1/CustomerProfiles", params, page_size)
+
+    def fetch_customer_profile(self, sid: str) -> JSONObject:
+        """One Customer Profile."""
+        bu = check_sid(sid, SidKind.CUSTOMER_PROFILE)
+        return self._request_object("GET", f"/v1/CustomerProfiles/{bu}")
+
+    def list_policies(self, *, page_size: int | None = None) -> Iterator[JSONObject]:
+        """Every Policy TrustHub offers."""
+        return self._paginate("/v1/Policies", {}, page_size)
+
+    def fetch_policy(self, sid: str) -> JSONObject:
+        """One Policy with its (free-form) requirements."""
+        rn = check_sid(sid, SidKind.POLICY)
+        return self._request_object("GET", f"/v1/Policies/{rn}")
+
+    # Plumbing ------------------------------------------------------------------------------
+
+    def _paginate(
+        self, path: str, params: Mapping[str, str], page_size: int | None
+    ) -> Iterator[JSONObject]:
+        # Validate eagerly so a bad argument fails at the call, not at the first next().
+        size = _validate_page_size(self.page_size if page_size is None else page_size)
+        return self._pages(path, {**params, "PageSize": str(size)})
+
+    def _pages(self, path: str, params: Mapping[str, str]) -> Iterator[JSONObject]:
+        url = self.base_url + path
+        query: Mapping[str, str] | None = params
+        seen: set[str] = set()
+        while True:
+            seen.add(url)
+            page = self._request_object("GET", url, params=query)
+            meta = page.get("meta")
+            meta = meta if isinstance(meta, dict) else {}
+            key = meta.get("key") or "results"
+            items = page.get(key)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise InvalidResponse(
+                    f"The list answer has no {key!r} array of objects.",
+                    method="GET",
+                    path=urlsplit(url).path,
+                )
+            yield from items
+            next_page_url = meta.get("next_page_url")
+            if not next_page_url:
+                return
+            if not isinstance(next_page_url, str):
+                raise InvalidResponse(
+                    "meta.next_page_url is not a string.", method="GET", path=urlsplit(url).path
+                )
+            url = self._same_origin(next_page_url)
+            query = None  # The next page URL carries every parameter already.
+            if url in seen:
+                # A server bug; following it would never end, and retrying would repeat it.
+                raise InvalidResponse(
+                    "TrustHub returned a next_page_url that was already visited.",
+                    method="GET",
+                    path=urlsplit(url).path,
+                    kind=ErrorKind.PERMANENT,
+                )
+
+    def _same_origin(self, next_page_url: str) -> str:
+        """The path and query of ``next_page_url`` on our own host, so that credentials are
+        only ever sent to ``base_url``'s host whatever the answer says."""
+        base = urlsplit(self.base_url)
+        target = urlsplit(next_page_url)
+        return urlunsplit((base.scheme, base.netloc, target.path or "/", target.query, ""))
+
+    def _request_object(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+    ) -> JSONObject:
+        """Send one request and return the JSON object of a 2xx answer; raise otherwise."""
+        url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
+        path = urlsplit(url).path
+        started = time.monotonic()
+        response: requests.Response | None = None
+        failure: TrustHubError | None = None
+        try:
+            response = self._session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                auth=_Auth(self._credentials),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            failure = self._transport_error(exc, method, path)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        # Raised outside the except block so the requests exception (whose .request holds the
+        # Authorization header) is not chained onto ours as __context__.
+        if failure is not None:
+            logger.debug(
+                "TrustHub %s %s failed after %.0f ms: %s",
+                method,
+                path,
+                elapsed_ms,
+                type(failure).__name__,
+            )
+            raise failure
+        assert response is not None
+        logger.debug(
+            "TrustHub %s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms
+        )
+        status = response.status_code
+        if not 200 <= status <= 299:
+            raise error_from_response(
+                method,
+                status,
+                response.content,
+                response.headers,
+                path=path,
+                reason=response.reason,
+            )
+        try:
+            body = response.json()
+        except ValueError:  # requests' JSONDecodeError is a ValueError.
+            body = None
+        if not isinstance(body, dict):
+            raise InvalidResponse(
+                f"Expected a JSON object, got {response.headers.get('Content-Type') or 'no'} "
+                "content.",
+                status=status,
+                method=method,
+                path=path,
+            )
+        return body
+
+    @staticmethod
+    def _transport_error(exc: requests.RequestException, method: str, path: str) -> TrustHubError:
+        """Classify a requests failure: never sent (retryable) or sent and unanswered."""
+        detail = _describe(exc)
+        if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+            return TrustHubConnectionError(
+                f"Could not connect to TrustHub ({detail}).", method=method, path=path
+            )
+        if isinstance(exc, requests.ConnectionError):
+            chain = list(_exception_chain(exc))
+            if any(isinstance(item, _NOT_CONNECTED) for item in chain):
+                return TrustHubConnectionError(
+                    f"Could not connect to TrustHub ({detail}).", method=method, path=path
+                )
+            # Dropped mid-answer, or a cause we cannot place: assume the request was sent.
+            return TrustHubTimeout(
+                f"The connection to TrustHub was lost before the answer ({detail}).",
+                method=method,
+                path=path,
+            )
+        if isinstance(
+            exc,
+            requests.Timeout
+            | requests.exceptions.ChunkedEncodingError
+            | requests.exceptions.ContentDecodingError,
+        ):
+            return TrustHubTimeout(
+                f"TrustHub did not answer completely in time ({detail}).",
+                method=method,
+                path=path,
+            )
+        # InvalidURL, InvalidHeader, TooManyRedirects...: nothing useful was sent.
+        return TrustHubError(f"Could not call TrustHub ({detail}).", method=method, path=path)
+
+
+__all__ = ["TrustHubClient"]

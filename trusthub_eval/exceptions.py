@@ -1,0 +1,346 @@
+"""The errors a call to TrustHub can end in: one hierarchy, each class says whether to retry."""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import json
+import math
+import time
+from collections.abc import Mapping
+from datetime import UTC
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+# Methods whose replay cannot change anything more than the first attempt did. A POST (create an
+# evaluation) is not among them: TrustHub has no idempotency key.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+class ErrorKind(enum.StrEnum):
+    """What a caller may do after an error."""
+
+    #: The request was not processed, or repeating it is harmless: retry with backoff.
+    RETRYABLE = "retryable"
+    #: TrustHub may or may not have acted on the request: reconcile before repeating it.
+    AMBIGUOUS = "ambiguous"
+    #: Repeating the same request will fail the same way.
+    PERMANENT = "permanent"
+
+
+class TrustHubError(Exception):
+    """Base class of every error raised while talking to TrustHub."""
+
+    default_message: ClassVar[str] = "The call to TrustHub failed."
+    #: The kind after an idempotent request (GET).
+    default_kind: ClassVar[ErrorKind] = ErrorKind.PERMANENT
+    #: Whether the error leaves a non-idempotent request (POST) in an unknown state.
+    ambiguous_after_post: ClassVar[bool] = False
+
+    message: str
+    status: int | None
+    code: int | None
+    more_info: str | None
+    retry_after: float | None
+    method: str | None
+    path: str | None
+    kind: ErrorKind
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        more_info: str | None = None,
+        retry_after: float | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        kind: ErrorKind | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.status = status
+        self.code = code
+        self.more_info = more_info
+        self.retry_after = retry_after
+        self.method = method.upper() if method else None
+        self.path = path
+        self.kind = ErrorKind(kind) if kind is not None else self.kind_for(self.method)
+        # args holds the message only, so the default pickling (cls(*args), then __dict__)
+        # rebuilds the instance with every attribute; Celery relies on it.
+        super().__init__(self.message)
+
+    @classmethod
+    def kind_for(cls, method: str | None) -> ErrorKind:
+        """The kind of this error after a request with ``method`` (unknown: assume a POST)."""
+        if cls.ambiguous_after_post and (method or "").upper() not in IDEMPOTENT_METHODS:
+            return ErrorKind.AMBIGUOUS
+        return cls.default_kind
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind is ErrorKind.RETRYABLE
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.kind is ErrorKind.AMBIGUOUS
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind is ErrorKind.PERMANENT
+
+    def __str__(self) -> str:
+        prefix = []
+        if self.status is not None:
+            prefix.append(f"HTTP {self.status}")
+        if self.code is not None:
+            prefix.append(f"(code {self.code})")
+        return f"{' '.join(prefix)}: {self.message}" if prefix else self.message
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in ("status", "code", "method", "path")
+            if getattr(self, name) is not None
+        )
+        return f"{type(self).__name__}({self.message!r}{', ' if fields else ''}{fields})"
+
+
+class ImproperlyConfiguredCredentials(TrustHubError, ImproperlyConfigured):
+    """No usable TrustHub credentials are configured."""
+
+    default_message = "TrustHub credentials are missing or invalid."
+
+
+class TrustHubConnectionError(TrustHubError):
+    """The request never reached TrustHub (DNS, refused, TLS, connect timeout)."""
+
+    default_message = "Could not connect to TrustHub."
+    default_kind = ErrorKind.RETRYABLE
+
+
+class TrustHubTimeout(TrustHubError):
+    """The request was sent but no complete answer came back (read timeout, dropped connection)."""
+
+    default_message = "TrustHub did not answer in time."
+    default_kind = ErrorKind.RETRYABLE
+    # TrustHub may have created the evaluation before the connection died.
+    ambiguous_after_post = True
+
+
+class InvalidResponse(TrustHubError):
+    """A 2xx answer that is not the JSON TrustHub documents."""
+
+    default_message = "TrustHub answered with an unexpected body."
+    default_kind = ErrorKind.RETRYABLE
+    # A 2xx to a POST means something was processed; garbage in the body hides what.
+    ambiguous_after_post = True
+
+
+class TrustHubAPIError(TrustHubError):
+    """TrustHub (or a proxy in front of it) answered with an HTTP error status."""
+
+    status_code: ClassVar[int | None] = None
+    default_message = "TrustHub rejected the request."
+
+
+class BadRequest(TrustHubAPIError):
+    status_code = 400
+    default_message = "TrustHub rejected the request as invalid."
+
+
+class AuthenticationFailed(TrustHubAPIError):
+    status_code = 401
+    default_message = "TrustHub rejected the credentials."
+
+
+class PermissionDenied(TrustHubAPIError):
+    status_code = 403
+    default_message = "The credentials may not access this TrustHub resource."
+
+
+class NotFound(TrustHubAPIError):
+    status_code = 404
+    default_message = "The TrustHub resource was not found."
+
+
+class RateLimited(TrustHubAPIError):
+    """429 / Twilio error 20429: too many concurrent requests for the account.
+
+    Twilio does not process a request it answers with 429, so it is safe to repeat with backoff,
+    honouring ``Retry-After`` (https://www.twilio.com/docs/errors/20429,
+    https://www.twilio.com/docs/usage/rest-api-best-practices#handle-429-errors).
+    """
+
+    status_code = 429
+    default_message = "Too many concurrent requests to TrustHub for this account."
+    default_kind = ErrorKind.RETRYABLE
+
+
+class ServerError(TrustHubAPIError):
+    """A 5xx answer: after a POST TrustHub may have created the evaluation anyway."""
+
+    status_code = 500
+    default_message = "TrustHub failed to process the request."
+    default_kind = ErrorKind.RETRYABLE
+    ambiguous_after_post = True
+
+
+class ServiceUnavailable(ServerError):
+    """503: the service turned the request away before processing it."""
+
+    status_code = 503
+    default_message = "TrustHub is temporarily unavailable."
+    ambiguous_after_post = False
+
+
+_ERRORS_BY_STATUS: dict[int, type[TrustHubAPIError]] = {
+    cls.status_code: cls
+    for cls in (
+        BadRequest,
+        AuthenticationFailed,
+        PermissionDenied,
+        NotFound,
+        RateLimited,
+        ServerError,
+        ServiceUnavailable,
+    )
+    if cls.status_code is not None
+}
+
+# Twilio's own code for "too many concurrent requests"; map it even if a proxy rewrote the status.
+TWILIO_TOO_MANY_REQUESTS = 20429
+
+
+def error_class_for(status: int, code: int | None = None) -> type[TrustHubAPIError]:
+    """The exception class for an HTTP error ``status`` (and Twilio error ``code``)."""
+    if code == TWILIO_TOO_MANY_REQUESTS:
+        return RateLimited
+    if status in _ERRORS_BY_STATUS:
+        return _ERRORS_BY_STATUS[status]
+    if 500 <= status <= 599:
+        return ServerError
+    return TrustHubAPIError
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(seconds, 0.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _as_text(value: object) -> str | None:
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    name = name.lower()
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def error_from_response(
+    method: str,
+    status: int,
+    body: bytes | str | None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    path: str | None = None,
+    reason: str | None = None,
+) -> TrustHubAPIError:
+    """Build the exception for an HTTP error answer.
+
+    Reads Twilio's legacy body ``{code, message, more_info, status}`` and RFC 9457 problem details
+    ``{type, title, status, code, detail}``; anything else (an HTML page from a proxy) falls back
+    to the reason phrase.
+    """
+    headers = headers or {}
+    payload: Any = None
+    if body:
+        try:
+            payload = json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors.
+            payload = None
+    if not isinstance(payload, dict):
+        payload = {}
+
+    code = _as_int(payload.get("code"))
+    message = (
+        _as_text(payload.get("message"))
+        or _as_text(payload.get("detail"))
+        or _as_text(payload.get("title"))
+        or _as_text(reason)
+        or _reason_phrase(status)
+    )
+    more_info = _as_text(payload.get("more_info"))
+    problem_type = _as_text(payload.get("type"))
+    if more_info is None and problem_type and problem_type != "about:blank":
+        more_info = problem_type
+
+    cls = error_class_for(status, code)
+    return cls(
+        message,
+        status=status,
+        code=code,
+        more_info=more_info,
+        retry_after=parse_retry_after(_header(headers, "Retry-After")),
+        method=method,
+        path=path,
+    )
+
+
+__all__ = [
+    "AuthenticationFailed",
+    "BadRequest",
+    "ErrorKind",
+    "ImproperlyConfiguredCredentials",
+    "InvalidResponse",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "ServerError",
+    "ServiceUnavailable",
+    "TrustHubAPIError",
+    "TrustHubConnectionError",
+    "TrustHubError",
+    "TrustHubTimeout",
+    "error_class_for",
+    "error_from_response",
+    "parse_retry_after",
+]

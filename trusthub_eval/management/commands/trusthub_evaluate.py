@@ -1,0 +1,85 @@
+"""Ask TrustHub to evaluate a customer profile, optionally waiting for the answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from trusthub_eval import services
+from trusthub_eval.exceptions import TrustHubError
+from trusthub_eval.models import Evaluation, Policy
+from trusthub_eval.sids import InvalidSid, SidKind, check_sid
+
+
+class Command(BaseCommand):
+    help = "Queue a TrustHub evaluation of a customer profile (BU…) and optionally wait for it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("customer_profile_sid", help="The customer profile's SID (BU…).")
+        parser.add_argument(
+            "--policy", dest="policy_sid", help="Policy SID (RN…); default: the profile's own."
+        )
+        parser.add_argument(
+            "--wait", action="store_true", help="Wait for the worker's answer and print it."
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=120.0, help="Seconds to wait with --wait."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            sid = check_sid(options["customer_profile_sid"], SidKind.CUSTOMER_PROFILE)
+            policy_sid = options["policy_sid"]
+            if policy_sid is not None:
+                check_sid(policy_sid, SidKind.POLICY)
+        except InvalidSid as error:
+            raise CommandError(str(error)) from error
+        try:
+            profile = services.fetch_customer_profile(sid)
+            policy = Policy.objects.for_sid(policy_sid) if policy_sid else None
+            evaluation, created = services.request_evaluation(
+                profile, policy, trigger=Evaluation.Trigger.CLI
+            )
+        except (TrustHubError, services.NoPolicy) as error:
+            raise CommandError(str(error)) from error
+        verb = "Queued" if created else "Already in flight:"
+        self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
+        if options["wait"]:
+            evaluation = self._wait(evaluation, options["timeout"])
+            self._print_outcome(evaluation)
+
+    def _wait(self, evaluation: Evaluation, timeout: float) -> Evaluation:
+        deadline = time.monotonic() + timeout
+        while evaluation.is_active:
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"Evaluation #{evaluation.pk} is still {evaluation.state} after {timeout:.0f}s;"
+                    " is a Celery worker running?"
+                )
+            time.sleep(0.5)
+            evaluation.refresh_from_db()
+        return evaluation
+
+    def _print_outcome(self, evaluation: Evaluation) -> None:
+        if evaluation.state == Evaluation.State.FAILED:
+            raise CommandError(
+                f"Evaluation #{evaluation.pk} failed"
+                f" (code {evaluation.error_code}): {evaluation.error_message}"
+            )
+        style = self.style.SUCCESS if evaluation.status == "compliant" else self.style.ERROR
+        self.stdout.write(style(f"{evaluation.sid}: {evaluation.status}"))
+        for result in evaluation.requirement_results.order_by("position"):
+            if result.passed:
+                continue
+            self.stdout.write(
+                f"  ✗ {result.requirement_friendly_name or result.requirement_name}"
+                f" [{result.error_code}]: {result.failure_reason}"
+            )
+            for field in result.invalid:
+                if isinstance(field, dict):
+                    self.stdout.write(
+                        f"      - {field.get('friendly_name') or field.get('object_field')}"
+                        f" [{field.get('error_code')}]: {field.get('failure_reason')}"
+                    )

@@ -1,0 +1,308 @@
+"""TrustHub records mirrored locally, and the evaluations this app asks for."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from trusthub_eval.managers import (
+    CustomerProfileQuerySet,
+    EvaluationQuerySet,
+    PolicyQuerySet,
+    RequirementResultQuerySet,
+)
+from trusthub_eval.sids import (
+    validate_account_sid,
+    validate_customer_profile_sid,
+    validate_evaluation_sid,
+    validate_policy_sid,
+)
+
+SID_LENGTH = 34
+
+
+class Policy(models.Model):
+    """A TrustHub Policy (RN…): the requirements a Customer Profile is evaluated against."""
+
+    sid = models.CharField(
+        _("policy SID"), max_length=SID_LENGTH, unique=True, validators=[validate_policy_sid]
+    )
+    friendly_name = models.CharField(_("friendly name"), max_length=255, blank=True)
+    requirements = models.JSONField(
+        _("requirements"),
+        null=True,
+        blank=True,
+        help_text=_("TrustHub's free-form description of what the policy requires."),
+    )
+    raw = models.JSONField(
+        _("TrustHub payload"), null=True, blank=True, help_text=_("As TrustHub last returned it.")
+    )
+    synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
+
+    objects: ClassVar[PolicyQuerySet] = PolicyQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("policy")
+        verbose_name_plural = _("policies")
+        ordering = ["friendly_name", "sid"]
+
+    def __str__(self) -> str:
+        return self.friendly_name or self.sid
+
+
+class CustomerProfile(models.Model):
+    """A TrustHub Customer Profile (BU…), mirrored from TrustHub."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", _("Draft")
+        PENDING_REVIEW = "pending-review", _("Pending review")
+        IN_REVIEW = "in-review", _("In review")
+        TWILIO_REJECTED = "twilio-rejected", _("Rejected by Twilio")
+        TWILIO_APPROVED = "twilio-approved", _("Approved by Twilio")
+
+    sid = models.CharField(
+        _("customer profile SID"),
+        max_length=SID_LENGTH,
+        unique=True,
+        validators=[validate_customer_profile_sid],
+    )
+    account_sid = models.CharField(
+        _("account SID"), max_length=SID_LENGTH, blank=True, validators=[validate_account_sid]
+    )
+    friendly_name = models.CharField(_("friendly name"), max_length=255, blank=True)
+    email = models.CharField(_("email"), max_length=255, blank=True)
+    status = models.CharField(_("TrustHub status"), max_length=32, blank=True)
+    policy = models.ForeignKey(
+        Policy,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="customer_profiles",
+        verbose_name=_("policy"),
+    )
+    valid_until = models.DateTimeField(_("valid until"), null=True, blank=True)
+    date_created = models.DateTimeField(_("created in TrustHub"), null=True, blank=True)
+    date_updated = models.DateTimeField(_("updated in TrustHub"), null=True, blank=True)
+    raw = models.JSONField(
+        _("TrustHub payload"), null=True, blank=True, help_text=_("As TrustHub last returned it.")
+    )
+    synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
+    # Denormalised from the evaluations so lists of profiles need no subquery per row.
+    latest_evaluation = models.ForeignKey(
+        "Evaluation",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("latest evaluation"),
+        help_text=_("The most recently requested evaluation, whatever its state."),
+    )
+    compliance_status = models.CharField(
+        _("compliance"),
+        max_length=16,
+        blank=True,
+        help_text=_("TrustHub's verdict in the most recent completed evaluation."),
+    )
+    compliance_checked_at = models.DateTimeField(_("last evaluated"), null=True, blank=True)
+
+    objects: ClassVar[CustomerProfileQuerySet] = CustomerProfileQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("customer profile")
+        verbose_name_plural = _("customer profiles")
+        ordering = ["friendly_name", "sid"]
+        indexes = [
+            models.Index(fields=["friendly_name", "sid"], name="trusthub_cp_name_idx"),
+            models.Index(fields=["status"], name="trusthub_cp_status_idx"),
+            models.Index(fields=["compliance_status"], name="trusthub_cp_compliance_idx"),
+            models.Index(fields=["compliance_checked_at"], name="trusthub_cp_checked_idx"),
+            models.Index(fields=["email"], name="trusthub_cp_email_idx"),
+        ]
+        permissions = [
+            ("request_evaluation", _("Can request TrustHub evaluations")),
+        ]
+
+    def __str__(self) -> str:
+        return self.friendly_name or self.sid
+
+
+class Evaluation(models.Model):
+    """One evaluation of a profile against a policy: asked for here, answered by TrustHub."""
+
+    class Status(models.TextChoices):
+        COMPLIANT = "compliant", _("Compliant")
+        NONCOMPLIANT = "noncompliant", _("Noncompliant")
+
+    class State(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        COMPLETED = "completed", _("Completed")
+        FAILED = "failed", _("Failed")
+
+    class Trigger(models.TextChoices):
+        ADMIN = "admin", _("Admin")
+        API = "api", _("REST API")
+        CLI = "cli", _("Command line")
+        SCHEDULE = "schedule", _("Schedule")
+        WEBHOOK = "webhook", _("Status callback")
+        SYNC = "sync", _("Imported from TrustHub")
+
+    ACTIVE_STATES: ClassVar[tuple[str, ...]] = (State.QUEUED, State.RUNNING)
+
+    id = models.BigAutoField(primary_key=True)
+    sid = models.CharField(
+        _("evaluation SID"),
+        max_length=SID_LENGTH,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_evaluation_sid],
+        help_text=_("TrustHub's EL… SID, known once TrustHub has answered."),
+    )
+    customer_profile = models.ForeignKey(
+        CustomerProfile,
+        on_delete=models.CASCADE,
+        related_name="evaluations",
+        verbose_name=_("customer profile"),
+    )
+    policy = models.ForeignKey(
+        Policy, on_delete=models.PROTECT, related_name="evaluations", verbose_name=_("policy")
+    )
+    # NULL, not "": "TrustHub has not answered" is a different fact from any answer.
+    status = models.CharField(  # noqa: DJ001
+        _("compliance"),
+        max_length=16,
+        choices=Status.choices,
+        null=True,
+        blank=True,
+        help_text=_("TrustHub's verdict; empty until TrustHub has answered."),
+    )
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.QUEUED)
+    trigger = models.CharField(_("trigger"), max_length=16, choices=Trigger.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("requested by"),
+    )
+    requested_at = models.DateTimeField(_("requested at"), default=timezone.now)
+    started_at = models.DateTimeField(
+        _("started at"), null=True, blank=True, help_text=_("When the latest attempt began.")
+    )
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    date_created = models.DateTimeField(
+        _("created in TrustHub"), null=True, blank=True, help_text=_("TrustHub's date_created.")
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    posted_at = models.DateTimeField(
+        _("posted at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Set while a POST to TrustHub may have been processed without our hearing the "
+            "answer; the next attempt looks for that evaluation before asking again."
+        ),
+    )
+    error_code = models.IntegerField(_("error code"), null=True, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+    raw = models.JSONField(
+        _("TrustHub payload"), null=True, blank=True, help_text=_("As TrustHub returned it.")
+    )
+
+    objects: ClassVar[EvaluationQuerySet] = EvaluationQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("evaluation")
+        verbose_name_plural = _("evaluations")
+        ordering = ["-requested_at", "-id"]
+        get_latest_by = ["requested_at", "id"]
+        constraints = [
+            # At most one evaluation in flight per profile + policy: a second request while one
+            # is queued or running gets that row instead of a duplicate.
+            models.UniqueConstraint(
+                fields=["customer_profile", "policy"],
+                condition=models.Q(state__in=["queued", "running"]),
+                name="trusthub_eval_one_active_per_profile_policy",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state__in=["queued", "running", "completed", "failed"]),
+                name="trusthub_eval_state_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["-requested_at", "-id"], name="trusthub_ev_requested_idx"),
+            models.Index(
+                fields=["customer_profile", "-requested_at", "-id"],
+                name="trusthub_ev_profile_hist_idx",
+            ),
+            models.Index(fields=["policy", "-requested_at", "-id"], name="trusthub_ev_policy_idx"),
+            models.Index(fields=["status", "-requested_at", "-id"], name="trusthub_ev_status_idx"),
+            models.Index(fields=["state", "-requested_at", "-id"], name="trusthub_ev_state_idx"),
+            models.Index(
+                fields=["trigger", "-requested_at", "-id"], name="trusthub_ev_trigger_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.sid or f"Evaluation #{self.pk}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def duration(self) -> Any:
+        """Time from request to answer, once there is one."""
+        if self.completed_at is None:
+            return None
+        return self.completed_at - self.requested_at
+
+
+class RequirementResult(models.Model):
+    """One requirement's outcome within an evaluation, so "which requirement fails" is a query."""
+
+    evaluation = models.ForeignKey(
+        Evaluation,
+        on_delete=models.CASCADE,
+        related_name="requirement_results",
+        verbose_name=_("evaluation"),
+    )
+    position = models.PositiveSmallIntegerField(_("position"))
+    requirement_name = models.CharField(_("requirement name"), max_length=255)
+    requirement_friendly_name = models.CharField(_("requirement"), max_length=255, blank=True)
+    friendly_name = models.CharField(_("object"), max_length=255, blank=True)
+    object_type = models.CharField(_("object type"), max_length=255, blank=True)
+    passed = models.BooleanField(_("passed"))
+    failure_reason = models.TextField(_("failure reason"), blank=True)
+    error_code = models.IntegerField(_("error code"), null=True, blank=True)
+    valid = models.JSONField(_("valid fields"), default=list, blank=True)
+    invalid = models.JSONField(_("invalid fields"), default=list, blank=True)
+
+    objects: ClassVar[RequirementResultQuerySet] = RequirementResultQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("requirement result")
+        verbose_name_plural = _("requirement results")
+        ordering = ["evaluation", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["evaluation", "position"], name="trusthub_rr_unique_position"
+            ),
+        ]
+        indexes = [
+            # "Which evaluations fail requirement X": filter by name + passed, join on evaluation.
+            models.Index(
+                fields=["requirement_name", "passed", "evaluation"],
+                name="trusthub_rr_failing_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        verdict = _("passed") if self.passed else _("failed")
+        return f"{self.requirement_friendly_name or self.requirement_name}: {verdict}"

@@ -1,0 +1,6 @@
+"""An offline TrustHub v1 for the demo, development and tests (standard library only)."""
+
+from .server import Fault, SandboxServer
+from .world import World, WorldError, load_world
+
+__all__ = ["Fault", "SandboxServer", "World", "WorldError", "load_world"]

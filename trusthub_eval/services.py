@@ -1,0 +1,464 @@
+"""The business flow: request an evaluation, run it against TrustHub, sync TrustHub's records."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import enum
+import logging
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from trusthub_eval import signals
+from trusthub_eval.client import TrustHubClient
+from trusthub_eval.conf import app_settings
+from trusthub_eval.exceptions import TrustHubError
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.sids import SidKind, check_sid
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+logger = logging.getLogger(__name__)
+
+
+class NoPolicy(ValueError):
+    """Neither the request, the profile nor the settings name a policy to evaluate against."""
+
+    def __init__(self, profile: CustomerProfile) -> None:
+        super().__init__(
+            f"Customer profile {profile.sid} has no policy; name one (a Policy SID, RN…) "
+            "or set TRUSTHUB_EVAL['DEFAULT_POLICY_SID']."
+        )
+
+
+class RetryLater(Exception):
+    """A transient failure: the evaluation is queued again and should run after ``countdown``."""
+
+    def __init__(self, evaluation_id: int, countdown: float, error: TrustHubError) -> None:
+        self.evaluation_id = evaluation_id
+        self.countdown = countdown
+        self.error = error
+        super().__init__(f"Evaluation {evaluation_id} retries in {countdown:.1f}s: {error}")
+
+
+class Outcome(enum.StrEnum):
+    """What one call of :func:`run_evaluation` did."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not claimable: another worker has it, or it is finished
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkRequest:
+    """What :func:`request_evaluations` did."""
+
+    queued: int
+    in_flight: int
+    evaluation_ids: list[int]
+
+
+# --- requesting --------------------------------------------------------------------------------
+
+
+def resolve_policy(profile: CustomerProfile, policy: Policy | None = None) -> Policy:
+    """The policy to evaluate ``profile`` against: the given one, its own, or the default."""
+    if policy is not None:
+        return policy
+    if profile.policy_id is not None:
+        assert profile.policy is not None
+        return profile.policy
+    default_sid = app_settings.DEFAULT_POLICY_SID
+    if default_sid:
+        return Policy.objects.for_sid(check_sid(default_sid, SidKind.POLICY))
+    raise NoPolicy(profile)
+
+
+def _user_id(user: AbstractBaseUser | AnonymousUser | None) -> int | None:
+    """The requesting user's primary key; None for anonymous callers (the CLI, schedules)."""
+    if user is None or not user.is_authenticated:
+        return None
+    return user.pk  # type: ignore[no-any-return]
+
+
+def request_evaluation(
+    profile: CustomerProfile,
+    policy: Policy | None = None,
+    *,
+    requested_by: AbstractBaseUser | AnonymousUser | None = None,
+    trigger: str,
+) -> tuple[Evaluation, bool]:
+    """Write a queued evaluation and enqueue it when the transaction commits.
+
+    Returns ``(evaluation, created)``. While one is queued or running for the same profile and
+    policy, that one is returned with ``created=False`` instead of a second.
+    """
+    policy = resolve_policy(profile, policy)
+    user_id = _user_id(requested_by)
+    # The partial unique constraint decides races between concurrent requests; the loop covers
+    # the rare case where the active row finished between our insert and our read.
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                evaluation = Evaluation.objects.create(
+                    customer_profile=profile,
+                    policy=policy,
+                    trigger=trigger,
+                    requested_by_id=user_id,
+                )
+                CustomerProfile.objects.filter(pk=profile.pk).update(latest_evaluation=evaluation)
+                _enqueue_on_commit([evaluation.pk])
+            return evaluation, True
+        except IntegrityError:
+            existing = (
+                Evaluation.objects.active()
+                .filter(customer_profile=profile, policy=policy)
+                .select_related("customer_profile", "policy")
+                .first()
+            )
+            if existing is not None:
+                return existing, False
+    raise RuntimeError(f"Could not queue an evaluation of {profile.sid}")  # pragma: no cover
+
+
+def request_evaluations(
+    profiles: QuerySet[CustomerProfile] | Iterable[CustomerProfile],
+    policy: Policy | None = None,
+    *,
+    requested_by: AbstractBaseUser | AnonymousUser | None = None,
+    trigger: str,
+) -> BulkRequest:
+    """Queue evaluations of many profiles in a number of queries that does not grow with them.
+
+    ``profiles`` is a queryset (or iterable) of profiles. Profiles with an evaluation already in
+    flight for the chosen policy count as ``in_flight``; profiles without any policy are skipped
+    with :class:`NoPolicy` raised only when none of them can be evaluated.
+    """
+    pairs = _profile_policy_pairs(profiles, policy)
+    if not pairs:
+        return BulkRequest(queued=0, in_flight=0, evaluation_ids=[])
+    user_id = _user_id(requested_by)
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _bulk_queue(pairs, user_id, trigger)
+        except IntegrityError:
+            # A concurrent request queued one of these profiles between our read and our
+            # insert; read again and queue the rest.
+            continue
+    raise RuntimeError("Could not queue the evaluations")  # pragma: no cover
+
+
+def _profile_policy_pairs(
+    profiles: QuerySet[CustomerProfile] | Iterable[CustomerProfile], policy: Policy | None
+) -> dict[int, int]:
+    """profile id -> policy id for each profile that has a policy to be evaluated against."""
+    if isinstance(profiles, QuerySet):
+        rows = list(profiles.order_by().values_list("pk", "policy_id"))
+    else:
+        rows = [(p.pk, p.policy_id) for p in profiles]
+    default_id: int | None = None
+    if policy is not None:
+        default_id = policy.pk
+    elif app_settings.DEFAULT_POLICY_SID:
+        default_id = Policy.objects.for_sid(
+            check_sid(app_settings.DEFAULT_POLICY_SID, SidKind.POLICY)
+        ).pk
+    pairs: dict[int, int] = {}
+    for profile_id, own_policy_id in rows:
+        chosen = policy.pk if policy is not None else (own_policy_id or default_id)
+        if chosen is not None:
+            pairs[profile_id] = chosen
+    return pairs
+
+
+_IN_BATCH = 5000  # bound on the number of parameters in one IN (...) list
+
+
+def _bulk_queue(pairs: dict[int, int], user_id: int | None, trigger: str) -> BulkRequest:
+    profile_ids = list(pairs)
+    busy: set[int] = set()
+    for start in range(0, len(profile_ids), _IN_BATCH):
+        batch = profile_ids[start : start + _IN_BATCH]
+        for profile_id, policy_id in (
+            Evaluation.objects.active()
+            .filter(customer_profile_id__in=batch)
+            .values_list("customer_profile_id", "policy_id")
+        ):
+            if pairs.get(profile_id) == policy_id:
+                busy.add(profile_id)
+    now = timezone.now()
+    created = Evaluation.objects.bulk_create(
+        [
+            Evaluation(
+                customer_profile_id=profile_id,
+                policy_id=policy_id,
+                trigger=trigger,
+                requested_by_id=user_id,
+                requested_at=now,
+            )
+            for profile_id, policy_id in pairs.items()
+            if profile_id not in busy
+        ],
+        # No batch size: on PostgreSQL Django inserts through UNNEST, so the number of
+        # queries does not grow with the number of profiles.
+    )
+    ids = [evaluation.pk for evaluation in created]
+    if created:
+        # refresh_latest() is right for any profile, so selecting by this batch's timestamp
+        # (rather than a 10,000-item IN list) can only ever touch harmless extras.
+        CustomerProfile.objects.filter(
+            pk__in=Evaluation.objects.filter(requested_at=now, trigger=trigger).values(
+                "customer_profile_id"
+            )
+        ).refresh_latest()
+        _enqueue_on_commit(ids)
+    return BulkRequest(queued=len(ids), in_flight=len(busy), evaluation_ids=ids)
+
+
+def _enqueue_on_commit(evaluation_ids: list[int]) -> None:
+    from trusthub_eval import tasks
+
+    def send() -> None:
+        tasks.enqueue(evaluation_ids)
+
+    # robust: a broker that is down must not turn a committed request into an error; the row
+    # stays queued and `resume_queued` sends it again.
+    transaction.on_commit(send, robust=True)
+
+
+def resume_queued(*, older_than: float = 60.0) -> int:
+    """Send again the evaluations queued for longer than ``older_than`` seconds.
+
+    Covers a broker that was down when they were requested and stale running rows whose worker
+    died. Sending twice is harmless: only one worker can claim a row.
+    """
+    now = timezone.now()
+    cutoff = now - datetime.timedelta(seconds=older_than)
+    stale_running = now - datetime.timedelta(seconds=app_settings.RUNNING_TIMEOUT)
+    ids = list(
+        Evaluation.objects.filter(
+            Q(state=Evaluation.State.QUEUED, requested_at__lt=cutoff)
+            | Q(state=Evaluation.State.RUNNING, started_at__lt=stale_running)
+        )
+        .order_by("requested_at")
+        .values_list("pk", flat=True)
+    )
+    if ids:
+        from trusthub_eval import tasks
+
+        tasks.enqueue(ids)
+    return len(ids)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def backoff(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter.
+
+    TrustHub's ``Retry-After`` is a floor, even above our own cap. Every countdown stays below
+    an hour, the broker's visibility timeout on Redis and SQS, so that a delayed message is
+    never delivered a second time for being late.
+    """
+    ceiling = min(
+        app_settings.RETRY_BACKOFF_MAX, app_settings.RETRY_BACKOFF * (2 ** max(attempt - 1, 0))
+    )
+    delay = random.uniform(0, ceiling)  # noqa: S311 (jitter, not cryptography)
+    if retry_after is not None:
+        delay = max(delay, retry_after + random.uniform(0, 1))  # noqa: S311
+    return min(delay, _MAX_COUNTDOWN)
+
+
+_MAX_COUNTDOWN = 3000.0
+
+
+def run_evaluation(evaluation_id: int, *, client: TrustHubClient | None = None) -> Outcome:
+    """Claim the evaluation, ask TrustHub, store the answer.
+
+    Raises :class:`RetryLater` after a transient error (the row is queued again). Permanent
+    errors, and transient ones past ``MAX_ATTEMPTS``, are recorded as failed.
+    """
+    evaluation = Evaluation.objects.claim(
+        evaluation_id, running_timeout=app_settings.RUNNING_TIMEOUT
+    )
+    if evaluation is None:
+        return Outcome.SKIPPED
+    with _client(client) as trusthub:
+        return _run_claimed(evaluation, trusthub)
+
+
+def _run_claimed(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
+    profile, policy = evaluation.customer_profile, evaluation.policy
+    posted = evaluation.posted_at is not None
+    try:
+        payload = _reconcile(evaluation, client) if posted else None
+        if payload is None:
+            if not Evaluation.objects.mark_posting(evaluation):
+                return Outcome.SKIPPED
+            posted = True
+            payload = client.create_evaluation(profile.sid, policy.sid)
+    except TrustHubError as error:
+        # A POST that was answered, or never sent, was not processed: nothing to reconcile.
+        posted = posted and error.ambiguous
+        return _record_error(evaluation, error, posted=posted)
+    previous = _compliance_of(profile.pk)
+    if not Evaluation.objects.record_result(evaluation, payload):
+        return Outcome.SKIPPED
+    logger.info(
+        "Evaluation %s of %s against %s: %s",
+        evaluation.sid,
+        profile.sid,
+        policy.sid,
+        evaluation.status,
+    )
+    _send_completed_signals(evaluation, previous)
+    return Outcome.COMPLETED
+
+
+def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, Any] | None:
+    """After an ambiguous POST: the evaluation TrustHub created for it, if any.
+
+    TrustHub has no idempotency key, so we list the profile's evaluations and adopt the first
+    one for the same policy created since the POST was sent that we have not stored yet.
+    """
+    assert evaluation.posted_at is not None
+    since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
+    candidates = []
+    for item in client.list_evaluations(evaluation.customer_profile.sid):
+        created = _parse_created(item)
+        if item.get("policy_sid") != evaluation.policy.sid or created is None or created < since:
+            continue
+        candidates.append((created, item))
+    if not candidates:
+        return None
+    known = set(
+        Evaluation.objects.filter(sid__in=[item.get("sid") for _, item in candidates]).values_list(
+            "sid", flat=True
+        )
+    )
+    for _created, item in sorted(candidates, key=lambda pair: pair[0]):
+        if item.get("sid") not in known:
+            logger.info(
+                "Evaluation #%s adopted %s after an ambiguous POST", evaluation.pk, item.get("sid")
+            )
+            return item
+    return None
+
+
+def _parse_created(item: Mapping[str, Any]) -> datetime.datetime | None:
+    from trusthub_eval.managers import parse_twilio_datetime
+
+    return parse_twilio_datetime(item.get("date_created"))
+
+
+def _record_error(evaluation: Evaluation, error: TrustHubError, *, posted: bool) -> Outcome:
+    message = str(error)
+    out_of_attempts = evaluation.attempts >= app_settings.MAX_ATTEMPTS
+    if error.permanent or out_of_attempts:
+        if out_of_attempts and not error.permanent:
+            message = f"Gave up after {evaluation.attempts} attempts: {message}"
+        logger.warning("Evaluation #%s failed: %s", evaluation.pk, message)
+        Evaluation.objects.record_failure(evaluation, error_code=error.code, error_message=message)
+        return Outcome.FAILED
+    Evaluation.objects.release_for_retry(
+        evaluation, error_code=error.code, error_message=message, posted=posted
+    )
+    countdown = backoff(evaluation.attempts, error.retry_after)
+    logger.info("Evaluation #%s will retry in %.1fs: %s", evaluation.pk, countdown, message)
+    raise RetryLater(evaluation.pk, countdown, error)
+
+
+def _compliance_of(profile_id: int) -> str:
+    return (
+        CustomerProfile.objects.filter(pk=profile_id)
+        .values_list("compliance_status", flat=True)
+        .get()
+    )
+
+
+def _send_completed_signals(evaluation: Evaluation, previous: str) -> None:
+    def send() -> None:
+        signals.evaluation_completed.send(sender=Evaluation, evaluation=evaluation)
+        if (
+            previous != evaluation.status
+            and _compliance_of(evaluation.customer_profile_id) == evaluation.status
+        ):
+            signals.compliance_changed.send(
+                sender=CustomerProfile,
+                customer_profile=evaluation.customer_profile,
+                evaluation=evaluation,
+                previous=previous,
+                current=evaluation.status,
+            )
+
+    transaction.on_commit(send)
+
+
+# --- syncing -----------------------------------------------------------------------------------
+
+
+def sync_policies(*, client: TrustHubClient | None = None) -> int:
+    """Upsert every policy TrustHub lists; returns how many."""
+    with _client(client) as trusthub:
+        count = 0
+        for item in trusthub.list_policies():
+            Policy.objects.upsert_from_payload(item)
+            count += 1
+        return count
+
+
+def sync_customer_profiles(*, client: TrustHubClient | None = None) -> int:
+    """Upsert every customer profile TrustHub lists; returns how many."""
+    with _client(client) as trusthub:
+        count = 0
+        for item in trusthub.list_customer_profiles():
+            CustomerProfile.objects.upsert_from_payload(item)
+            count += 1
+        return count
+
+
+def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None = None) -> int:
+    """Import the profile's evaluations made elsewhere (the console, the SDK); returns how many."""
+    with _client(client) as trusthub:
+        imported = sum(
+            1
+            for item in trusthub.list_evaluations(profile.sid)
+            if Evaluation.objects.import_from_payload(profile, item)[1]
+        )
+    if imported:
+        profiles = CustomerProfile.objects.filter(pk=profile.pk)
+        profiles.refresh_latest()
+        profiles.refresh_compliance()
+    return imported
+
+
+def fetch_customer_profile(sid: str, *, client: TrustHubClient | None = None) -> CustomerProfile:
+    """The local profile with ``sid``, fetched from TrustHub (with its policy) if unknown."""
+    check_sid(sid, SidKind.CUSTOMER_PROFILE)
+    try:
+        return CustomerProfile.objects.select_related("policy").get(sid=sid)
+    except CustomerProfile.DoesNotExist:
+        pass
+    with _client(client) as trusthub:
+        profile = CustomerProfile.objects.upsert_from_payload(trusthub.fetch_customer_profile(sid))
+        if profile.policy is not None and profile.policy.synced_at is None:
+            Policy.objects.upsert_from_payload(trusthub.fetch_policy(profile.policy.sid))
+    return CustomerProfile.objects.select_related("policy").get(pk=profile.pk)
+
+
+@contextlib.contextmanager
+def _client(client: TrustHubClient | None) -> Iterator[TrustHubClient]:
+    """Use the caller's client, or make one from settings and close it afterwards."""
+    if client is not None:
+        yield client
+        return
+    with TrustHubClient.from_settings() as own:
+        yield own
