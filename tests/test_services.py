@@ -401,3 +401,13 @@ def test_backoff_grows_is_capped_and_honours_retry_after(settings):
     assert max(services.backoff(4) for _ in range(200)) > 2
     assert all(services.backoff(20) <= 30 for _ in range(50))
     assert all(services.backoff(1, retry_after=10) >= 10 for _ in range(50))
+
+
+def test_profile_counts_the_failing_requirements_of_its_newest_evaluation(sandbox):
+    profiles = sync_world()
+    for sid in (ACME, INITECH):
+        run_until_done(services.request_evaluation(profiles[sid], trigger="cli")[0])
+    acme, initech = (CustomerProfile.objects.get(sid=sid) for sid in (ACME, INITECH))
+    assert acme.failing_requirements == 0
+    newest = initech.latest_evaluation
+    assert initech.failing_requirements == newest.requirement_results.failing().count() > 0

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.db import models, transaction
-from django.db.models import F, OuterRef, Q, Subquery, Value
+from django.db.models import Count, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -99,14 +99,24 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
 
     def refresh_compliance(self) -> int:
         """Set each profile's compliance from its newest completed evaluation; one UPDATE."""
-        from trusthub_eval.models import Evaluation
+        from trusthub_eval.models import Evaluation, RequirementResult
 
         newest = Evaluation.objects.filter(
             customer_profile=OuterRef("pk"), state=Evaluation.State.COMPLETED
         ).order_by("-completed_at", "-id")
+        failing = (
+            RequirementResult.objects.filter(evaluation=OuterRef(OuterRef("pk")), passed=False)
+            .order_by()
+            .values("evaluation")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
         return self.update(
             compliance_status=Coalesce(Subquery(newest.values("status")[:1]), Value("")),
             compliance_checked_at=Subquery(newest.values("completed_at")[:1]),
+            failing_requirements=Coalesce(
+                Subquery(newest.annotate(n=Subquery(failing)).values("n")[:1]), Value(0)
+            ),
         )
 
 

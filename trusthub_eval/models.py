@@ -108,6 +108,11 @@ class CustomerProfile(models.Model):
         help_text=_("TrustHub's verdict in the most recent completed evaluation."),
     )
     compliance_checked_at = models.DateTimeField(_("last evaluated"), null=True, blank=True)
+    failing_requirements = models.PositiveIntegerField(
+        _("failing requirements"),
+        default=0,
+        help_text=_("Requirements that failed in the most recent completed evaluation."),
+    )
 
     objects: ClassVar[CustomerProfileQuerySet] = CustomerProfileQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -120,6 +125,7 @@ class CustomerProfile(models.Model):
             models.Index(fields=["status"], name="trusthub_cp_status_idx"),
             models.Index(fields=["compliance_status"], name="trusthub_cp_compliance_idx"),
             models.Index(fields=["compliance_checked_at"], name="trusthub_cp_checked_idx"),
+            models.Index(fields=["policy", "friendly_name", "sid"], name="trusthub_cp_policy_idx"),
             models.Index(fields=["email"], name="trusthub_cp_email_idx"),
         ]
         permissions = [
