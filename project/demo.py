@@ -62,6 +62,7 @@ def main() -> None:
             sys.exit(f"Port {port} (the {what}) is taken: is another `make run` still running?")
     manage("migrate", "--noinput", "-v", "0")
     ensure_demo_user()
+    from django.conf import settings
 
     children: list[subprocess.Popen[bytes]] = []
 
@@ -80,8 +81,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     try:
         sandbox = subprocess.Popen(
-            [PYTHON, "manage.py", "trusthub_sandbox", "--port", str(SANDBOX_PORT)], cwd=ROOT
-        )
+            [
+                PYTHON, "manage.py", "trusthub_sandbox",
+                "--port", str(SANDBOX_PORT), "--world", str(settings.SANDBOX_WORLD),
+            ],
+            cwd=ROOT,
+        )  # fmt: skip
         children.append(sandbox)
         wait_for_port(SANDBOX_PORT, sandbox, "sandbox")
         manage("trusthub_sync", "--evaluations")

@@ -22,15 +22,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"]["TEST"] = {"NAME": "test_trusthub_eval"}
+# A worker process started by the suite connects straight to the suite's test database.
+if os.environ.get("TRUSTHUB_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["TRUSTHUB_TEST_DB_NAME"]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-CELERY_TASK_ALWAYS_EAGER = True
+# In-process tests run tasks eagerly; tests/worker.py starts real workers with this off.
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("TRUSTHUB_TEST_EAGER", "1") == "1"
 CELERY_TASK_EAGER_PROPAGATES = True
 TRUSTHUB_EVAL = {
-    # Pointed at the in-thread sandbox by the `trusthub_settings` fixture.
-    "BASE_URL": "http://127.0.0.1:9",
-    "ACCOUNT_SID": None,
-    "AUTH_TOKEN": None,
+    # Pointed at the in-thread sandbox by the `trusthub_settings` fixture (or, for a worker
+    # process, by the environment).
+    "BASE_URL": os.environ.get("TRUSTHUB_BASE_URL", "http://127.0.0.1:9"),
+    "ACCOUNT_SID": os.environ.get("TRUSTHUB_TEST_ACCOUNT_SID"),
+    "AUTH_TOKEN": os.environ.get("TRUSTHUB_TEST_AUTH_TOKEN"),
+    "TASK_QUEUE": os.environ.get("TRUSTHUB_TEST_QUEUE"),
     "RETRY_BACKOFF": 0.01,
     "RETRY_BACKOFF_MAX": 0.05,
     "READ_TIMEOUT": 2.0,

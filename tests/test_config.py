@@ -1,0 +1,127 @@
+"""Settings, system checks, SIDs and migrations."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.test import override_settings
+
+from trusthub_eval.checks import check_settings
+from trusthub_eval.conf import TWILIO_BASE_URL, app_settings
+from trusthub_eval.sids import (
+    InvalidSid,
+    SidKind,
+    check_sid,
+    is_sid,
+    validate_customer_profile_sid,
+)
+
+GOOD_AC = "AC" + "0123456789abcdef" * 2
+
+
+def check_ids(**trusthub_eval):
+    with override_settings(TRUSTHUB_EVAL=trusthub_eval):
+        return sorted(message.id for message in check_settings())
+
+
+def test_settings_are_read_on_every_access():
+    with override_settings(TRUSTHUB_EVAL={"READ_TIMEOUT": 7}):
+        assert app_settings.READ_TIMEOUT == 7.0
+    with override_settings(TRUSTHUB_EVAL={}):
+        assert app_settings.READ_TIMEOUT == 30.0
+        assert app_settings.BASE_URL == TWILIO_BASE_URL
+
+
+def test_credentials_fall_back_to_twilio_environment_variables(monkeypatch):
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", GOOD_AC)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "env-token")
+    monkeypatch.setenv("TWILIO_API_KEY", "SK" + "1" * 32)
+    with override_settings(TRUSTHUB_EVAL={"AUTH_TOKEN": "setting-token"}):
+        assert app_settings.ACCOUNT_SID == GOOD_AC
+        assert app_settings.AUTH_TOKEN == "setting-token"  # the setting wins
+        assert app_settings.API_KEY_SID == "SK" + "1" * 32
+
+
+def test_base_url_loses_its_trailing_slash():
+    with override_settings(TRUSTHUB_EVAL={"BASE_URL": "http://127.0.0.1:8765/"}):
+        assert app_settings.BASE_URL == "http://127.0.0.1:8765"
+
+
+def test_checks_pass_for_a_sound_configuration(monkeypatch):
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY", "TWILIO_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t") == []
+    assert check_ids(API_KEY_SID="SK" + "2" * 32, API_KEY_SECRET="s") == []
+    assert check_ids(BASE_URL="http://127.0.0.1:8765") == []  # a sandbox needs no real ones
+
+
+def test_checks_report_bad_configuration(monkeypatch):
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY", "TWILIO_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert check_ids() == ["trusthub_eval.E003"]
+    assert "trusthub_eval.E002" in check_ids(ACCOUNT_SID="ACnope", AUTH_TOKEN="t")
+    assert "trusthub_eval.E002" in check_ids(
+        ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", DEFAULT_POLICY_SID="RN123"
+    )
+    assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", BASE_URL="ftp://x") == [
+        "trusthub_eval.E004"
+    ]
+    assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", TYPO=1) == ["trusthub_eval.W001"]
+    assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", RETRY_BACKOFF_MAX=7200) == [
+        "trusthub_eval.W003"
+    ]
+    with override_settings(TRUSTHUB_EVAL=["not", "a", "dict"]):
+        assert [m.id for m in check_settings()] == ["trusthub_eval.E001"]
+
+
+def test_check_messages_never_contain_the_token(monkeypatch):
+    with override_settings(TRUSTHUB_EVAL={"ACCOUNT_SID": "ACbad", "AUTH_TOKEN": "sekrit-123"}):
+        assert all("sekrit-123" not in str(message) for message in check_settings())
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "ok"),
+    [
+        ("BU" + "a" * 32, SidKind.CUSTOMER_PROFILE, True),
+        ("BU" + "A" * 32, SidKind.CUSTOMER_PROFILE, True),
+        ("BU" + "a" * 31, SidKind.CUSTOMER_PROFILE, False),
+        ("BU" + "g" * 32, SidKind.CUSTOMER_PROFILE, False),
+        ("RN" + "a" * 32, SidKind.CUSTOMER_PROFILE, False),
+        ("BU" + "a" * 32 + "\n", SidKind.CUSTOMER_PROFILE, False),
+        (None, SidKind.POLICY, False),
+        ("EL" + "0" * 32, SidKind.EVALUATION, True),
+    ],
+)
+def test_sid_patterns(value, kind, ok):
+    assert is_sid(value, kind) is ok
+    if ok:
+        assert check_sid(value, kind) == value
+    else:
+        with pytest.raises(InvalidSid, match=kind.label):
+            check_sid(value, kind)
+
+
+def test_sid_validator_for_forms_and_models():
+    validate_customer_profile_sid("BU" + "b" * 32)
+    with pytest.raises(ValidationError) as error:
+        validate_customer_profile_sid("BU123")
+    assert "Customer Profile SID" in str(error.value.messages[0])
+
+
+@pytest.mark.django_db
+def test_no_migrations_are_missing():
+    out = StringIO()
+    call_command("makemigrations", "trusthub_eval", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_a_setting_never_changes_the_schema(settings):
+    settings.DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+    settings.TRUSTHUB_EVAL = {"TASK_QUEUE": "elsewhere", "MAX_ATTEMPTS": 2}
+    out = StringIO()
+    call_command("makemigrations", "trusthub_eval", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()

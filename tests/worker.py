@@ -1,0 +1,166 @@
+"""A real `celery worker` process for the suite: own process, real broker, the test database.
+
+The worker talks to the in-thread sandbox over HTTP and to the test database; the test process
+publishes through the same broker. Nothing is eager and nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from tests.services import AMQP_URL, REDIS_URL, ROOT
+
+BROKERS = {
+    "filesystem": None,
+    "redis": pytest.param("redis", marks=pytest.mark.redis),
+    "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+}
+
+
+class WorkerProcess:
+    """A running worker and what it printed, for assertions and for failure messages."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+            if " ready." in line:
+                self.ready.set()
+
+    @property
+    def output(self) -> str:
+        """Everything the worker printed."""
+        return "\n".join(self.lines)
+
+    @property
+    def tail(self) -> str:
+        return "\n".join(self.lines[-80:])
+
+    def wait_until(self, predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.process.poll() is not None:
+                pytest.fail(f"worker exited ({self.process.returncode}):\n{self.tail}")
+            time.sleep(0.2)
+        pytest.fail(f"timed out waiting for {what}; worker output:\n{self.tail}")
+
+
+def _broker(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    if kind == "redis":
+        return REDIS_URL, {}
+    if kind == "rabbitmq":
+        return AMQP_URL, {}
+    # The layout project/settings.py gives TRUSTHUB_BROKER_DIR, so the worker finds it.
+    queue = tmp_path / "broker" / "queue"
+    queue.mkdir(parents=True)
+    return "filesystem://", {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+
+
+@contextmanager
+def _publish_through(broker_url: str, transport_options: dict[str, Any]) -> Iterator[None]:
+    """Make this process's Celery app publish to the real broker instead of running eagerly."""
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    keys = ("task_always_eager", "broker_url", "broker_transport_options")
+    saved = {key: app.conf[key] for key in keys}
+    app.conf.update(
+        task_always_eager=False,
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+    )
+    app._pool = None
+    app.amqp._producer_pool = None
+    try:
+        yield
+    finally:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app.conf.update(saved)
+        app._pool = None
+        app.amqp._producer_pool = None
+
+
+@contextmanager
+def celery_worker(
+    kind: str, *, sandbox: Any, settings: Any, tmp_path: Path, concurrency: int = 2
+) -> Iterator[WorkerProcess]:
+    """Start a worker on broker ``kind`` serving a queue of its own; stop it afterwards."""
+    broker_url, options = _broker(kind, tmp_path)
+    queue = f"trusthub-test-{uuid.uuid4().hex[:12]}"
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "TASK_QUEUE": queue}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "TRUSTHUB_TEST_EAGER": "0",
+        "TRUSTHUB_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "TRUSTHUB_BASE_URL": sandbox.url,
+        "TRUSTHUB_TEST_ACCOUNT_SID": sandbox.account_sid,
+        "TRUSTHUB_TEST_AUTH_TOKEN": sandbox.auth_token,
+        "TRUSTHUB_TEST_QUEUE": queue,
+        "CELERY_BROKER_URL": broker_url,
+        "TRUSTHUB_BROKER_DIR": str(tmp_path / "broker"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", "project", "worker",
+        "--queues", queue, "--concurrency", str(concurrency), "--pool", "threads",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--hostname", f"{queue}@%h",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    worker = WorkerProcess(process)
+    try:
+        if not worker.ready.wait(60):
+            pytest.fail(f"celery worker did not become ready:\n{worker.tail}")
+        with _publish_through(broker_url, options):
+            yield worker
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if kind == "redis":
+            _purge_redis(queue)
+
+
+def _purge_redis(queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(queue, f"{queue}\x06\x163", f"{queue}\x06\x166", f"{queue}\x06\x169")
+    client.close()
