@@ -73,9 +73,11 @@ def _broker(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
     # The layout project/settings.py gives TRUSTHUB_BROKER_DIR, so the worker finds it.
     queue = tmp_path / "broker" / "queue"
     queue.mkdir(parents=True)
+    (tmp_path / "broker" / "control").mkdir()
     return "filesystem://", {
         "data_folder_in": str(queue),
         "data_folder_out": str(queue),
+        "control_folder": str(tmp_path / "broker" / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }
