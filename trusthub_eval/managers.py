@@ -105,7 +105,7 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
             customer_profile=OuterRef("pk"), state=Evaluation.State.COMPLETED
         ).order_by("-completed_at", "-id")
         failing = (
-            RequirementResult.objects.filter(evaluation=OuterRef(OuterRef("pk")), passed=False)
+            RequirementResult.objects.filter(evaluation=OuterRef("pk"), passed=False)
             .order_by()
             .values("evaluation")
             .annotate(n=Count("pk"))
