@@ -34,8 +34,6 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_CLOCK_SKEW": 120.0,
     # Policy used when a profile's own policy is unknown and none is given.
     "DEFAULT_POLICY_SID": None,
-    # Re-evaluate a profile when TrustHub's status callback reports a change.
-    "REEVALUATE_ON_STATUS_CALLBACK": False,
     # Celery queue the evaluation tasks are sent to (None: the default queue).
     "TASK_QUEUE": None,
 }
@@ -113,10 +111,6 @@ class AppSettings:
     @property
     def DEFAULT_POLICY_SID(self) -> str | None:
         return self._get("DEFAULT_POLICY_SID")  # type: ignore[no-any-return]
-
-    @property
-    def REEVALUATE_ON_STATUS_CALLBACK(self) -> bool:
-        return bool(self._get("REEVALUATE_ON_STATUS_CALLBACK"))
 
     @property
     def TASK_QUEUE(self) -> str | None:

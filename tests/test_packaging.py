@@ -1,0 +1,33 @@
+"""The wheel holds the app and nothing else, with what it needs at run time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+from tests.services import ROOT
+
+
+def test_wheel_contains_only_the_app(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
+        cwd=ROOT,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("trusthub_eval-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"trusthub_eval", wheel.name.split("-py3")[0] + ".dist-info"}
+    for needed in (
+        "trusthub_eval/py.typed",
+        "trusthub_eval/migrations/0001_initial.py",
+        "trusthub_eval/sandbox/default_world.json",
+    ):
+        assert needed in names
+    assert not any("/tests/" in name or name.endswith(".pyc") for name in names)
+    metadata = (
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    )
+    for requirement in ("django>=5.2", "djangorestframework", "requests", "celery"):
+        assert f"Requires-Dist: {requirement}" in metadata
