@@ -13,15 +13,18 @@ from project.settings import VAR_DIR
 
 _url = os.environ.get("TRUSTHUB_TEST_DATABASE_URL", f"sqlite:///{VAR_DIR / 'test-main.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(_url)}
+# Named per run, so that two suites running at once never share a test database.
+_run = os.environ.setdefault("TRUSTHUB_TEST_RUN", str(os.getpid()))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # A file, not memory: a worker process started by the suite opens the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{_run}.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL;",
     }
 else:
-    DATABASES["default"]["TEST"] = {"NAME": "test_trusthub_eval"}
+    DATABASES["default"]["TEST"] = {"NAME": f"test_trusthub_eval_{_run}"}
 # A worker process started by the suite connects straight to the suite's test database.
 if os.environ.get("TRUSTHUB_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["TRUSTHUB_TEST_DB_NAME"]

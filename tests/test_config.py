@@ -73,6 +73,21 @@ def test_checks_report_bad_configuration(monkeypatch):
     assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", RETRY_BACKOFF_MAX=7200) == [
         "trusthub_eval.W003"
     ]
+    assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", CONCURRENCY_LIMIT=0) == [
+        "trusthub_eval.E005"
+    ]
+    assert check_ids(ACCOUNT_SID=GOOD_AC, AUTH_TOKEN="t", CONCURRENCY_LIMIT=5) == [
+        "trusthub_eval.E006"
+    ]
+    assert (
+        check_ids(
+            ACCOUNT_SID=GOOD_AC,
+            AUTH_TOKEN="t",
+            CONCURRENCY_LIMIT=5,
+            CONCURRENCY_REDIS_URL="redis://127.0.0.1:6379/0",
+        )
+        == []
+    )
     with override_settings(TRUSTHUB_EVAL=["not", "a", "dict"]):
         assert [m.id for m in check_settings()] == ["trusthub_eval.E001"]
 

@@ -70,6 +70,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                 id="trusthub_eval.E004",
             )
         )
+    limit = user.get("CONCURRENCY_LIMIT")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        errors.append(
+            Error(
+                "TRUSTHUB_EVAL['CONCURRENCY_LIMIT'] must be a positive integer or None.",
+                id="trusthub_eval.E005",
+            )
+        )
+    elif limit and not app_settings.CONCURRENCY_REDIS_URL:
+        errors.append(
+            Error(
+                "CONCURRENCY_LIMIT is set without CONCURRENCY_REDIS_URL.",
+                hint=(
+                    "The cap is shared by every worker through Redis: set "
+                    "TRUSTHUB_EVAL['CONCURRENCY_REDIS_URL'] (e.g. redis://localhost:6379/0)."
+                ),
+                id="trusthub_eval.E006",
+            )
+        )
     if app_settings.RETRY_BACKOFF_MAX >= 3600:
         errors.append(
             Warning(

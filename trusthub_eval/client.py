@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import socket
@@ -19,6 +20,7 @@ from requests.auth import AuthBase, HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from . import __version__
+from .concurrency import RedisConcurrencyLimiter, limiter_from_settings
 from .conf import DEFAULTS, TWILIO_BASE_URL, app_settings
 from .exceptions import (
     ErrorKind,
@@ -168,6 +170,7 @@ class TrustHubClient:
         ),
         session: requests.Session | None = None,
         page_size: int = int(DEFAULTS["PAGE_SIZE"]),
+        limiter: RedisConcurrencyLimiter | None = None,
     ) -> None:
         self.account_sid = account_sid or None
         self._credentials = self._make_credentials(
@@ -185,6 +188,7 @@ class TrustHubClient:
             session.mount("https://", adapter)
             session.mount("http://", adapter)
         self._session = session
+        self._limiter = limiter
 
     @classmethod
     def from_settings(cls, *, session: requests.Session | None = None) -> Self:
@@ -198,6 +202,7 @@ class TrustHubClient:
             timeout=(app_settings.CONNECT_TIMEOUT, app_settings.READ_TIMEOUT),
             session=session,
             page_size=app_settings.PAGE_SIZE,
+            limiter=limiter_from_settings(),
         )
 
     @staticmethod
@@ -396,16 +401,17 @@ class TrustHubClient:
         response: requests.Response | None = None
         failure: TrustHubError | None = None
         try:
-            response = self._session.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                auth=_Auth(self._credentials),
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
+            with self._limiter.slot() if self._limiter else contextlib.nullcontext():
+                response = self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    auth=_Auth(self._credentials),
+                    headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
         except requests.RequestException as exc:
             failure = self._transport_error(exc, method, path)
         elapsed_ms = (time.monotonic() - started) * 1000

@@ -34,6 +34,12 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_CLOCK_SKEW": 120.0,
     # Policy used when a profile's own policy is unknown and none is given.
     "DEFAULT_POLICY_SID": None,
+    # Concurrent TrustHub requests allowed across every process (Twilio answers 429 past the
+    # account's limit). None: no cap of our own. Needs a Redis URL to share the count.
+    "CONCURRENCY_LIMIT": None,
+    "CONCURRENCY_REDIS_URL": None,
+    # How long a request waits for a free slot before it is retried later instead.
+    "CONCURRENCY_WAIT": 10.0,
     # Celery queue the evaluation tasks are sent to (None: the default queue).
     "TASK_QUEUE": None,
 }
@@ -111,6 +117,19 @@ class AppSettings:
     @property
     def DEFAULT_POLICY_SID(self) -> str | None:
         return self._get("DEFAULT_POLICY_SID")  # type: ignore[no-any-return]
+
+    @property
+    def CONCURRENCY_LIMIT(self) -> int | None:
+        value = self._get("CONCURRENCY_LIMIT")
+        return None if value is None else int(value)
+
+    @property
+    def CONCURRENCY_REDIS_URL(self) -> str | None:
+        return self._get("CONCURRENCY_REDIS_URL")  # type: ignore[no-any-return]
+
+    @property
+    def CONCURRENCY_WAIT(self) -> float:
+        return float(self._get("CONCURRENCY_WAIT"))
 
     @property
     def TASK_QUEUE(self) -> str | None:

@@ -121,6 +121,13 @@ class TrustHubConnectionError(TrustHubError):
     default_kind = ErrorKind.RETRYABLE
 
 
+class ConcurrencyLimited(TrustHubError):
+    """Our own cap on concurrent requests had no free slot in time; nothing was sent."""
+
+    default_message = "No free slot under the account's concurrency limit."
+    default_kind = ErrorKind.RETRYABLE
+
+
 class TrustHubTimeout(TrustHubError):
     """The request was sent but no complete answer came back (read timeout, dropped connection)."""
 

@@ -163,12 +163,19 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         return bool(self._held(evaluation).update(posted_at=evaluation.posted_at))
 
     def release_for_retry(
-        self, evaluation: Evaluation, *, error_code: int | None, error_message: str, posted: bool
+        self,
+        evaluation: Evaluation,
+        *,
+        error_code: int | None,
+        error_message: str,
+        posted: bool,
+        count_attempt: bool = True,
     ) -> bool:
         """Put a running evaluation back in the queue after a transient error.
 
         ``posted`` says whether TrustHub may have processed the POST (an ambiguous error): if
-        not, the reconciliation mark is cleared.
+        not, the reconciliation mark is cleared. ``count_attempt=False`` gives the attempt back
+        (nothing reached TrustHub, e.g. while waiting for a concurrency slot).
         """
         fields: dict[str, Any] = {
             "state": self.model.State.QUEUED,
@@ -177,6 +184,9 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         }
         if not posted:
             fields["posted_at"] = None
+        if not count_attempt:
+            fields["attempts"] = F("attempts") - 1
+            evaluation.attempts -= 1
         return bool(self._held(evaluation).update(**fields))
 
     def record_failure(

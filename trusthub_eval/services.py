@@ -18,7 +18,7 @@ from django.utils import timezone
 from trusthub_eval import signals
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.conf import app_settings
-from trusthub_eval.exceptions import TrustHubError
+from trusthub_eval.exceptions import ConcurrencyLimited, TrustHubError
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.sids import SidKind, check_sid
 
@@ -369,7 +369,12 @@ def _record_error(evaluation: Evaluation, error: TrustHubError, *, posted: bool)
         Evaluation.objects.record_failure(evaluation, error_code=error.code, error_message=message)
         return Outcome.FAILED
     Evaluation.objects.release_for_retry(
-        evaluation, error_code=error.code, error_message=message, posted=posted
+        evaluation,
+        error_code=error.code,
+        error_message=message,
+        posted=posted,
+        # Waiting for one of our own concurrency slots is not an attempt at TrustHub.
+        count_attempt=not isinstance(error, ConcurrencyLimited),
     )
     countdown = backoff(evaluation.attempts, error.retry_after)
     logger.info("Evaluation #%s will retry in %.1fs: %s", evaluation.pk, countdown, message)

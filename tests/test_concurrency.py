@@ -1,0 +1,128 @@
+"""The fleet-wide cap on concurrent TrustHub requests, shared through a real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from contextlib import ExitStack
+
+import pytest
+import redis
+
+from tests.factories import ACME, INITECH, STARK, UMBRELLA, sync_world
+from tests.sandbox_fixtures import DEMO_WORLD
+from tests.services import REDIS_URL
+from trusthub_eval import services
+from trusthub_eval.client import TrustHubClient
+from trusthub_eval.concurrency import RedisConcurrencyLimiter, limiter_from_settings
+from trusthub_eval.exceptions import ConcurrencyLimited, RateLimited
+from trusthub_eval.models import Evaluation
+from trusthub_eval.sandbox import SandboxServer
+
+pytestmark = pytest.mark.redis
+
+
+def limiter(limit: int, *, lease: float = 30, wait: float = 0.3) -> RedisConcurrencyLimiter:
+    return RedisConcurrencyLimiter(
+        REDIS_URL, limit, account=f"test-{uuid.uuid4().hex}", lease=lease, wait=wait
+    )
+
+
+def test_slots_are_capped_and_given_back():
+    cap = limiter(2)
+    with ExitStack() as held:
+        held.enter_context(cap.slot())
+        held.enter_context(cap.slot())
+        assert cap.in_use() == 2
+        with pytest.raises(ConcurrencyLimited, match="limit of 2"), cap.slot():
+            pass
+    assert cap.in_use() == 0
+    with cap.slot():
+        assert cap.in_use() == 1
+
+
+def test_a_dead_holders_slot_is_reclaimed_after_its_lease():
+    cap = limiter(1, lease=0.3, wait=2)
+    cap.slot().__enter__()  # a holder that never gives it back
+    with cap.slot():  # waits out the lease instead of failing
+        assert cap.in_use() == 1
+
+
+@pytest.fixture
+def busy_sandbox(tmp_path):
+    """A sandbox that answers 429 past 3 requests in flight, each taking 0.3 s."""
+    world = json.loads(DEMO_WORLD.read_text())
+    world["concurrency_limit"] = 3
+    path = tmp_path / "world.json"
+    path.write_text(json.dumps(world))
+    with SandboxServer(path, port=0).start() as server:
+        server.add_fault(
+            method="POST", path="Evaluations$", after_processing=True, delay=0.3, times=None
+        )
+        yield server
+
+
+def hammer(server: SandboxServer, cap: RedisConcurrencyLimiter | None, n: int = 12) -> list:
+    errors: list[Exception] = []
+
+    def one(profile: str) -> None:
+        client = TrustHubClient(
+            account_sid=server.account_sid,
+            auth_token=server.auth_token,
+            base_url=server.url,
+            timeout=(2, 5),
+            limiter=cap,
+        )
+        try:
+            client.create_evaluation(profile, "RNdfbf3fae0e1107f8aded0e7cead80bf5")
+        except (RateLimited, ConcurrencyLimited) as error:
+            errors.append(error)
+        finally:
+            client.close()
+
+    profiles = [ACME, INITECH, STARK, UMBRELLA] * (n // 4)
+    threads = [threading.Thread(target=one, args=(sid,)) for sid in profiles]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_without_a_cap_the_account_trips_20429(busy_sandbox):
+    errors = hammer(busy_sandbox, None)
+    assert any(isinstance(e, RateLimited) and e.code == 20429 for e in errors)
+
+
+def test_a_fleet_under_the_shared_cap_never_trips_20429(busy_sandbox):
+    # Several clients, one per thread as workers would be, share the cap only through Redis.
+    cap = limiter(3, wait=30)
+    assert hammer(busy_sandbox, cap) == []
+    assert busy_sandbox.stats["max_in_flight"] <= 3
+    assert not [r for r in busy_sandbox.requests_log if r["status"] == 429]
+    assert len([r for r in busy_sandbox.requests_log if r["method"] == "POST"]) == 12
+
+
+@pytest.mark.django_db
+def test_waiting_for_a_slot_is_retried_without_spending_an_attempt(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {
+        **settings.TRUSTHUB_EVAL,
+        "CONCURRENCY_LIMIT": 1,
+        "CONCURRENCY_REDIS_URL": REDIS_URL,
+        "CONCURRENCY_WAIT": 0.2,
+    }
+    profile = sync_world()[UMBRELLA]
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    cap = limiter_from_settings()
+    # Another worker holds the only slot.
+    with cap.slot(), pytest.raises(services.RetryLater) as retry:
+        services.run_evaluation(evaluation.pk)
+    assert isinstance(retry.value.error, ConcurrencyLimited)
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.attempts) == ("queued", 0)
+    assert services.run_evaluation(evaluation.pk) == services.Outcome.COMPLETED
+    evaluation.refresh_from_db()
+    assert evaluation.attempts == 1
+    assert Evaluation.objects.get(pk=evaluation.pk).posted_at is None
+    redis.Redis.from_url(REDIS_URL).delete(cap.key)
