@@ -1,0 +1,1 @@
+"""Benchmarks of trusthub_eval against PostgreSQL with a large dataset (not part of the suite)."""

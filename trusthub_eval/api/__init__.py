@@ -1,0 +1,1 @@
+"""The REST API: profiles, policies and evaluations, and triggering re-evaluations."""

@@ -1,0 +1,41 @@
+"""Who may read and who may trigger: Django model permissions, checked without a query."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rest_framework.exceptions import MethodNotAllowed
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+REQUEST_EVALUATION = "trusthub_eval.request_evaluation"
+
+
+class ModelPermissions(BasePermission):
+    """Reads need the view permission of the view's model; writes, what the view names.
+
+    Like DRF's ``DjangoModelPermissions`` with ``view_*`` required for GET, but it reads the
+    model from the view's ``queryset`` attribute instead of calling ``get_queryset()``: the
+    nested views resolve a profile there, and an unauthorised caller must get 403 before any
+    lookup, not a 404 that tells them which profiles exist. A view lists what its other
+    methods need in ``write_permissions``; a method it does not list is refused.
+    """
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        if user is None or not user.is_authenticated:
+            return False
+        if getattr(view, (request.method or "").lower(), None) is None:
+            # Not a method this view has: 405 rather than a 403 that suggests a permission.
+            raise MethodNotAllowed(request.method or "")
+        if request.method in SAFE_METHODS:
+            model = view.queryset.model  # type: ignore[attr-defined]
+            return user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
+        write: Mapping[str, Sequence[str]] = getattr(view, "write_permissions", {})
+        required = write.get(request.method or "")
+        return required is not None and user.has_perms(required)
+
+    def has_object_permission(self, request: Request, view: APIView, obj: Any) -> bool:
+        return True

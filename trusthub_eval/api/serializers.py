@@ -1,0 +1,388 @@
+"""What the API shows and accepts: SIDs for TrustHub records, our integer ids for evaluations."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from django.db.models import QuerySet
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import Direction, extend_schema_field
+from rest_framework import serializers
+
+from trusthub_eval.api.filters import CustomerProfileFilter, sid_schema
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.sids import SidKind, sid_validator
+
+# URL names inside the API's namespace (trusthub_eval.api.urls sets app_name).
+NAMESPACE = "trusthub_eval_api"
+MAX_BULK_PROFILES = 10_000
+
+
+@extend_schema_field(sid_schema(SidKind.CUSTOMER_PROFILE))
+class CustomerProfileSidField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators.append(sid_validator(SidKind.CUSTOMER_PROFILE))
+
+
+@extend_schema_field(sid_schema(SidKind.POLICY))
+class PolicySidField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators.append(sid_validator(SidKind.POLICY))
+
+
+@extend_schema_field(
+    {"type": "string", "enum": list(Evaluation.Status.values), "nullable": True, "readOnly": True}
+)
+class VerdictField(serializers.ReadOnlyField):
+    """A profile's compliance: the model stores "" for "never evaluated", the API says null."""
+
+    def to_representation(self, value: Any) -> Any:
+        return value or None
+
+
+# The shapes TrustHub gives a result's field lists; kept as TrustHub sent them.
+_FIELD_ITEM = {
+    "friendly_name": {"type": "string"},
+    "object_field": {"type": "string"},
+    "failure_reason": {"type": "string", "nullable": True},
+    "error_code": {"type": "integer", "nullable": True},
+}
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "description": "Fields that passed, as TrustHub reported them.",
+        "items": {
+            "type": "object",
+            "properties": {**_FIELD_ITEM, "passed": {"type": "boolean"}},
+            "additionalProperties": True,
+        },
+    }
+)
+class ValidFieldsField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "description": "Fields to fix, each with TrustHub's reason and error code.",
+        "items": {"type": "object", "properties": _FIELD_ITEM, "additionalProperties": True},
+    }
+)
+class InvalidFieldsField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "additionalProperties": True,
+        "description": "TrustHub's free-form description of what the policy requires.",
+    }
+)
+class RequirementsField(serializers.JSONField):
+    pass
+
+
+class IdentityUrlField(serializers.HyperlinkedIdentityField):
+    """A ``HyperlinkedIdentityField`` that calls ``reverse()`` once per request, not per row.
+
+    ``reverse()`` took a sixth of a profile list page (three URLs per row); the URLs of one page
+    differ only in the lookup value, so the rest is reversed once and the value put in.
+    """
+
+    _PLACEHOLDER = "__lookup__"
+    _template = ""
+    _template_request: Any = None
+    _template_format: str | None = None
+
+    def get_url(self, obj: Any, view_name: str, request: Any, format: str | None) -> Any:
+        value = getattr(obj, self.lookup_field)
+        if value in (None, ""):
+            return None
+        # A serializer's fields are copied per serializer instance, which serves one request;
+        # keying on the request object keeps a reused serializer correct all the same.
+        if self._template_request is not request or self._template_format != format:
+            self._template = self.reverse(
+                view_name,
+                kwargs={self.lookup_url_kwarg: self._PLACEHOLDER},
+                request=request,
+                format=format,
+            )
+            self._template_request, self._template_format = request, format
+        return self._template.replace(self._PLACEHOLDER, quote(str(value), safe=""))
+
+
+class PolicySerializer(serializers.ModelSerializer[Policy]):
+    url = IdentityUrlField(view_name=f"{NAMESPACE}:policy-detail", lookup_field="sid")
+    requirements = RequirementsField(read_only=True)
+
+    class Meta:
+        model = Policy
+        fields = ["url", "sid", "friendly_name", "requirements", "synced_at"]
+        read_only_fields = fields
+
+
+class EvaluationSummarySerializer(serializers.ModelSerializer[Evaluation]):
+    """The latest evaluation of a profile, as its list shows it."""
+
+    url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
+
+    class Meta:
+        model = Evaluation
+        fields = ["id", "url", "status", "state", "requested_at", "completed_at"]
+        read_only_fields = fields
+
+
+class CustomerProfileSerializer(serializers.ModelSerializer[CustomerProfile]):
+    url = IdentityUrlField(view_name=f"{NAMESPACE}:customerprofile-detail", lookup_field="sid")
+    evaluations_url = IdentityUrlField(
+        view_name=f"{NAMESPACE}:customerprofile-evaluations",
+        lookup_field="sid",
+        help_text=_("The profile's evaluations, newest first; POST here to request one."),
+    )
+    policy = PolicySidField(
+        source="policy.sid", read_only=True, allow_null=True, help_text=_("Policy SID (RN…).")
+    )
+    compliance_status = VerdictField(
+        help_text=_("The verdict of the most recent completed evaluation; null if none.")
+    )
+    latest_evaluation = EvaluationSummarySerializer(read_only=True, allow_null=True)
+
+    class Meta:
+        model = CustomerProfile
+        fields = [
+            "url",
+            "sid",
+            "account_sid",
+            "friendly_name",
+            "email",
+            "status",
+            "policy",
+            "valid_until",
+            "date_created",
+            "date_updated",
+            "synced_at",
+            "compliance_status",
+            "compliance_checked_at",
+            "failing_requirements",
+            "latest_evaluation",
+            "evaluations_url",
+        ]
+        read_only_fields = fields
+
+
+class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
+    url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
+    customer_profile = CustomerProfileSidField(
+        source="customer_profile.sid", read_only=True, help_text=_("Customer Profile SID (BU…).")
+    )
+    policy = PolicySidField(source="policy.sid", read_only=True, help_text=_("Policy SID (RN…)."))
+    requested_by = serializers.SerializerMethodField(
+        help_text=_("The user who asked for it; null for schedules, the CLI and imports.")
+    )
+
+    class Meta:
+        model = Evaluation
+        fields = [
+            "id",
+            "url",
+            "sid",
+            "customer_profile",
+            "policy",
+            "status",
+            "state",
+            "trigger",
+            "requested_by",
+            "requested_at",
+            "started_at",
+            "completed_at",
+            "date_created",
+            "attempts",
+            "error_code",
+            "error_message",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_requested_by(self, evaluation: Evaluation) -> str | None:
+        if evaluation.requested_by_id is None:
+            return None
+        assert evaluation.requested_by is not None
+        return evaluation.requested_by.get_username()
+
+
+class RequirementResultSerializer(serializers.ModelSerializer[RequirementResult]):
+    valid = ValidFieldsField(read_only=True)
+    invalid = InvalidFieldsField(read_only=True)
+
+    class Meta:
+        model = RequirementResult
+        fields = [
+            "position",
+            "requirement_name",
+            "requirement_friendly_name",
+            "friendly_name",
+            "object_type",
+            "passed",
+            "failure_reason",
+            "error_code",
+            "valid",
+            "invalid",
+        ]
+        read_only_fields = fields
+
+
+class EvaluationDetailSerializer(EvaluationSerializer):
+    results = RequirementResultSerializer(
+        source="requirement_results",
+        many=True,
+        read_only=True,
+        help_text=_("One item per requirement of the policy: whether it passed, and why not."),
+    )
+
+    class Meta(EvaluationSerializer.Meta):
+        fields = [*EvaluationSerializer.Meta.fields, "results"]
+        read_only_fields = fields
+
+
+def _policy(sid: str) -> Policy:
+    try:
+        return Policy.objects.get(sid=sid)
+    except Policy.DoesNotExist:
+        # Not created on demand: policies come from TrustHub (trusthub_sync), and a placeholder
+        # for a SID TrustHub does not know would only fail later, in the worker, with 20404.
+        raise serializers.ValidationError(
+            {"policy_sid": [_("Unknown policy %(sid)s.") % {"sid": sid}]}
+        ) from None
+
+
+class EvaluationRequestSerializer(serializers.Serializer[Any]):
+    """The body of a request to evaluate one profile."""
+
+    policy_sid = PolicySidField(
+        required=False,
+        help_text=_("Evaluate against this policy (RN…); default: the profile's own policy."),
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        sid = attrs.pop("policy_sid", None)
+        attrs["policy"] = _policy(sid) if sid else None
+        return attrs
+
+
+class ProfileFilterSerializer(serializers.Serializer[Any]):
+    """Which profiles a bulk request covers: the filters of the profile list."""
+
+    policy = PolicySidField(required=False, help_text=_("Every profile of this policy (RN…)."))
+    status = serializers.ChoiceField(
+        choices=CustomerProfile.Status.choices,
+        required=False,
+        help_text=_("Every profile with this TrustHub status."),
+    )
+    compliance_status = serializers.ChoiceField(
+        choices=Evaluation.Status.choices,
+        required=False,
+        help_text=_("Every profile whose most recent completed evaluation had this verdict."),
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            # An empty filter would re-evaluate every profile of the account: make that explicit.
+            raise serializers.ValidationError(_("Give at least one of the filters."))
+        return attrs
+
+
+class BulkEvaluationRequestSerializer(serializers.Serializer[Any]):
+    """The body of a request to re-evaluate many profiles: a list of SIDs or a filter."""
+
+    customer_profiles = serializers.ListField(
+        child=CustomerProfileSidField(),
+        required=False,
+        min_length=1,
+        max_length=MAX_BULK_PROFILES,
+        help_text=_("These profiles (BU…); every one must exist."),
+    )
+    filter = ProfileFilterSerializer(
+        required=False, help_text=_("Or every profile matching all of these filters.")
+    )
+    policy_sid = PolicySidField(
+        required=False,
+        help_text=_("Evaluate against this policy (RN…); default: each profile's own policy."),
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        sids = attrs.pop("customer_profiles", None)
+        criteria = attrs.pop("filter", None)
+        if (sids is None) == (criteria is None):
+            raise serializers.ValidationError(
+                _("Give either customer_profiles (a list of SIDs) or filter, not both.")
+            )
+        if sids is not None:
+            attrs["profiles"] = _profiles_by_sid(list(dict.fromkeys(sids)))
+        else:
+            attrs["profiles"] = CustomerProfileFilter(
+                data=criteria, queryset=CustomerProfile.objects.all()
+            ).qs
+        sid = attrs.pop("policy_sid", None)
+        attrs["policy"] = _policy(sid) if sid else None
+        return attrs
+
+
+def _profiles_by_sid(sids: list[str]) -> QuerySet[CustomerProfile]:
+    """The profiles named, as a queryset by primary key; a 400 naming the unknown ones if any."""
+    # values_list rather than model instances: 10,000 of those take longer than the query.
+    found = dict(CustomerProfile.objects.filter(sid__in=sids).values_list("sid", "pk"))
+    missing = set(sids) - found.keys()
+    if missing:
+        shown = sorted(missing)[:10]
+        more = len(missing) - len(shown)
+        message = _("Unknown customer profiles: %(sids)s.") % {"sids": ", ".join(shown)}
+        if more:
+            message += " " + _("(and %(n)d more)") % {"n": more}
+        raise serializers.ValidationError({"customer_profiles": [message]})
+    return CustomerProfile.objects.filter(pk__in=found.values())
+
+
+class BulkEvaluationRequestSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """Describe in the schema what validate() insists on: exactly one way to name profiles."""
+
+    target_class = BulkEvaluationRequestSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
+        schema: dict[str, Any] = super().map_serializer(auto_schema, direction)
+        schema["oneOf"] = [{"required": ["customer_profiles"]}, {"required": ["filter"]}]
+        return schema
+
+
+class ProfileFilterSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """Describe in the schema that a filter needs at least one criterion."""
+
+    target_class = ProfileFilterSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
+        schema: dict[str, Any] = super().map_serializer(auto_schema, direction)
+        schema["minProperties"] = 1
+        return schema
+
+
+class BulkEvaluationResultSerializer(serializers.Serializer[Any]):
+    """What a bulk request did."""
+
+    queued = serializers.IntegerField(help_text=_("Evaluations queued by this request."))
+    in_flight = serializers.IntegerField(
+        help_text=_(
+            "Profiles skipped because an evaluation against the same policy was queued "
+            "or running already."
+        )
+    )
+    evaluation_ids = serializers.ListField(
+        child=serializers.IntegerField(), help_text=_("The ids of the evaluations queued.")
+    )

@@ -1,0 +1,350 @@
+"""API views: each validates with a serializer, makes one service call and answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Prefetch, QuerySet
+from django.utils.translation import gettext_lazy as _
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+from rest_framework.throttling import BaseThrottle
+
+from trusthub_eval import services
+from trusthub_eval.api import serializers
+from trusthub_eval.api.filters import CustomerProfileFilter, EvaluationFilter
+from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
+from trusthub_eval.api.permissions import REQUEST_EVALUATION, ModelPermissions
+from trusthub_eval.api.throttling import TriggerRateThrottle
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.sids import SidKind, is_sid
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+
+# DRF's error bodies: {"detail": "…"}, or for invalid input each field's messages (a list, or
+# for nested and list fields an object keyed by the nested field or the item's index).
+_DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+_FIELD_ERRORS = {
+    "type": "object",
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}},
+            {"type": "object", "additionalProperties": True},
+        ]
+    },
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """The documented error answers of an operation."""
+    described = {
+        400: _("Invalid input: each field with its messages (or a detail)."),
+        401: _("No credentials (hosts whose first authentication class is token-like)."),
+        403: _("Not authenticated, or missing the permission."),
+        404: _("No such record."),
+        415: _("The body is not JSON."),
+        429: _("Too many triggers; retry after Retry-After seconds."),
+    }
+    return {
+        code: OpenApiResponse(
+            _FIELD_ERRORS if code == 400 else _DETAIL, description=described[code]
+        )
+        for code in codes
+    }
+
+
+def _sid_parameter(kind: SidKind, description: StrOrPromise) -> OpenApiParameter:
+    return OpenApiParameter(
+        "sid",
+        OpenApiTypes.STR,
+        OpenApiParameter.PATH,
+        description=description,
+        pattern=f"^{kind.value}[0-9a-fA-F]{{32}}$",
+    )
+
+
+def _check_sid(value: str, kind: SidKind) -> str:
+    # A malformed SID is the caller's mistake, not a missing record: say what is wrong with it.
+    if not is_sid(value, kind):
+        raise ValidationError(
+            {
+                "sid": [
+                    _("Enter a valid %(label)s: '%(prefix)s' followed by 32 hexadecimal digits.")
+                    % {"label": kind.label, "prefix": kind.value}
+                ]
+            }
+        )
+    return value
+
+
+def _evaluation_list_queryset() -> QuerySet[Evaluation]:
+    """Evaluations with exactly the columns a list row shows, in one query."""
+    username = f"requested_by__{get_user_model().USERNAME_FIELD}"
+    return Evaluation.objects.select_related("customer_profile", "policy", "requested_by").only(
+        *(
+            field
+            for field in serializers.EvaluationSerializer.Meta.fields
+            if field not in ("url", "customer_profile", "policy", "requested_by")
+        ),
+        "customer_profile__sid",
+        "policy__sid",
+        "requested_by",
+        username,
+    )
+
+
+class TriggerMixin:
+    """POSTs that queue evaluations: JSON bodies, the request permission, the trigger throttle."""
+
+    parser_classes: Sequence[type[BaseParser]] = [JSONParser]
+    write_permissions = {"POST": (REQUEST_EVALUATION,)}
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        # Keep whatever the host throttles everything with, and add ours.
+        return [*super().get_throttles(), TriggerRateThrottle()]  # type: ignore[misc]
+
+
+class SidLookupMixin:
+    """Detail views looked up by SID: 400 for a malformed one, 404 for an unknown one."""
+
+    lookup_field = "sid"
+    lookup_value_regex = "[^/]+"
+    sid_kind: SidKind
+    kwargs: dict[str, Any]
+
+    def get_object(self) -> Any:
+        _check_sid(self.kwargs["sid"], self.sid_kind)
+        return super().get_object()  # type: ignore[misc]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary=_("List policies"),
+        responses={200: serializers.PolicySerializer(many=True), **_errors(400, 401, 403)},
+    ),
+    retrieve=extend_schema(
+        summary=_("Fetch a policy"),
+        parameters=[_sid_parameter(SidKind.POLICY, _("Policy SID (RN…)."))],
+        responses={200: serializers.PolicySerializer, **_errors(400, 401, 403, 404)},
+    ),
+)
+class PolicyViewSet(SidLookupMixin, viewsets.ReadOnlyModelViewSet[Policy]):
+    queryset = Policy.objects.defer("raw")
+    serializer_class = serializers.PolicySerializer
+    permission_classes = [ModelPermissions]
+    pagination_class = NamePagination
+    filter_backends: list[Any] = []
+    sid_kind = SidKind.POLICY
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary=_("List customer profiles"),
+        description=_("Each with its compliance and latest evaluation. Ordered by name."),
+        responses={
+            200: serializers.CustomerProfileSerializer(many=True),
+            **_errors(400, 401, 403),
+        },
+    ),
+    retrieve=extend_schema(
+        summary=_("Fetch a customer profile"),
+        parameters=[_sid_parameter(SidKind.CUSTOMER_PROFILE, _("Customer Profile SID (BU…)."))],
+        responses={200: serializers.CustomerProfileSerializer, **_errors(400, 401, 403, 404)},
+    ),
+)
+class CustomerProfileViewSet(SidLookupMixin, viewsets.ReadOnlyModelViewSet[CustomerProfile]):
+    # The latest evaluation and the policy come in the same query: no query per row.
+    queryset = CustomerProfile.objects.with_latest_evaluation().defer(
+        "raw", "policy__raw", "policy__requirements", "latest_evaluation__raw"
+    )
+    serializer_class = serializers.CustomerProfileSerializer
+    permission_classes = [ModelPermissions]
+    pagination_class = NamePagination
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = CustomerProfileFilter
+    sid_kind = SidKind.CUSTOMER_PROFILE
+
+
+_profile_sid = _sid_parameter(SidKind.CUSTOMER_PROFILE, _("Customer Profile SID (BU…)."))
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary=_("A profile's evaluations"),
+        description=_("Its history, newest first."),
+        parameters=[_profile_sid],
+        responses={200: serializers.EvaluationSerializer(many=True), **_errors(400, 401, 403, 404)},
+    ),
+    post=extend_schema(
+        summary=_("Request an evaluation of a profile"),
+        description=_(
+            "Queues an evaluation and answers at once, without calling TrustHub: 202 with the "
+            "queued evaluation and its URL in Location. While one is queued or running for the "
+            "same profile and policy, that one is returned instead of a second."
+        ),
+        parameters=[
+            _profile_sid,
+            OpenApiParameter(
+                "Location",
+                OpenApiTypes.URI,
+                OpenApiParameter.HEADER,
+                description=_("The evaluation's URL."),
+                response=[202],
+                required=True,
+            ),
+        ],
+        request=serializers.EvaluationRequestSerializer,
+        responses={
+            202: OpenApiResponse(
+                serializers.EvaluationSerializer,
+                description=_("Queued (or already queued or running)."),
+            ),
+            **_errors(400, 401, 403, 404, 415, 429),
+        },
+    ),
+)
+class CustomerProfileEvaluationsView(
+    TriggerMixin, mixins.ListModelMixin, generics.GenericAPIView[Evaluation]
+):
+    queryset = Evaluation.objects.all()
+    permission_classes = [ModelPermissions]
+    pagination_class = EvaluationPagination
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[Evaluation]:
+        sid = _check_sid(self.kwargs["sid"], SidKind.CUSTOMER_PROFILE)
+        return _evaluation_list_queryset().filter(customer_profile__sid=sid)
+
+    def paginate_queryset(self, queryset: Any) -> list[Any] | None:
+        page = super().paginate_queryset(queryset)
+        # Rows prove the profile exists; only an empty page needs the extra query.
+        if not page and not CustomerProfile.objects.filter(sid=self.kwargs["sid"]).exists():
+            raise NotFound(_("No such customer profile."))
+        return page
+
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.list(request, *args, **kwargs)
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.request.method == "POST":
+            return serializers.EvaluationRequestSerializer
+        return serializers.EvaluationSerializer
+
+    def post(self, request: Request, sid: str) -> Response:
+        profile = self._profile(sid)
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            evaluation, _created = services.request_evaluation(
+                profile,
+                body.validated_data["policy"],
+                requested_by=request.user,
+                trigger=Evaluation.Trigger.API,
+            )
+        except services.NoPolicy:
+            raise ValidationError(
+                {"policy_sid": [_("This profile has no policy: name one.")]}
+            ) from None
+        data = serializers.EvaluationSerializer(
+            evaluation, context=self.get_serializer_context()
+        ).data
+        # 202 both for a new evaluation and for the one already in flight: either way the
+        # caller's request is being worked on, and the body says which evaluation does it.
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+
+    def _profile(self, sid: str) -> CustomerProfile:
+        _check_sid(sid, SidKind.CUSTOMER_PROFILE)
+        try:
+            return CustomerProfile.objects.select_related("policy").get(sid=sid)
+        except CustomerProfile.DoesNotExist:
+            raise NotFound(_("No such customer profile.")) from None
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary=_("List evaluations"),
+        description=_("Newest first, filtered by the query parameters."),
+        responses={200: serializers.EvaluationSerializer(many=True), **_errors(400, 401, 403)},
+    ),
+    retrieve=extend_schema(
+        summary=_("Fetch an evaluation"),
+        description=_("With the result of each requirement: passed, reason, error code, fields."),
+        parameters=[
+            OpenApiParameter(
+                "id", OpenApiTypes.INT, OpenApiParameter.PATH, description=_("Evaluation id.")
+            )
+        ],
+        responses={200: serializers.EvaluationDetailSerializer, **_errors(401, 403, 404)},
+    ),
+)
+class EvaluationViewSet(viewsets.ReadOnlyModelViewSet[Evaluation]):
+    queryset = Evaluation.objects.all()
+    permission_classes = [ModelPermissions]
+    pagination_class = EvaluationPagination
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = EvaluationFilter
+    # Anything up to the next slash reaches the view, so that "/evaluations/abc/" is a JSON 404
+    # like any unknown id rather than the host's HTML page for unmatched URLs.
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self) -> QuerySet[Evaluation]:
+        if self.action == "retrieve":
+            results = RequirementResult.objects.order_by("position")
+            return Evaluation.objects.select_related(
+                "customer_profile", "policy", "requested_by"
+            ).prefetch_related(Prefetch("requirement_results", queryset=results))
+        return _evaluation_list_queryset()
+
+    def get_serializer_class(self) -> type[BaseSerializer[Evaluation]]:
+        if self.action == "retrieve":
+            return serializers.EvaluationDetailSerializer
+        return serializers.EvaluationSerializer
+
+
+class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[CustomerProfile]):
+    queryset = CustomerProfile.objects.all()
+    serializer_class = serializers.BulkEvaluationRequestSerializer
+    permission_classes = [ModelPermissions]
+
+    @extend_schema(
+        summary=_("Request evaluations of many profiles"),
+        description=_(
+            "Queues one evaluation per profile named (or matched by the filter) in a constant "
+            "number of queries, and answers at once. Profiles with an evaluation against the "
+            "same policy already queued or running are counted in in_flight; profiles with no "
+            "policy (and none given) are skipped."
+        ),
+        request=serializers.BulkEvaluationRequestSerializer,
+        responses={
+            202: serializers.BulkEvaluationResultSerializer,
+            **_errors(400, 401, 403, 415, 429),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = services.request_evaluations(
+            body.validated_data["profiles"],
+            body.validated_data["policy"],
+            requested_by=request.user,
+            trigger=Evaluation.Trigger.API,
+        )
+        data = serializers.BulkEvaluationResultSerializer(result).data
+        return Response(data, status=status.HTTP_202_ACCEPTED)
