@@ -1,28 +1,331 @@
-"""Admin: read-only mirrors of TrustHub records and the evaluation history."""
+"""Admin: read-only mirrors of TrustHub records, evaluation history, and re-evaluation."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+import datetime
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.template.response import TemplateResponse
+from django.templatetags.static import static
+from django.urls import URLPattern, path, reverse
+from django.utils import formats
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
+from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
+from trusthub_eval.sids import SidKind, is_sid
+from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
 
 # django-stubs makes these generic for the type checker only.
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[Any]
-    EvaluationInlineBase = admin.TabularInline[Evaluation, CustomerProfile]
-    RequirementInlineBase = admin.TabularInline[RequirementResult, Evaluation]
 else:
     ModelAdmin = admin.ModelAdmin
-    EvaluationInlineBase = RequirementInlineBase = admin.TabularInline
+
+TWILIO_ERROR_URL = "https://www.twilio.com/docs/errors/{}"
+# The profile page shows this many evaluations and links to the rest; the timeline this many.
+HISTORY_LIMIT = 20
+TIMELINE_LIMIT = 200
+# The re-evaluation confirmation page names this many of the selected profiles.
+CONFIRMATION_PREVIEW = 10
+
+
+# --- what the pages show, as plain functions ---------------------------------------------------
+
+
+def error_code_link(code: object) -> SafeString | str:
+    """A Twilio error code linked to its page in Twilio's docs; anything else, escaped."""
+    if code in (None, ""):
+        return ""
+    try:
+        number = int(str(code))
+    except ValueError:
+        return format_html("{}", code)
+    return format_html(
+        '<a href="{}" target="_blank" rel="noopener noreferrer" class="trusthub-error-code">{}</a>',
+        TWILIO_ERROR_URL.format(number),
+        number,
+    )
+
+
+_BADGES = {
+    # key: (admin icon, label, CSS modifier)
+    "compliant": ("icon-yes.svg", _("Compliant"), "compliant"),
+    "noncompliant": ("icon-no.svg", _("Noncompliant"), "noncompliant"),
+    "failed": ("icon-alert.svg", _("Failed"), "failed"),
+    "queued": ("icon-clock.svg", _("Queued"), "pending"),
+    "running": ("icon-clock.svg", _("Running"), "pending"),
+    "": ("icon-unknown.svg", _("Not evaluated"), "unknown"),
+}
+
+
+def _badge(icon: str, label: object, modifier: str) -> SafeString:
+    return format_html(
+        '<span class="trusthub-badge trusthub-{}"><img src="{}" alt="" width="13" height="13"> '
+        "{}</span>",
+        modifier,
+        static(f"admin/img/{icon}"),
+        label,
+    )
+
+
+def compliance_badge(key: str | None) -> SafeString:
+    """An icon and a word for a verdict (compliant, noncompliant) or a state without one."""
+    return _badge(*_BADGES.get(key or "", _BADGES[""]))
+
+
+def requirement_verdict(passed: bool | None) -> SafeString:
+    """An icon and a word for one requirement: passed, failed, or not evaluated (None)."""
+    if passed is None:
+        return _badge("icon-unknown.svg", _("Not evaluated"), "unknown")
+    if passed:
+        return _badge("icon-yes.svg", _("Passed"), "compliant")
+    return _badge("icon-no.svg", _("Failed"), "noncompliant")
+
+
+def evaluation_badge(evaluation: Evaluation) -> SafeString:
+    """The verdict of a completed evaluation, or the state of one that has none."""
+    if evaluation.state == Evaluation.State.COMPLETED:
+        return compliance_badge(evaluation.status)
+    return compliance_badge(evaluation.state)
+
+
+def format_duration(delta: datetime.timedelta | None) -> str:
+    """``850 ms``, ``4.2 s``, ``3 min 5 s``, ``2 h 10 min``; empty when unknown."""
+    if delta is None:
+        return ""
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def evaluation_duration(evaluation: Evaluation) -> str:
+    """How long TrustHub took to answer; empty for an import, which we did not time."""
+    if evaluation.trigger == Evaluation.Trigger.SYNC:
+        return ""
+    return format_duration(evaluation.duration)
+
+
+class _HasVerdict(Protocol):
+    requirement_name: str
+    requirement_friendly_name: str
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RequirementChange:
+    """One requirement in a comparison: its verdict before and after (None: not evaluated)."""
+
+    name: str
+    label: str
+    before: bool | None
+    after: bool | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultsDiff:
+    """Requirements that fail now but did not, that failed but no longer do, and the rest."""
+
+    newly_failing: list[RequirementChange]
+    fixed: list[RequirementChange]
+    unchanged: list[RequirementChange]
+
+
+def _verdicts(results: Iterable[_HasVerdict]) -> dict[str, tuple[str, bool]]:
+    """requirement_name -> (label, passed); a requirement listed twice passes only if both do."""
+    verdicts: dict[str, tuple[str, bool]] = {}
+    for result in results:
+        label = result.requirement_friendly_name or result.requirement_name
+        _, passed_so_far = verdicts.get(result.requirement_name, (label, True))
+        verdicts[result.requirement_name] = (label, passed_so_far and result.passed)
+    return verdicts
+
+
+def compare_results(previous: Iterable[_HasVerdict], current: Iterable[_HasVerdict]) -> ResultsDiff:
+    """Compare two evaluations' results by ``requirement_name``.
+
+    Newly failing: fails now, and passed (or was not evaluated) before. Fixed: failed before,
+    and passes (or is not evaluated) now. Everything else is unchanged. Each list keeps the
+    current evaluation's order, then the previous one's.
+    """
+    before, after = _verdicts(previous), _verdicts(current)
+    diff = ResultsDiff(newly_failing=[], fixed=[], unchanged=[])
+    for name in [*after, *(name for name in before if name not in after)]:
+        label = (after.get(name) or before[name])[0]
+        was = before[name][1] if name in before else None
+        now = after[name][1] if name in after else None
+        change = RequirementChange(name=name, label=label, before=was, after=now)
+        if now is False and was is not False:
+            diff.newly_failing.append(change)
+        elif was is False and now is not False:
+            diff.fixed.append(change)
+        else:
+            diff.unchanged.append(change)
+    return diff
+
+
+@dataclasses.dataclass(frozen=True)
+class RequirementItem:
+    """One thing a policy asks for: an end-user type, a document, a supporting profile…"""
+
+    name: str
+    type: str = ""
+    description: str = ""
+    fields: list[str] = dataclasses.field(default_factory=list)
+    # For a document requirement: the documents that satisfy it (any one of them).
+    accepted: list[RequirementItem] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequirementSection:
+    """A kind of requirement (``end_user``, ``supporting_document`` …) and its items."""
+
+    key: str
+    title: str
+    items: list[RequirementItem]
+    unreadable: str = ""  # pretty JSON of whatever did not have the expected shape
+
+
+_SECTION_TITLES = {
+    "end_user": _("End-user types"),
+    "supporting_document": _("Supporting documents"),
+    "supporting_trust_products": _("Supporting trust products"),
+    "supporting_customer_profiles": _("Supporting customer profiles"),
+}
+
+
+def describe_requirements(requirements: object) -> list[RequirementSection]:
+    """TrustHub's free-form ``requirements`` JSON as sections a person can read.
+
+    Known shapes (the spec's examples) become items; anything else is kept as pretty JSON so
+    nothing TrustHub said is hidden. Empty sections are left out.
+    """
+    if not isinstance(requirements, Mapping):
+        if requirements in (None, {}, []):
+            return []
+        return [
+            RequirementSection("requirements", gettext("Requirements"), [], _pretty(requirements))
+        ]
+    sections = []
+    for key, value in requirements.items():
+        title = str(_SECTION_TITLES.get(key, str(key).replace("_", " ").capitalize()))
+        items: list[RequirementItem] = []
+        leftovers: list[Any] = []
+        # Documents come as a list of groups (lists); the other kinds as flat lists.
+        entries = value if isinstance(value, list) else [value]
+        for entry in entries:
+            for candidate in entry if isinstance(entry, list) else [entry]:
+                item = _requirement_item(candidate)
+                if item is None:
+                    leftovers.append(candidate)
+                else:
+                    items.append(item)
+        if items or leftovers:
+            sections.append(
+                RequirementSection(str(key), title, items, _pretty(leftovers) if leftovers else "")
+            )
+    return sections
+
+
+def _requirement_item(value: object) -> RequirementItem | None:
+    if not isinstance(value, Mapping):
+        return None
+    name = value.get("name") or value.get("requirement_name") or value.get("type")
+    if not name:
+        return None
+    accepted = [
+        item
+        for item in (_requirement_item(doc) for doc in _list(value.get("accepted_documents")))
+        if item is not None
+    ]
+    return RequirementItem(
+        name=str(name),
+        # requirement_name says more than a document requirement's type ("document").
+        type=str(value.get("requirement_name") or value.get("type") or ""),
+        description=str(value.get("description") or ""),
+        fields=[str(field) for field in _list(value.get("fields"))],
+        accepted=accepted,
+    )
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def grouped(number: int) -> str:
+    """``1,000,000`` (in the active locale's style): big counts are read at a glance."""
+    return formats.number_format(number, force_grouping=True)
+
+
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def invalid_fields(value: object) -> list[Mapping[str, Any]]:
+    """A result's ``invalid`` list with only the dictionaries (the payload is free-form)."""
+    return [item for item in _list(value) if isinstance(item, Mapping)]
+
+
+# --- shared admin plumbing ---------------------------------------------------------------------
+
+
+class LeanChangeList(ChangeList):
+    """A changelist that leaves TrustHub's JSON payloads in the database: no column shows them."""
+
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Any]:
+        queryset = super().get_queryset(request, exclude_parameters)
+        return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
 
 
 class ReadOnlyAdmin(ModelAdmin):
     """Nobody edits a TrustHub record by hand: these pages only show what TrustHub said."""
 
+    # Columns a changelist never shows, left unread (payloads of a few kilobytes per row).
+    list_defer: tuple[str, ...] = ("raw",)
+
+    # Big tables: no second COUNT for "N total", an estimated count for the paginator, and no
+    # facet counts (each is an aggregate over every matching row).
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
+    change_list_template = "trusthub_eval/admin/change_list.html"
+
+    class Media:
+        css = {"all": ["trusthub_eval/admin.css"]}
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LeanChangeList
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -34,31 +337,96 @@ class ReadOnlyAdmin(ModelAdmin):
         return False
 
 
+def _change_url(obj: CustomerProfile | Evaluation | Policy) -> str:
+    opts = obj._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)])
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
 @admin.register(Policy)
 class PolicyAdmin(ReadOnlyAdmin):
-    list_display = ["friendly_name", "sid", "synced_at"]
+    list_display = ["friendly_name", "sid", "requirement_count", "synced_at"]
+    list_display_links = ["friendly_name", "sid"]
     search_fields = ["=sid", "friendly_name"]
+    fields = ["friendly_name", "sid", "synced_at"]
+    change_form_template = "trusthub_eval/admin/policy/change_form.html"
+
+    @admin.display(description=_("requirements"))
+    def requirement_count(self, policy: Policy) -> int:
+        return sum(len(section.items) for section in describe_requirements(policy.requirements))
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Policy | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context["requirement_sections"] = describe_requirements(obj.requirements)
+            context["raw_json"] = _pretty(obj.raw) if obj.raw is not None else ""
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
-class EvaluationInline(EvaluationInlineBase):
-    model = Evaluation
-    fields = readonly_fields = (
-        "requested_at",
-        "policy",
-        "state",
-        "status",
-        "trigger",
-        "sid",
-        "error_code",
+# --- customer profiles -------------------------------------------------------------------------
+
+
+class TrustHubStatusFilter(admin.SimpleListFilter):
+    """TrustHub's statuses, listed from the code: no SELECT DISTINCT over the table."""
+
+    title = _("TrustHub status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, str(label)) for value, label in CustomerProfile.Status.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(status=value) if value else queryset
+
+
+class ComplianceFilter(admin.SimpleListFilter):
+    """The latest verdict, including "never evaluated"."""
+
+    title = _("latest compliance")
+    parameter_name = "compliance"
+    NEVER = "none"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            *((value, str(label)) for value, label in Evaluation.Status.choices),
+            (self.NEVER, gettext("Never evaluated")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        return queryset.filter(compliance_status="" if value == self.NEVER else value)
+
+
+class PolicyFilter(admin.RelatedFieldListFilter):
+    """Every policy (an account has a handful), without reading their requirements and payloads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.empty_value_display = format_html("{}", gettext("No policy"))
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        return [(policy.pk, str(policy)) for policy in Policy.objects.only("sid", "friendly_name")]
+
+
+class ReevaluateForm(forms.Form):
+    policy = forms.ModelChoiceField(
+        queryset=Policy.objects.all(),
+        required=False,
+        empty_label=_("Each profile's own policy"),
+        label=_("Evaluate against"),
     )
-    show_change_link = True
-    extra = 0
-    max_num = 0
-    can_delete = False
-    ordering = ["-requested_at", "-id"]
-
-    def get_queryset(self, request: HttpRequest) -> Any:
-        return super().get_queryset(request).select_related("policy")
 
 
 @admin.register(CustomerProfile)
@@ -66,47 +434,491 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
     list_display = [
         "friendly_name",
         "sid",
-        "status",
-        "compliance_status",
+        "trusthub_status",
+        "compliance",
         "compliance_checked_at",
-        "policy",
+        "failing",
+        "policy_name",
     ]
-    list_filter = ["status", "compliance_status"]
-    list_select_related = ["policy"]
+    list_display_links = ["friendly_name", "sid"]
+    list_filter = [TrustHubStatusFilter, ComplianceFilter, ("policy", PolicyFilter)]
+    list_select_related = ["policy", "latest_evaluation"]
+    list_defer = ("raw", "policy__raw", "policy__requirements", "latest_evaluation__raw")
     search_fields = ["=sid", "friendly_name", "email"]
-    inlines = [EvaluationInline]
+    search_help_text = _("A customer profile SID (BU…), or part of a name or an email address.")
+    actions = ["reevaluate_selected"]
+    raw_id_fields = ["policy", "latest_evaluation"]
+    fieldsets = [
+        (None, {"fields": ["friendly_name", "sid", "email", "trusthub_status", "policy"]}),
+        (
+            _("Compliance"),
+            {
+                "fields": [
+                    "compliance",
+                    "compliance_checked_at",
+                    "failing_requirements",
+                    "latest_evaluation",
+                ]
+            },
+        ),
+        (
+            _("TrustHub"),
+            {
+                "fields": [
+                    "account_sid",
+                    "valid_until",
+                    "date_created",
+                    "date_updated",
+                    "synced_at",
+                ],
+                # Collapsed (a <details>, no JavaScript) to bring the timeline and history up.
+                "classes": ["collapse"],
+            },
+        ),
+    ]
+    readonly_fields = ["trusthub_status", "compliance"]
+    change_form_template = "trusthub_eval/admin/customerprofile/change_form.html"
+    reevaluate_confirmation_template = "trusthub_eval/admin/reevaluate_confirmation.html"
 
+    @admin.display(description=_("TrustHub status"), ordering="status")
+    def trusthub_status(self, profile: CustomerProfile) -> str:
+        try:
+            return str(CustomerProfile.Status(profile.status).label)
+        except ValueError:
+            return profile.status
 
-class RequirementResultInline(RequirementInlineBase):
-    model = RequirementResult
-    fields = readonly_fields = (
-        "requirement_friendly_name",
-        "requirement_name",
-        "passed",
-        "failure_reason",
-        "error_code",
-        "invalid",
+    @admin.display(description=_("latest compliance"), ordering="compliance_status")
+    def compliance(self, profile: CustomerProfile) -> SafeString:
+        badge = compliance_badge(profile.compliance_status)
+        latest = profile.latest_evaluation
+        if latest is not None and latest.is_active:
+            badge += format_html(
+                ' <img src="{}" alt="{}" title="{}" width="13" height="13" '
+                'class="trusthub-in-flight">',
+                static("admin/img/icon-clock.svg"),
+                gettext("re-evaluating"),
+                gettext("An evaluation is %(state)s") % {"state": latest.get_state_display()},
+            )
+        return badge
+
+    @admin.display(description=_("failing"), ordering="failing_requirements")
+    def failing(self, profile: CustomerProfile) -> int | None:
+        # Never evaluated is not "0 failing": None shows the admin's empty value.
+        if not profile.compliance_status:
+            return None
+        return profile.failing_requirements
+
+    @admin.display(description=_("policy"), ordering="policy__friendly_name")
+    def policy_name(self, profile: CustomerProfile) -> str | None:
+        # A method rather than the field: the admin keeps foreign keys on one line, and policy
+        # names are long enough to push the list off the screen.
+        return str(profile.policy) if profile.policy is not None else None
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[CustomerProfile], search_term: str
+    ) -> tuple[QuerySet[CustomerProfile], bool]:
+        # A whole SID goes to its unique index; the admin's "=sid" would compare UPPER(sid),
+        # which no index serves, ORed with the name and email searches.
+        term = search_term.strip()
+        if is_sid(term, SidKind.CUSTOMER_PROFILE):
+            return queryset.filter(sid=term), False
+        return super().get_search_results(request, queryset, search_term)
+
+    # --- permissions ---
+
+    def has_request_evaluation_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.request_evaluation")
+
+    # --- the re-evaluate button ---
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_reevaluate"
+        # Before the default URLs: their "<path:object_id>/" would swallow ours.
+        return [
+            path(
+                "<path:object_id>/reevaluate/",
+                self.admin_site.admin_view(self.reevaluate_view),
+                name=name,
+            ),
+            *super().get_urls(),
+        ]
+
+    def reevaluate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: queue an evaluation of one profile against its policy, then go back to it."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        profile = self.get_object(request, unquote(object_id))
+        if profile is None:
+            raise Http404(gettext("No customer profile with ID “%s”.") % object_id)
+        if not (
+            self.has_view_permission(request, profile)
+            and self.has_request_evaluation_permission(request)
+        ):
+            raise PermissionDenied
+        try:
+            evaluation, created = services.request_evaluation(
+                profile, trigger=Evaluation.Trigger.ADMIN, requested_by=request.user
+            )
+        except services.NoPolicy:
+            self.message_user(
+                request,
+                gettext("%(profile)s has no policy to be evaluated against.")
+                % {"profile": profile},
+                messages.ERROR,
+            )
+        else:
+            link = format_html('<a href="{}">{}</a>', _change_url(evaluation), evaluation)
+            if created:
+                self.message_user(
+                    request,
+                    format_html(
+                        gettext("Evaluation {} of “{}” queued. Reload to see TrustHub's answer."),
+                        link,
+                        profile,
+                    ),
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    format_html(
+                        gettext(
+                            "An evaluation of “{}” against “{}” is already in flight ({}): {}."
+                        ),
+                        profile,
+                        evaluation.policy,
+                        evaluation.get_state_display(),
+                        link,
+                    ),
+                    messages.WARNING,
+                )
+        return HttpResponseRedirect(_change_url(profile))
+
+    # --- the bulk action ---
+
+    @admin.action(
+        description=_("Re-evaluate selected customer profiles"),
+        permissions=["request_evaluation"],
     )
-    extra = 0
-    max_num = 0
-    can_delete = False
+    def reevaluate_selected(
+        self, request: HttpRequest, queryset: QuerySet[CustomerProfile]
+    ) -> HttpResponse | None:
+        """Ask for confirmation (and a policy), then queue them all in one service call."""
+        confirmed = "confirm" in request.POST
+        form = ReevaluateForm(request.POST if confirmed else None)
+        if confirmed and form.is_valid():
+            # The queryset goes to the service whole: "select all" on 10,000 profiles is a
+            # handful of queries, never one per profile.
+            result = services.request_evaluations(
+                queryset,
+                form.cleaned_data["policy"],
+                requested_by=request.user,
+                trigger=Evaluation.Trigger.ADMIN,
+            )
+            self._report(request, result)
+            return None
+        total = count_rows(queryset)
+        preview = list(queryset.select_related("policy")[:CONFIRMATION_PREVIEW])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Re-evaluate customer profiles"),
+            "subtitle": None,
+            "opts": self.opts,
+            "media": self.media,
+            "form": form,
+            "total": total,
+            "total_display": grouped(total.value),
+            "preview": preview,
+            "more": max(total.value - len(preview), 0),
+            "select_across": request.POST.get("select_across", "0"),
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action": "reevaluate_selected",
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.reevaluate_confirmation_template, context)
+
+    def _report(self, request: HttpRequest, result: services.BulkRequest) -> None:
+        if not result.queued and not result.in_flight:
+            self.message_user(
+                request,
+                gettext(
+                    "Nothing was queued: none of the selected customer profiles has a policy. "
+                    "Choose a policy to evaluate them against."
+                ),
+                messages.ERROR,
+            )
+            return
+        parts = [
+            ngettext("Queued %(count)d evaluation.", "Queued %(count)d evaluations.", result.queued)
+            % {"count": result.queued}
+        ]
+        if result.in_flight:
+            parts.append(
+                ngettext(
+                    "%(count)d was already in flight.",
+                    "%(count)d were already in flight.",
+                    result.in_flight,
+                )
+                % {"count": result.in_flight}
+            )
+        level = messages.SUCCESS if result.queued else messages.WARNING
+        self.message_user(request, " ".join(parts), level)
+
+    # --- the change page ---
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: CustomerProfile | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context.update(self.profile_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def profile_context(self, request: HttpRequest, profile: CustomerProfile) -> dict[str, Any]:
+        """History, timeline and the re-evaluate button for the profile's page."""
+        failing = (
+            RequirementResult.objects.filter(evaluation=OuterRef("pk"), passed=False)
+            .order_by()
+            .values("evaluation")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        history = list(
+            Evaluation.objects.filter(customer_profile=profile)
+            .select_related("policy", "requested_by")
+            .defer("raw", "policy__raw", "policy__requirements")
+            .annotate(failing=Coalesce(Subquery(failing), 0))
+            .order_by("-requested_at", "-id")[: HISTORY_LIMIT + 1]
+        )
+        all_url = reverse(f"admin:{self.opts.app_label}_evaluation_changelist")
+        finished = (
+            Evaluation.objects.filter(
+                customer_profile=profile,
+                state__in=[Evaluation.State.COMPLETED, Evaluation.State.FAILED],
+            )
+            .select_related("policy")
+            .only("requested_at", "state", "status", "sid", "policy__friendly_name", "policy__sid")
+            .order_by("-requested_at", "-id")[:TIMELINE_LIMIT]
+        )
+        return {
+            "history": history[:HISTORY_LIMIT],
+            "history_more": len(history) > HISTORY_LIMIT,
+            "history_url": f"{all_url}?customer_profile__id__exact={profile.pk}",
+            "timeline": render_timeline(timeline_points(finished)),
+            "timeline_limit": TIMELINE_LIMIT,
+            "can_request_evaluation": self.has_request_evaluation_permission(request),
+            "reevaluate_url": reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_reevaluate",
+                args=[quote(profile.pk)],
+            ),
+            "raw_json": _pretty(profile.raw) if profile.raw is not None else "",
+        }
+
+
+def timeline_points(evaluations: Iterable[Evaluation]) -> list[TimelinePoint]:
+    """Finished evaluations as timeline points, each linking to its page."""
+    points = []
+    for evaluation in evaluations:
+        if evaluation.state == Evaluation.State.FAILED:
+            outcome = FAILED
+        elif evaluation.status in (Evaluation.Status.COMPLIANT, Evaluation.Status.NONCOMPLIANT):
+            outcome = str(evaluation.status)
+        else:
+            continue
+        label = f"{evaluation} ({evaluation.policy})"
+        points.append(
+            TimelinePoint(
+                when=evaluation.requested_at,
+                outcome=outcome,
+                label=label,
+                url=_change_url(evaluation),
+            )
+        )
+    return points
+
+
+# --- evaluations -------------------------------------------------------------------------------
 
 
 @admin.register(Evaluation)
 class EvaluationAdmin(ReadOnlyAdmin):
     list_display = [
         "__str__",
-        "customer_profile",
-        "policy",
-        "status",
+        "profile",
+        "policy_name",
+        "compliance",
         "state",
         "trigger",
         "requested_by",
         "requested_at",
+        "duration",
     ]
-    list_filter = ["status", "state", "trigger"]
+    list_filter = ["status", "state", "trigger", ("policy", PolicyFilter)]
     list_select_related = ["customer_profile", "policy", "requested_by"]
+    list_defer = ("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+    # Each sortable column needs an index that serves ORDER BY … LIMIT on a million rows.
+    sortable_by = ["requested_at"]
     raw_id_fields = ["customer_profile", "policy", "requested_by"]
-    search_fields = ["=sid", "=customer_profile__sid"]
+    search_fields = ["=sid"]
+    search_help_text = _(
+        "An evaluation (EL…), customer profile (BU…) or policy (RN…) SID, an evaluation "
+        "number, or part of a customer profile's name."
+    )
     date_hierarchy = "requested_at"
-    inlines = [RequirementResultInline]
+    readonly_fields = ["compliance", "duration", "error"]
+    change_form_template = "trusthub_eval/admin/evaluation/change_form.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Evaluation]:
+        # The change page shows all three; the changelist joins them anyway.
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("customer_profile", "policy", "requested_by")
+        )
+
+    def get_fieldsets(self, request: HttpRequest, obj: Evaluation | None = None) -> Any:
+        main = [
+            "customer_profile",
+            "policy",
+            "compliance",
+            "state",
+            "trigger",
+            "requested_by",
+            "requested_at",
+        ]
+        trusthub = ["sid", "date_created"]
+        errors = ["error", "error_message"]
+        # An error (final, or the last one before a retry) is among the first things to read.
+        if obj is not None and (obj.error_code is not None or obj.error_message):
+            main += errors
+        else:
+            trusthub += errors
+        # Timing and TrustHub's ids are collapsed (a <details>, no JavaScript): the results
+        # below are what people come for.
+        return [
+            (None, {"fields": main}),
+            (
+                _("Timing"),
+                {
+                    "fields": ["started_at", "completed_at", "duration", "attempts"],
+                    "classes": ["collapse"],
+                },
+            ),
+            (_("TrustHub"), {"fields": trusthub, "classes": ["collapse"]}),
+        ]
+
+    @admin.display(description=_("customer profile"))
+    def profile(self, evaluation: Evaluation) -> SafeString:
+        profile = evaluation.customer_profile
+        return format_html('<a href="{}">{}</a>', _change_url(profile), profile)
+
+    @admin.display(description=_("policy"))
+    def policy_name(self, evaluation: Evaluation) -> str:
+        # A method rather than the field, so that long policy names wrap (see the profiles').
+        return str(evaluation.policy)
+
+    @admin.display(description=_("compliance"))
+    def compliance(self, evaluation: Evaluation) -> SafeString:
+        return evaluation_badge(evaluation)
+
+    @admin.display(description=_("duration"))
+    def duration(self, evaluation: Evaluation) -> str:
+        return evaluation_duration(evaluation)
+
+    @admin.display(description=_("error code"))
+    def error(self, evaluation: Evaluation) -> SafeString | str:
+        return error_code_link(evaluation.error_code) or self.get_empty_value_display()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Evaluation], search_term: str
+    ) -> tuple[QuerySet[Evaluation], bool]:
+        # One indexed lookup per kind of term: the admin's default ORs every search field
+        # together (across a join), which reads all million rows.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if is_sid(term, SidKind.EVALUATION):
+            return queryset.filter(sid=term), False
+        if is_sid(term, SidKind.CUSTOMER_PROFILE):
+            return queryset.filter(customer_profile__sid=term), False
+        if is_sid(term, SidKind.POLICY):
+            return queryset.filter(policy__sid=term), False
+        number = term.removeprefix("#")
+        if number.isdigit() and len(number) < 19:  # beyond that, no bigint
+            return queryset.filter(pk=int(number)), False
+        profiles = CustomerProfile.objects.filter(friendly_name__icontains=term).values("pk")
+        return queryset.filter(customer_profile__in=profiles), False
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Evaluation | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context.update(self.evaluation_context(obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def evaluation_context(self, evaluation: Evaluation) -> dict[str, Any]:
+        """Results per requirement, and the comparison with the previous evaluation."""
+        results = list(evaluation.requirement_results.order_by("position"))
+        previous = previous_evaluation(evaluation)
+        diff = diff_groups = None
+        if previous is not None and evaluation.state == Evaluation.State.COMPLETED:
+            diff = compare_results(previous.requirement_results.order_by("position"), results)
+            diff_groups = [
+                (_("Newly failing"), diff.newly_failing, "noncompliant"),
+                (_("Fixed"), diff.fixed, "compliant"),
+                (_("Unchanged"), diff.unchanged, "unchanged"),
+            ]
+        return {
+            "results": [
+                {"result": result, "invalid": invalid_fields(result.invalid)} for result in results
+            ],
+            "failing_count": sum(1 for result in results if not result.passed),
+            "previous": previous,
+            "diff": diff,
+            "diff_groups": diff_groups,
+            "raw_json": _pretty(evaluation.raw) if evaluation.raw is not None else "",
+        }
+
+
+def previous_evaluation(evaluation: Evaluation) -> Evaluation | None:
+    """The completed evaluation of the same profile and policy requested just before this one."""
+    return (
+        Evaluation.objects.filter(
+            customer_profile_id=evaluation.customer_profile_id,
+            policy_id=evaluation.policy_id,
+            state=Evaluation.State.COMPLETED,
+        )
+        .filter(
+            Q(requested_at__lt=evaluation.requested_at)
+            | Q(requested_at=evaluation.requested_at, pk__lt=evaluation.pk)
+        )
+        .order_by("-requested_at", "-id")
+        .first()
+    )
+
+
+__all__ = [
+    "CustomerProfileAdmin",
+    "EvaluationAdmin",
+    "PolicyAdmin",
+    "ReadOnlyAdmin",
+    "compare_results",
+    "describe_requirements",
+    "error_code_link",
+    "evaluation_duration",
+    "format_duration",
+    "requirement_verdict",
+    "timeline_points",
+]

@@ -1,0 +1,333 @@
+"""The admin on big tables: no full COUNT, an estimated count, date drill-down without DISTINCT."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.contrib.admin.templatetags.admin_list import date_hierarchy as django_date_hierarchy
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from tests.factories import make_profile
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
+from trusthub_eval.templatetags.trusthub_admin import trusthub_date_hierarchy
+
+pytestmark = pytest.mark.django_db
+
+JAN_2024 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+HOUR = datetime.timedelta(hours=1)
+DAY = datetime.timedelta(days=1)
+
+CHANGELISTS = [
+    "customerprofile_changelist",
+    "evaluation_changelist",
+    "policy_changelist",
+]
+# Each changelist unfiltered, filtered and searched.
+QUERIES = {
+    "customerprofile_changelist": ["", "?compliance=none", "?status=draft", "?q=Profile"],
+    "evaluation_changelist": [
+        "",
+        "?state__exact=completed",
+        "?requested_at__year=2024",
+        "?q=Profile",
+    ],
+    "policy_changelist": ["", "?q=RN"],
+}
+
+
+def url(name: str, *args: object) -> str:
+    return reverse(f"admin:trusthub_eval_{name}", args=args)
+
+
+def full_counts(queries) -> list[str]:
+    """Queries that COUNT rows with neither a WHERE nor a LIMIT: a full-table count."""
+    return [
+        q["sql"]
+        for q in queries
+        if re.search(r"\bCOUNT\(", q["sql"], re.I)
+        and not re.search(r"\b(WHERE|LIMIT)\b", q["sql"], re.I)
+    ]
+
+
+def counts(queries) -> list[str]:
+    return [q["sql"] for q in queries if re.search(r"\bCOUNT\(", q["sql"], re.I)]
+
+
+def make_evaluations(n: int, *, start: datetime.datetime, step: datetime.timedelta, **fields):
+    policy = Policy.objects.for_sid("RN" + "a" * 32)
+    profile = make_profile(policy=policy)
+    Evaluation.objects.bulk_create(
+        Evaluation(
+            customer_profile=profile,
+            policy=policy,
+            trigger=fields.get("trigger", "schedule"),
+            state=fields.get("state", "completed"),
+            status=fields.get("status", "compliant"),
+            requested_at=start + i * step,
+            completed_at=start + i * step + datetime.timedelta(seconds=2),
+        )
+        for i in range(n)
+    )
+    return profile
+
+
+def analyze() -> None:
+    with connection.cursor() as cursor:
+        for model in (Policy, CustomerProfile, Evaluation):
+            cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
+# --- the paginator -----------------------------------------------------------------------------
+
+
+def test_small_querysets_are_counted_exactly_on_any_database():
+    make_evaluations(7, start=JAN_2024, step=HOUR)
+    counted = count_rows(Evaluation.objects.all())
+    assert (counted.value, counted.exact) == (7, True)
+    counted = count_rows(Evaluation.objects.filter(status="noncompliant"))
+    assert (counted.value, counted.exact) == (0, True)
+    paginator = EstimatedCountPaginator(Evaluation.objects.all(), 3)
+    assert (paginator.count, paginator.num_pages, paginator.is_estimate) == (7, 3, False)
+    assert [e.pk for e in paginator.page(3).object_list] == [
+        e.pk for e in Evaluation.objects.all()[6:]
+    ]
+
+
+def test_deep_pages_are_read_as_keys_first_and_match_plain_slicing():
+    make_evaluations(30, start=JAN_2024, step=HOUR)
+    queryset = Evaluation.objects.select_related("customer_profile", "policy").order_by(
+        "-requested_at", "-id"
+    )
+    plain = EstimatedCountPaginator(queryset, 7)
+    plain.deferred_join_offset = 10**9
+    deferred = EstimatedCountPaginator(queryset, 7)
+    deferred.deferred_join_offset = 7
+    for number in range(1, plain.num_pages + 1):
+        with CaptureQueriesContext(connection) as queries:
+            rows = list(deferred.page(number).object_list)
+        assert [e.pk for e in rows] == [e.pk for e in plain.page(number).object_list]
+        if number > 1:
+            keys_first = queries[-2]["sql"]
+            assert "JOIN" not in keys_first and "OFFSET" in keys_first, keys_first
+            assert "JOIN" in queries[-1]["sql"]
+    # The joined rows came with the page: reading them costs no further query.
+    with CaptureQueriesContext(connection) as queries:
+        assert all(e.customer_profile.sid and e.policy.sid for e in rows)
+    assert len(queries) == 0
+
+
+def test_a_list_is_counted_by_its_length():
+    paginator = EstimatedCountPaginator([1, 2, 3], 2)
+    assert (paginator.count, paginator.is_estimate) == (3, False)
+
+
+@pytest.mark.postgres
+def test_postgresql_estimates_an_unfiltered_table_from_its_statistics():
+    make_evaluations(60, start=JAN_2024, step=HOUR)
+    analyze()
+    # A whole table counts as big above ten times the limit: 60 rows > 10 * 5.
+    with CaptureQueriesContext(connection) as queries:
+        counted = count_rows(Evaluation.objects.all(), exact_limit=5)
+    assert (counted.value, counted.exact) == (60, False)
+    assert counts(queries) == []
+    assert any("pg_class" in q["sql"] for q in queries)
+    # Below that it is counted exactly, with a bounded COUNT.
+    with CaptureQueriesContext(connection) as queries:
+        counted = count_rows(Evaluation.objects.all(), exact_limit=10)
+    assert (counted.value, counted.exact) == (60, True)
+    assert all("LIMIT 101" in sql for sql in counts(queries))
+
+
+@pytest.mark.postgres
+def test_postgresql_counts_a_filtered_queryset_up_to_the_limit_then_estimates():
+    make_evaluations(40, start=JAN_2024, step=HOUR)
+    make_evaluations(
+        5,
+        start=datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC),
+        step=HOUR,
+        status="noncompliant",
+    )
+    analyze()
+    with CaptureQueriesContext(connection) as queries:
+        small = count_rows(Evaluation.objects.filter(status="noncompliant"), exact_limit=10)
+    assert (small.value, small.exact) == (5, True)
+    assert all("LIMIT 11" in sql for sql in counts(queries))
+    with CaptureQueriesContext(connection) as queries:
+        big = count_rows(Evaluation.objects.filter(status="compliant"), exact_limit=10)
+    assert not big.exact
+    assert big.value >= 11  # never less than what was counted
+    assert any(q["sql"].startswith("EXPLAIN") for q in queries)
+    assert full_counts(queries) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", CHANGELISTS)
+def test_postgresql_changelists_never_count_a_whole_table(admin_client, monkeypatch, name):
+    policy = Policy.objects.for_sid("RN" + "b" * 32)
+    profiles = CustomerProfile.objects.bulk_create(
+        CustomerProfile(sid=f"BU{i:032x}", friendly_name=f"Profile {i}", policy=policy)
+        for i in range(120)
+    )
+    Evaluation.objects.bulk_create(
+        Evaluation(
+            customer_profile=profiles[i % 120],
+            policy=policy,
+            trigger="schedule",
+            state="completed",
+            status="compliant",
+            requested_at=datetime.datetime(2023, 1, 1, tzinfo=datetime.UTC) + i * DAY,
+        )
+        for i in range(600)
+    )
+    analyze()
+    # A small limit stands in for a big table: filtered lists count as "big" past 10 rows,
+    # whole tables past 100.
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_count_limit", 10)
+    for query in QUERIES[name]:
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(url(name) + query)
+        assert response.status_code == 200
+        assert full_counts(queries) == [], query
+    if name != "policy_changelist":  # two policies: counted exactly
+        response = admin_client.get(url(name))
+        assert response.context["cl"].paginator.is_estimate
+        assert re.search(r"about \d+", response.content.decode())
+
+
+@pytest.mark.parametrize("name", CHANGELISTS)
+def test_changelists_count_at_most_once(admin_client, name):
+    # No "N total" count (show_full_result_count), no facet counts: only the paginator's.
+    make_evaluations(5, start=JAN_2024, step=DAY)
+    for query in [*QUERIES[name], "?_facets=True"]:
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(url(name) + query)
+        assert response.status_code == 200
+        assert len(counts(queries)) <= 1, counts(queries)
+
+
+@pytest.mark.parametrize("name", CHANGELISTS)
+def test_changelists_leave_trusthubs_payloads_unread(admin_client, name):
+    make_evaluations(3, start=JAN_2024, step=DAY)
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(url(name)).status_code == 200
+    assert not [q["sql"] for q in queries if '."raw"' in q["sql"]]
+
+
+@pytest.mark.parametrize("name", CHANGELISTS)
+def test_changelist_queries_do_not_grow_with_the_rows_shown(admin_client, name):
+    def queries_for_page() -> int:
+        admin_client.get(url(name))  # warm caches (content types) first
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(url(name)).status_code == 200
+        return len(queries)
+
+    make_evaluations(3, start=JAN_2024, step=DAY)
+    few = queries_for_page()
+    for _ in range(10):
+        make_evaluations(10, start=datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC), step=DAY)
+    assert queries_for_page() == few
+
+
+def test_evaluation_page_queries_do_not_grow_with_the_history(admin_client):
+    profile = make_evaluations(3, start=JAN_2024, step=DAY)
+    newest = profile.evaluations.order_by("-requested_at").first()
+
+    def queries_for(path: str) -> int:
+        admin_client.get(path)  # warm caches (content types) first
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(path).status_code == 200
+        return len(queries)
+
+    evaluation_page = queries_for(url("evaluation_change", newest.pk))
+    profile_page = queries_for(url("customerprofile_change", profile.pk))
+    Evaluation.objects.filter(customer_profile=profile).delete()
+    Evaluation.objects.bulk_create(
+        Evaluation(
+            customer_profile=profile,
+            policy=profile.policy,
+            trigger="schedule",
+            state="completed",
+            status="compliant",
+            requested_at=JAN_2024 + i * HOUR,
+        )
+        for i in range(300)
+    )
+    newest = profile.evaluations.order_by("-requested_at").first()
+    assert queries_for(url("evaluation_change", newest.pk)) == evaluation_page
+    assert queries_for(url("customerprofile_change", profile.pk)) == profile_page
+
+
+# --- the date drill-down -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def spread_over_years(settings):
+    # A zone west of UTC: 2024-12-31 23:30 there is already 2025 in UTC.
+    settings.TIME_ZONE = "America/New_York"
+    zone = ZoneInfo("America/New_York")
+    for when in (
+        datetime.datetime(2022, 7, 4, 12, 0, tzinfo=zone),
+        datetime.datetime(2024, 3, 10, 1, 30, tzinfo=zone),  # the night DST starts
+        datetime.datetime(2024, 3, 11, 9, 0, tzinfo=zone),
+        datetime.datetime(2024, 11, 3, 1, 30, tzinfo=zone),  # the night DST ends
+        datetime.datetime(2024, 12, 31, 23, 30, tzinfo=zone),
+        datetime.datetime(2025, 2, 1, 8, 0, tzinfo=zone),
+    ):
+        make_evaluations(1, start=when, step=datetime.timedelta(0), state="completed")
+    make_evaluations(
+        1,
+        start=datetime.datetime(2023, 5, 5, tzinfo=zone),
+        step=datetime.timedelta(0),
+        state="failed",
+        status=None,
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?requested_at__year=2024",
+        "?requested_at__year=2024&requested_at__month=3",
+        "?requested_at__year=2024&requested_at__month=11",
+        "?requested_at__year=2024&requested_at__month=12",
+        "?requested_at__year=2024&requested_at__month=3&requested_at__day=10",
+        "?requested_at__year=2023",
+        "?requested_at__month=3",
+        "?state__exact=failed",
+        "?state__exact=completed&requested_at__year=2024",
+        "?q=nothing-matches",
+    ],
+)
+def test_date_drilldown_offers_what_djangos_does_without_distinct(
+    admin_client, spread_over_years, query
+):
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(url("evaluation_changelist") + query)
+    assert response.status_code == 200
+    assert not [q["sql"] for q in queries if "DISTINCT" in q["sql"].upper()]
+    cl = response.context["cl"]
+    ours = trusthub_date_hierarchy(cl)
+    djangos = django_date_hierarchy(cl)
+    assert ours == djangos
+
+
+def test_date_drilldown_links_render(admin_client, spread_over_years):
+    body = admin_client.get(url("evaluation_changelist")).content.decode()
+    years = re.findall(r'<a href="\?requested_at__year=(\d+)">', body)
+    assert years == ["2022", "2023", "2024", "2025"]
+    body = admin_client.get(url("evaluation_changelist") + "?requested_at__year=2024").content
+    months = re.findall(r"requested_at__month=(\d+)&amp;requested_at__year=2024", body.decode())
+    assert months == ["3", "11", "12"]
+
+
+def test_date_drilldown_of_an_empty_table(admin_client):
+    response = admin_client.get(url("evaluation_changelist"))
+    assert response.status_code == 200
+    assert trusthub_date_hierarchy(response.context["cl"])["choices"] == []
