@@ -363,7 +363,7 @@ def test_bulk_by_sids_queues_each_and_counts_those_in_flight(trigger_api):
     again = trigger_api.post(
         "/api/evaluations/bulk/", {"customer_profiles": [p.sid for p in profiles]}, format="json"
     ).json()
-    assert again == {"queued": 0, "in_flight": 3, "evaluation_ids": []}
+    assert again == {"queued": 0, "in_flight": 3, "skipped": 0, "evaluation_ids": []}
 
 
 def test_bulk_by_filter_queues_only_the_matching_profiles(trigger_api):
@@ -803,3 +803,17 @@ def test_a_followed_next_link_costs_the_same(api):
     fill(300)
     first = api.get("/api/evaluations/?page_size=100").json()
     assert queries_for(api, first["next"]) == 4
+
+
+def test_bulk_counts_profiles_without_a_policy_as_skipped(trigger_api):
+    with_policy = make_profile()
+    without = CustomerProfile.objects.create(sid="BU" + "9" * 32)
+    response = trigger_api.post(
+        "/api/evaluations/bulk/",
+        {"customer_profiles": [with_policy.sid, without.sid]},
+        format="json",
+    )
+    assert response.status_code == 202
+    assert response.json()["queued"] == 1
+    assert response.json()["skipped"] == 1
+    assert not Evaluation.objects.filter(customer_profile=without).exists()

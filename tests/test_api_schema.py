@@ -107,7 +107,7 @@ def test_schema_describes_the_bulk_request_and_its_202(openapi):
     criteria = resolve(openapi, request["properties"]["filter"])
     assert set(criteria["properties"]) == {"policy", "status", "compliance_status"}
     result = body_schema(openapi, "/api/evaluations/bulk/", "post", "202")
-    assert set(result["properties"]) == {"queued", "in_flight", "evaluation_ids"}
+    assert set(result["properties"]) == {"queued", "in_flight", "skipped", "evaluation_ids"}
 
 
 def test_schema_describes_lists_as_cursor_pages_and_the_filters(openapi):

@@ -416,3 +416,39 @@ def test_profile_counts_the_failing_requirements_of_its_newest_evaluation(sandbo
     assert acme.failing_requirements == 0
     newest = initech.latest_evaluation
     assert initech.failing_requirements == newest.requirement_results.failing().count() > 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_bulk_requests_never_queue_a_profile_twice(sandbox, settings):
+    import threading
+
+    from django.db import connections
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # only the rows matter here, not the tasks
+    policy = Policy.objects.for_sid(PRIMARY_POLICY)
+    CustomerProfile.objects.bulk_create(
+        CustomerProfile(sid=f"BU{i:032x}", policy=policy) for i in range(1, 2001)
+    )
+    results, barrier = [], threading.Barrier(4)
+
+    def bulk() -> None:
+        try:
+            barrier.wait()
+            results.append(
+                services.request_evaluations(CustomerProfile.objects.all(), trigger="api")
+            )
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=bulk) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4
+    assert sum(r.queued for r in results) == 2000
+    assert all(r.queued + r.in_flight == 2000 for r in results)
+    assert Evaluation.objects.active().count() == 2000
+    latest = CustomerProfile.objects.values_list("latest_evaluation__customer_profile", "pk")
+    assert all(owner == pk for owner, pk in latest)

@@ -662,6 +662,15 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
                 )
                 % {"count": result.in_flight}
             )
+        if result.skipped:
+            parts.append(
+                ngettext(
+                    "%(count)d has no policy and was skipped.",
+                    "%(count)d have no policy and were skipped.",
+                    result.skipped,
+                )
+                % {"count": result.skipped}
+            )
         level = messages.SUCCESS if result.queued else messages.WARNING
         self.message_user(request, " ".join(parts), level)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Count, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -124,6 +124,100 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
     def active(self) -> EvaluationQuerySet:
         """Evaluations queued or running."""
         return self.filter(state__in=self.model.ACTIVE_STATES)
+
+    def queue_many(
+        self, pairs: Mapping[int, int], *, trigger: str, requested_by_id: int | None
+    ) -> list[int]:
+        """Queue an evaluation per (profile id -> policy id) not already in flight.
+
+        Returns the new evaluations' ids and points each profile at its new one. Call inside a
+        transaction. On PostgreSQL this is one statement, whatever the number of profiles: the
+        partial unique constraint on in-flight evaluations decides which pairs are busy, so a
+        concurrent request can never make it fail or queue a duplicate.
+        """
+        if not pairs:
+            return []
+        now = timezone.now()
+        if connection.vendor == "postgresql":
+            return self._queue_many_postgresql(pairs, now, trigger, requested_by_id)
+        from trusthub_eval.models import CustomerProfile
+
+        busy = set(self._busy_profiles(pairs))
+        created = self.bulk_create(
+            [
+                self.model(
+                    customer_profile_id=profile_id,
+                    policy_id=policy_id,
+                    trigger=trigger,
+                    requested_by_id=requested_by_id,
+                    requested_at=now,
+                )
+                for profile_id, policy_id in pairs.items()
+                if profile_id not in busy
+            ]
+        )
+        ids = [evaluation.pk for evaluation in created]
+        CustomerProfile.objects.filter(
+            pk__in=self.filter(requested_at=now, trigger=trigger).values("customer_profile_id")
+        ).refresh_latest()
+        return ids
+
+    def _busy_profiles(self, pairs: Mapping[int, int]) -> Iterator[int]:
+        profile_ids = list(pairs)
+        # SQLite allows 32,766 parameters in a statement.
+        for start in range(0, len(profile_ids), 30_000):
+            for profile_id, policy_id in (
+                self.active()
+                .filter(customer_profile_id__in=profile_ids[start : start + 30_000])
+                .values_list("customer_profile_id", "policy_id")
+            ):
+                if pairs.get(profile_id) == policy_id:
+                    yield profile_id
+
+    def _queue_many_postgresql(
+        self,
+        pairs: Mapping[int, int],
+        now: datetime.datetime,
+        trigger: str,
+        requested_by_id: int | None,
+    ) -> list[int]:
+        from trusthub_eval.models import CustomerProfile
+
+        evaluation = self.model._meta
+        profile = CustomerProfile._meta
+        column = {f.name: f.column for f in evaluation.concrete_fields}
+        sql = f"""
+            WITH new AS (
+                INSERT INTO {evaluation.db_table} (
+                    {column["customer_profile"]}, {column["policy"]}, {column["state"]},
+                    {column["trigger"]}, {column["requested_by"]}, {column["requested_at"]},
+                    {column["attempts"]}, {column["error_message"]}
+                )
+                SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, ''
+                FROM unnest(%s::bigint[], %s::bigint[]) AS pair(profile_id, policy_id)
+                ORDER BY pair.profile_id
+                ON CONFLICT ({column["customer_profile"]}, {column["policy"]})
+                    WHERE {column["state"]} IN ('queued', 'running')
+                    DO NOTHING
+                RETURNING id, {column["customer_profile"]} AS profile_id
+            ), latest AS (
+                UPDATE {profile.db_table} AS profile
+                SET {profile.get_field("latest_evaluation").column} = new.id
+                FROM new WHERE profile.{profile.pk.column} = new.profile_id
+            )
+            SELECT id FROM new ORDER BY id
+        """  # noqa: S608 (identifiers come from our own model metadata, values are parameters)
+        params = [
+            self.model.State.QUEUED,
+            trigger,
+            requested_by_id,
+            now,
+            list(pairs.keys()),
+            list(pairs.values()),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return [row[0] for row in cursor.fetchall()]
 
     def history(self) -> EvaluationQuerySet:
         """Newest first, with what a row of history shows joined in."""

@@ -28,9 +28,7 @@ SID_LENGTH = 34
 class Policy(models.Model):
     """A TrustHub Policy (RN…): the requirements a Customer Profile is evaluated against."""
 
-    sid = models.CharField(
-        _("policy SID"), max_length=SID_LENGTH, unique=True, validators=[validate_policy_sid]
-    )
+    sid = models.CharField(_("policy SID"), max_length=SID_LENGTH, validators=[validate_policy_sid])
     friendly_name = models.CharField(_("friendly name"), max_length=255, blank=True)
     requirements = models.JSONField(
         _("requirements"),
@@ -49,6 +47,8 @@ class Policy(models.Model):
         verbose_name = _("policy")
         verbose_name_plural = _("policies")
         ordering = ["friendly_name", "sid"]
+        # Constraints rather than unique=True: PostgreSQL then builds no second, LIKE index.
+        constraints = [models.UniqueConstraint(fields=["sid"], name="trusthub_policy_sid_unique")]
 
     def __str__(self) -> str:
         return self.friendly_name or self.sid
@@ -65,17 +65,16 @@ class CustomerProfile(models.Model):
         TWILIO_APPROVED = "twilio-approved", _("Approved by Twilio")
 
     sid = models.CharField(
-        _("customer profile SID"),
-        max_length=SID_LENGTH,
-        unique=True,
-        validators=[validate_customer_profile_sid],
+        _("customer profile SID"), max_length=SID_LENGTH, validators=[validate_customer_profile_sid]
     )
     account_sid = models.CharField(
         _("account SID"), max_length=SID_LENGTH, blank=True, validators=[validate_account_sid]
     )
     friendly_name = models.CharField(_("friendly name"), max_length=255, blank=True)
     email = models.CharField(_("email"), max_length=255, blank=True)
-    status = models.CharField(_("TrustHub status"), max_length=32, blank=True)
+    status = models.CharField(
+        _("TrustHub status"), max_length=32, choices=Status.choices, blank=True
+    )
     policy = models.ForeignKey(
         Policy,
         on_delete=models.PROTECT,
@@ -98,6 +97,9 @@ class CustomerProfile(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        # Unindexed on purpose: it changes with every request, and without an index on it that
+        # UPDATE is a cheap heap-only one on PostgreSQL.
+        db_index=False,
         verbose_name=_("latest evaluation"),
         help_text=_("The most recently requested evaluation, whatever its state."),
     )
@@ -127,6 +129,9 @@ class CustomerProfile(models.Model):
             models.Index(fields=["compliance_checked_at"], name="trusthub_cp_checked_idx"),
             models.Index(fields=["policy", "friendly_name", "sid"], name="trusthub_cp_policy_idx"),
             models.Index(fields=["email"], name="trusthub_cp_email_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["sid"], name="trusthub_cp_sid_unique"),
         ]
         permissions = [
             ("request_evaluation", _("Can request TrustHub evaluations")),
@@ -160,23 +165,29 @@ class Evaluation(models.Model):
     ACTIVE_STATES: ClassVar[tuple[str, ...]] = (State.QUEUED, State.RUNNING)
 
     id = models.BigAutoField(primary_key=True)
-    sid = models.CharField(
+    # NULL until TrustHub answers: many unanswered rows must not collide on the unique SID.
+    sid = models.CharField(  # noqa: DJ001
         _("evaluation SID"),
         max_length=SID_LENGTH,
-        unique=True,
         null=True,
         blank=True,
         validators=[validate_evaluation_sid],
         help_text=_("TrustHub's EL… SID, known once TrustHub has answered."),
     )
+    # The composite indexes below lead with these columns, so no index of their own.
     customer_profile = models.ForeignKey(
         CustomerProfile,
         on_delete=models.CASCADE,
         related_name="evaluations",
         verbose_name=_("customer profile"),
+        db_index=False,
     )
     policy = models.ForeignKey(
-        Policy, on_delete=models.PROTECT, related_name="evaluations", verbose_name=_("policy")
+        Policy,
+        on_delete=models.PROTECT,
+        related_name="evaluations",
+        verbose_name=_("policy"),
+        db_index=False,
     )
     # NULL, not "": "TrustHub has not answered" is a different fact from any answer.
     status = models.CharField(  # noqa: DJ001
@@ -229,6 +240,7 @@ class Evaluation(models.Model):
         ordering = ["-requested_at", "-id"]
         get_latest_by = ["requested_at", "id"]
         constraints = [
+            models.UniqueConstraint(fields=["sid"], name="trusthub_eval_sid_unique"),
             # At most one evaluation in flight per profile + policy: a second request while one
             # is queued or running gets that row instead of a duplicate.
             models.UniqueConstraint(
@@ -278,6 +290,7 @@ class RequirementResult(models.Model):
         on_delete=models.CASCADE,
         related_name="requirement_results",
         verbose_name=_("evaluation"),
+        db_index=False,  # the unique (evaluation, position) index leads with it
     )
     position = models.PositiveSmallIntegerField(_("position"))
     requirement_name = models.CharField(_("requirement name"), max_length=255)

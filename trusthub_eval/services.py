@@ -61,7 +61,8 @@ class BulkRequest:
     """What :func:`request_evaluations` did."""
 
     queued: int
-    in_flight: int
+    in_flight: int  # already queued or running for the same profile + policy
+    skipped: int  # no policy to evaluate against
     evaluation_ids: list[int]
 
 
@@ -137,29 +138,28 @@ def request_evaluations(
 ) -> BulkRequest:
     """Queue evaluations of many profiles in a number of queries that does not grow with them.
 
-    ``profiles`` is a queryset (or iterable) of profiles. Profiles with an evaluation already in
-    flight for the chosen policy count as ``in_flight``; profiles without any policy are skipped
-    with :class:`NoPolicy` raised only when none of them can be evaluated.
+    ``profiles`` is a queryset (or iterable) of profiles, each evaluated against ``policy`` or
+    else its own (or ``DEFAULT_POLICY_SID``). Profiles with an evaluation already in flight for
+    that policy count as ``in_flight``; profiles with no policy at all count as ``skipped``.
     """
-    pairs = _profile_policy_pairs(profiles, policy)
+    pairs, skipped = _profile_policy_pairs(profiles, policy)
     if not pairs:
-        return BulkRequest(queued=0, in_flight=0, evaluation_ids=[])
-    user_id = _user_id(requested_by)
-    for _attempt in range(3):
-        try:
-            with transaction.atomic():
-                return _bulk_queue(pairs, user_id, trigger)
-        except IntegrityError:
-            # A concurrent request queued one of these profiles between our read and our
-            # insert; read again and queue the rest.
-            continue
-    raise RuntimeError("Could not queue the evaluations")  # pragma: no cover
+        return BulkRequest(queued=0, in_flight=0, skipped=skipped, evaluation_ids=[])
+    with transaction.atomic():
+        ids = Evaluation.objects.queue_many(
+            pairs, trigger=trigger, requested_by_id=_user_id(requested_by)
+        )
+        if ids:
+            _enqueue_on_commit(ids)
+    return BulkRequest(
+        queued=len(ids), in_flight=len(pairs) - len(ids), skipped=skipped, evaluation_ids=ids
+    )
 
 
 def _profile_policy_pairs(
     profiles: QuerySet[CustomerProfile] | Iterable[CustomerProfile], policy: Policy | None
-) -> dict[int, int]:
-    """profile id -> policy id for each profile that has a policy to be evaluated against."""
+) -> tuple[dict[int, int], int]:
+    """(profile id -> policy id to evaluate against, how many profiles have no policy)."""
     if isinstance(profiles, QuerySet):
         rows = list(profiles.order_by().values_list("pk", "policy_id"))
     else:
@@ -176,51 +176,7 @@ def _profile_policy_pairs(
         chosen = policy.pk if policy is not None else (own_policy_id or default_id)
         if chosen is not None:
             pairs[profile_id] = chosen
-    return pairs
-
-
-_IN_BATCH = 5000  # bound on the number of parameters in one IN (...) list
-
-
-def _bulk_queue(pairs: dict[int, int], user_id: int | None, trigger: str) -> BulkRequest:
-    profile_ids = list(pairs)
-    busy: set[int] = set()
-    for start in range(0, len(profile_ids), _IN_BATCH):
-        batch = profile_ids[start : start + _IN_BATCH]
-        for profile_id, policy_id in (
-            Evaluation.objects.active()
-            .filter(customer_profile_id__in=batch)
-            .values_list("customer_profile_id", "policy_id")
-        ):
-            if pairs.get(profile_id) == policy_id:
-                busy.add(profile_id)
-    now = timezone.now()
-    created = Evaluation.objects.bulk_create(
-        [
-            Evaluation(
-                customer_profile_id=profile_id,
-                policy_id=policy_id,
-                trigger=trigger,
-                requested_by_id=user_id,
-                requested_at=now,
-            )
-            for profile_id, policy_id in pairs.items()
-            if profile_id not in busy
-        ],
-        # No batch size: on PostgreSQL Django inserts through UNNEST, so the number of
-        # queries does not grow with the number of profiles.
-    )
-    ids = [evaluation.pk for evaluation in created]
-    if created:
-        # refresh_latest() is right for any profile, so selecting by this batch's timestamp
-        # (rather than a 10,000-item IN list) can only ever touch harmless extras.
-        CustomerProfile.objects.filter(
-            pk__in=Evaluation.objects.filter(requested_at=now, trigger=trigger).values(
-                "customer_profile_id"
-            )
-        ).refresh_latest()
-        _enqueue_on_commit(ids)
-    return BulkRequest(queued=len(ids), in_flight=len(busy), evaluation_ids=ids)
+    return pairs, len({profile_id for profile_id, _ in rows}) - len(pairs)
 
 
 def _enqueue_on_commit(evaluation_ids: list[int]) -> None:

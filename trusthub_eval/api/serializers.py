@@ -383,6 +383,9 @@ class BulkEvaluationResultSerializer(serializers.Serializer[Any]):
             "or running already."
         )
     )
+    skipped = serializers.IntegerField(
+        help_text=_("Profiles skipped because they have no policy and none was given.")
+    )
     evaluation_ids = serializers.ListField(
         child=serializers.IntegerField(), help_text=_("The ids of the evaluations queued.")
     )
