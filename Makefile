@@ -33,8 +33,10 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m tests.run
 
+# Needs PostgreSQL on 127.0.0.1:5432; loads a million evaluations once (a few minutes).
 bench: $(STAMP)
 	$(BIN)/python bench/rest.py
+	$(BIN)/python bench/admin.py
 
 clean:
 	rm -rf $(VENV) var node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -33,7 +33,7 @@ DEFAULT_DATABASE_URL = os.environ.get(
 )
 
 # Bump when the generator changes, so an old dataset is reloaded rather than silently reused.
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 MARKER_TABLE = "trusthub_bench_dataset"
 # pg_advisory_lock keys (any constants unique to this module): one for migrating, one for loading.
 _MIGRATE_LOCK = 7_311_900_001
@@ -46,8 +46,8 @@ ACCOUNT_SID = "AC" + "0" * 32
 # Evaluation i was requested at BASE + i * STEP: ids and requested_at grow together.
 BASE = "2024-01-01T00:00:00+00:00"
 STEP_SECONDS = 30
-# With h = (id * 2654435761) mod 1000 (a multiplicative hash, so outcomes do not follow the
-# profile): h < 10 failed, h < 300 noncompliant, otherwise compliant. A noncompliant
+# With h = ((id * 2654435761) >> 13) mod 1000 (a multiplicative hash; the shift takes higher
+# bits, so that ids 10,000 apart, the same profile's, do not share an outcome): h < 10 failed, h < 300 noncompliant, otherwise compliant. A noncompliant
 # evaluation fails requirement h mod 3, and also requirement 3 when h is even.
 FAILED_PER_MILLE = 10
 NONCOMPLIANT_PER_MILLE = 300
@@ -471,7 +471,7 @@ def _load(cursor: Any, t: dict[str, str], evaluations: int, profiles: int) -> No
         "    CASE WHEN i > %(m)s - %(n)s AND mod(p, %(every)s) = 0 THEN 'queued'"
         "     WHEN h < %(failed)s THEN 'failed' ELSE 'completed' END AS state"
         "   FROM ("
-        "    SELECT i, 1 + mod(i - 1, %(n)s) AS p, mod(i * 2654435761, 1000) AS h"
+        "    SELECT i, 1 + mod(i - 1, %(n)s) AS p, mod((i * 2654435761) >> 13, 1000) AS h"
         "    FROM generate_series(1::bigint, %(m)s) AS i"
         "   ) AS numbered"
         "  ) AS stated"

@@ -166,7 +166,7 @@ def test_profile_page_shows_history_newest_first_and_the_timeline(admin_client, 
         (e.requested_at for e in history), reverse=True
     )
     # The third evaluation of Acme's history failed both authorized representatives.
-    assert [e.failing for e in history] == [0, 0, 2, 0, 1]
+    assert [e.failing_count for e in history] == [0, 0, 2, 0, 1]
     for evaluation in history:
         assert url("evaluation_change", evaluation.pk) in body
     svg = re.search(r"<svg class=\"trusthub-timeline\".*?</svg>", body, flags=re.S)

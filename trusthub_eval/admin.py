@@ -14,8 +14,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Q, QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -33,7 +32,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import services
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
 from trusthub_eval.sids import SidKind, is_sid
 from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
@@ -691,18 +690,11 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
 
     def profile_context(self, request: HttpRequest, profile: CustomerProfile) -> dict[str, Any]:
         """History, timeline and the re-evaluate button for the profile's page."""
-        failing = (
-            RequirementResult.objects.filter(evaluation=OuterRef("pk"), passed=False)
-            .order_by()
-            .values("evaluation")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
         history = list(
             Evaluation.objects.filter(customer_profile=profile)
             .select_related("policy", "requested_by")
             .defer("raw", "policy__raw", "policy__requirements")
-            .annotate(failing=Coalesce(Subquery(failing), 0))
+            .with_failing_count()
             .order_by("-requested_at", "-id")[: HISTORY_LIMIT + 1]
         )
         all_url = reverse(f"admin:{self.opts.app_label}_evaluation_changelist")

@@ -99,23 +99,18 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
 
     def refresh_compliance(self) -> int:
         """Set each profile's compliance from its newest completed evaluation; one UPDATE."""
-        from trusthub_eval.models import Evaluation, RequirementResult
+        from trusthub_eval.models import Evaluation
 
         newest = Evaluation.objects.filter(
             customer_profile=OuterRef("pk"), state=Evaluation.State.COMPLETED
         ).order_by("-completed_at", "-id")
-        failing = (
-            RequirementResult.objects.filter(evaluation=OuterRef("pk"), passed=False)
-            .order_by()
-            .values("evaluation")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
         return self.update(
             compliance_status=Coalesce(Subquery(newest.values("status")[:1]), Value("")),
             compliance_checked_at=Subquery(newest.values("completed_at")[:1]),
             failing_requirements=Coalesce(
-                Subquery(newest.annotate(n=Subquery(failing)).values("n")[:1]), Value(0)
+                # django-stubs cannot see the annotation through the custom queryset method.
+                Subquery(newest.with_failing_count().values("failing_count")[:1]),  # type: ignore[misc]
+                Value(0),
             ),
         )
 
@@ -218,6 +213,19 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return [row[0] for row in cursor.fetchall()]
+
+    def with_failing_count(self) -> EvaluationQuerySet:
+        """Annotate ``failing_count``: how many requirements failed, by a subquery per row."""
+        from trusthub_eval.models import RequirementResult
+
+        failing = (
+            RequirementResult.objects.filter(evaluation=OuterRef("pk"), passed=False)
+            .order_by()
+            .values("evaluation")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return self.annotate(failing_count=Coalesce(Subquery(failing), Value(0)))
 
     def history(self) -> EvaluationQuerySet:
         """Newest first, with what a row of history shows joined in."""

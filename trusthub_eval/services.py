@@ -8,7 +8,7 @@ import datetime
 import enum
 import logging
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
@@ -369,21 +369,23 @@ def _send_completed_signals(evaluation: Evaluation, previous: str) -> None:
 def sync_policies(*, client: TrustHubClient | None = None) -> int:
     """Upsert every policy TrustHub lists; returns how many."""
     with _client(client) as trusthub:
-        count = 0
-        for item in trusthub.list_policies():
-            Policy.objects.upsert_from_payload(item)
-            count += 1
-        return count
+        return _upsert_all(trusthub.list_policies(), Policy.objects.upsert_from_payload)
 
 
 def sync_customer_profiles(*, client: TrustHubClient | None = None) -> int:
     """Upsert every customer profile TrustHub lists; returns how many."""
     with _client(client) as trusthub:
-        count = 0
-        for item in trusthub.list_customer_profiles():
-            CustomerProfile.objects.upsert_from_payload(item)
-            count += 1
-        return count
+        return _upsert_all(
+            trusthub.list_customer_profiles(), CustomerProfile.objects.upsert_from_payload
+        )
+
+
+def _upsert_all(items: Iterable[Mapping[str, Any]], upsert: Callable[..., object]) -> int:
+    count = 0
+    for item in items:
+        upsert(item)
+        count += 1
+    return count
 
 
 def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None = None) -> int:
