@@ -47,8 +47,9 @@ ACCOUNT_SID = "AC" + "0" * 32
 BASE = "2024-01-01T00:00:00+00:00"
 STEP_SECONDS = 30
 # With h = ((id * 2654435761) >> 13) mod 1000 (a multiplicative hash; the shift takes higher
-# bits, so that ids 10,000 apart, the same profile's, do not share an outcome): h < 10 failed, h < 300 noncompliant, otherwise compliant. A noncompliant
-# evaluation fails requirement h mod 3, and also requirement 3 when h is even.
+# bits, so that ids 10,000 apart, the same profile's, do not share an outcome): h < 10 failed,
+# h < 300 noncompliant, otherwise compliant. A noncompliant evaluation fails requirement
+# h mod 3, and also requirement 3 when h is even.
 FAILED_PER_MILLE = 10
 NONCOMPLIANT_PER_MILLE = 300
 # The newest evaluation of every hundredth profile is still queued (in flight).
