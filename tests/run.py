@@ -44,7 +44,7 @@ def pytest(extra_env: dict[str, str], label: str, args: list[str]) -> int:
 def main() -> int:
     args = sys.argv[1:]
     install_node_packages()
-    codes = [pytest({}, "SQLite", ["--cov", "--cov-report=term", *args])]
+    codes = [pytest({}, "SQLite", ["--cov", "--cov-report=term", "--cov-fail-under=90", *args])]
     if _port_open(5432):
         codes.append(
             pytest({"TRUSTHUB_TEST_DATABASE_URL": POSTGRES_URL}, "PostgreSQL", ["-q", *args])

@@ -84,7 +84,7 @@ def _broker(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
 
 
 @contextmanager
-def _publish_through(broker_url: str, transport_options: dict[str, Any]) -> Iterator[None]:
+def publish_through(broker_url: str, transport_options: dict[str, Any]) -> Iterator[None]:
     """Make this process's Celery app publish to the real broker instead of running eagerly."""
     from celery import current_app
 
@@ -147,7 +147,7 @@ def celery_worker(
     try:
         if not worker.ready.wait(60):
             pytest.fail(f"celery worker did not become ready:\n{worker.tail}")
-        with _publish_through(broker_url, options):
+        with publish_through(broker_url, options):
             yield worker
     finally:
         process.terminate()
