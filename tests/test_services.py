@@ -462,3 +462,14 @@ def test_concurrent_bulk_requests_never_queue_a_profile_twice(sandbox, tmp_path)
     assert sorted(row["n"] for row in per_profile) == [1] * 300
     latest = CustomerProfile.objects.values_list("latest_evaluation__customer_profile", "pk")
     assert all(owner == pk for owner, pk in latest)
+
+
+def test_scheduled_task_requests_every_profile_against_its_own_policy(sandbox):
+    from trusthub_eval.tasks import evaluate_all_task
+
+    profiles = sync_world()
+    assert evaluate_all_task() == {"queued": len(profiles), "in_flight": 0}
+    assert evaluate_all_task() == {"queued": 0, "in_flight": len(profiles)}
+    queued = Evaluation.objects.filter(trigger="schedule")
+    assert queued.count() == len(profiles)
+    assert all(e.policy_id == e.customer_profile.policy_id for e in queued)

@@ -227,12 +227,6 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         )
         return self.annotate(failing_count=Coalesce(Subquery(failing), Value(0)))
 
-    def history(self) -> EvaluationQuerySet:
-        """Newest first, with what a row of history shows joined in."""
-        return self.select_related("customer_profile", "policy", "requested_by").order_by(
-            "-requested_at", "-id"
-        )
-
     def claim(self, evaluation_id: int, *, running_timeout: float) -> Evaluation | None:
         """Atomically mark a queued evaluation as running and return it; None if not ours.
 
