@@ -817,3 +817,29 @@ def test_bulk_counts_profiles_without_a_policy_as_skipped(trigger_api):
     assert response.json()["queued"] == 1
     assert response.json()["skipped"] == 1
     assert not Evaluation.objects.filter(customer_profile=without).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_trigger_through_a_real_wsgi_server_answers_202_with_location(
+    live_server, operator, sandbox
+):
+    # The test client accepts header values a WSGI server refuses (a str subclass, say); a real
+    # server on a real socket does not.
+    import requests
+
+    profile = make_profile()
+    token, _ = Token.objects.get_or_create(user=operator)
+    response = requests.post(
+        f"{live_server.url}/api/customer-profiles/{profile.sid}/evaluations/",
+        json={},
+        headers={"Authorization": f"Token {token.key}"},
+        timeout=10,
+    )
+    assert response.status_code == 202
+    evaluation_id = response.json()["id"]
+    assert response.headers["Location"] == f"{live_server.url}/api/evaluations/{evaluation_id}/"
+    followed = requests.get(
+        response.headers["Location"], headers={"Authorization": f"Token {token.key}"}, timeout=10
+    )
+    assert followed.status_code == 200
+    assert followed.json()["customer_profile"] == profile.sid

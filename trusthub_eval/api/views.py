@@ -267,7 +267,10 @@ class CustomerProfileEvaluationsView(
         ).data
         # 202 both for a new evaluation and for the one already in flight: either way the
         # caller's request is being worked on, and the body says which evaluation does it.
-        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+        # str(): the serializer's url is DRF's Hyperlink, and WSGI servers (wsgiref among them)
+        # accept only plain str header values.
+        location = str(data["url"])
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
     def _profile(self, sid: str) -> CustomerProfile:
         _check_sid(sid, SidKind.CUSTOMER_PROFILE)
