@@ -229,3 +229,13 @@ def test_fuzzed_requests_get_no_server_error_and_conforming_responses(
         case.call_and_validate(headers=headers, excluded_checks=excluded)
 
     fuzz()
+
+
+@pytest.mark.django_db
+def test_swagger_ui_is_served_without_a_cdn(client, admin_user):
+    client.force_login(admin_user)
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "cdn.jsdelivr.net" not in html
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
