@@ -430,8 +430,13 @@ def test_concurrent_bulk_requests_never_queue_a_profile_twice(sandbox, tmp_path)
 
     # Tasks go to a broker folder nobody reads: no evaluation may finish (and free its profile
     # for a second one) while the four requests race.
-    (tmp_path / "queue").mkdir()
-    broker = {"data_folder_in": str(tmp_path / "queue"), "data_folder_out": str(tmp_path / "queue")}
+    for folder in ("queue", "control"):
+        (tmp_path / folder).mkdir()
+    broker = {
+        "data_folder_in": str(tmp_path / "queue"),
+        "data_folder_out": str(tmp_path / "queue"),
+        "control_folder": str(tmp_path / "control"),
+    }
 
     policy = Policy.objects.for_sid(PRIMARY_POLICY)
     CustomerProfile.objects.bulk_create(
