@@ -17,13 +17,22 @@ _DIRECT_SEND_LIMIT = 20
 _DISPATCH_CHUNK = 500
 
 
+def _send_options() -> dict[str, Any]:
+    return {"queue": app_settings.TASK_QUEUE} if app_settings.TASK_QUEUE else {}
+
+
+def _send_runs(evaluation_ids: Sequence[int]) -> None:
+    options = _send_options()
+    for evaluation_id in evaluation_ids:
+        run_evaluation_task.apply_async((evaluation_id,), **options)
+
+
 def enqueue(evaluation_ids: Sequence[int]) -> None:
     """Send the run task for each evaluation."""
-    options: dict[str, Any] = {"queue": app_settings.TASK_QUEUE} if app_settings.TASK_QUEUE else {}
     if len(evaluation_ids) <= _DIRECT_SEND_LIMIT:
-        for evaluation_id in evaluation_ids:
-            run_evaluation_task.apply_async((evaluation_id,), **options)
+        _send_runs(evaluation_ids)
         return
+    options = _send_options()
     for start in range(0, len(evaluation_ids), _DISPATCH_CHUNK):
         chunk = list(evaluation_ids[start : start + _DISPATCH_CHUNK])
         dispatch_evaluations_task.apply_async((chunk,), **options)
@@ -48,9 +57,7 @@ def run_evaluation_task(self: Any, evaluation_id: int) -> str:
 
 @shared_task(name="trusthub_eval.dispatch_evaluations", ignore_result=True)
 def dispatch_evaluations_task(evaluation_ids: list[int]) -> None:
-    options: dict[str, Any] = {"queue": app_settings.TASK_QUEUE} if app_settings.TASK_QUEUE else {}
-    for evaluation_id in evaluation_ids:
-        run_evaluation_task.apply_async((evaluation_id,), **options)
+    _send_runs(evaluation_ids)
 
 
 @shared_task(name="trusthub_eval.resume_queued", ignore_result=True)
