@@ -19,6 +19,7 @@ from trusthub_eval import signals
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.conf import app_settings
 from trusthub_eval.exceptions import ConcurrencyLimited, TrustHubError
+from trusthub_eval.managers import parse_twilio_datetime
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.sids import SidKind, check_sid
 
@@ -289,7 +290,7 @@ def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, A
     since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
     candidates = []
     for item in client.list_evaluations(evaluation.customer_profile.sid):
-        created = _parse_created(item)
+        created = parse_twilio_datetime(item.get("date_created"))
         if item.get("policy_sid") != evaluation.policy.sid or created is None or created < since:
             continue
         candidates.append((created, item))
@@ -307,12 +308,6 @@ def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, A
             )
             return item
     return None
-
-
-def _parse_created(item: Mapping[str, Any]) -> datetime.datetime | None:
-    from trusthub_eval.managers import parse_twilio_datetime
-
-    return parse_twilio_datetime(item.get("date_created"))
 
 
 def _record_error(evaluation: Evaluation, error: TrustHubError, *, posted: bool) -> Outcome:
