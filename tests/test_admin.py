@@ -540,6 +540,7 @@ def test_evaluation_page_shows_results_per_requirement(admin_client, world):
     assert f'href="https://www.twilio.com/docs/errors/{field["error_code"]}"' in body
     # The raw payload, collapsed.
     assert '<details class="trusthub-raw">' in body
+    assert "<summary>TrustHub's answer (JSON)</summary>" in body
     assert html.escape(f'"sid": "{evaluation.sid}"', quote=True) in body
 
 
