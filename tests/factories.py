@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 from trusthub_eval import services
-from trusthub_eval.models import CustomerProfile, Policy
+from trusthub_eval.exceptions import RetryLater
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
 ACME = "BUfd0c753db72f0d7f08d8ff54199fda78"  # compliant
 INITECH = "BU0c94a6739989d2d0335a3cf9fc125bde"  # no business information
@@ -32,3 +34,26 @@ def make_profile(policy: Policy | None = None, **fields: object) -> CustomerProf
     policy = policy or Policy.objects.for_sid(PRIMARY_POLICY)
     fields.setdefault("friendly_name", "Local only")
     return CustomerProfile.objects.create(sid=sid("BU"), policy=policy, **fields)
+
+
+def posts(sandbox, profile_sid: str) -> int:
+    path = f"/v1/CustomerProfiles/{profile_sid}/Evaluations"
+    return sum(1 for r in sandbox.requests_log if r["method"] == "POST" and r["path"] == path)
+
+
+def wait_idle(sandbox, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sandbox.stats["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def run_until_done(evaluation: Evaluation) -> Evaluation:
+    """Run attempts in-process, as the task's retries would, until the row is finished."""
+    for _ in range(20):
+        try:
+            services.run_evaluation(evaluation.pk)
+        except RetryLater:
+            continue
+        break
+    evaluation.refresh_from_db()
+    return evaluation

@@ -4,6 +4,7 @@ TRUSTHUB_TEST_DATABASE_URL picks the database (default: a SQLite file under var/
 separate worker process can share it); the PostgreSQL pass of `make test` sets it.
 """
 
+import json
 import os
 
 import dj_database_url
@@ -44,5 +45,7 @@ TRUSTHUB_EVAL = {
     "RETRY_BACKOFF_MAX": 0.05,
     "READ_TIMEOUT": 2.0,
     "CONNECT_TIMEOUT": 2.0,
+    # A worker process started by the suite gets the test's own overrides (tests/worker.py).
+    **json.loads(os.environ.get("TRUSTHUB_TEST_SETTINGS", "{}")),
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}

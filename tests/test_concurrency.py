@@ -118,7 +118,8 @@ def test_waiting_for_a_slot_is_retried_without_spending_an_attempt(sandbox, sett
     # Another worker holds the only slot.
     with cap.slot(), pytest.raises(services.RetryLater) as retry:
         services.run_evaluation(evaluation.pk)
-    assert isinstance(retry.value.error, ConcurrencyLimited)
+    assert retry.value.evaluation_id == evaluation.pk
+    assert not [r for r in sandbox.requests_log if r["method"] == "POST"]  # nothing was sent
     evaluation.refresh_from_db()
     assert (evaluation.state, evaluation.attempts) == ("queued", 0)
     assert services.run_evaluation(evaluation.pk) == services.Outcome.COMPLETED

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import io
+
 import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from tests.factories import ACME, INITECH, UMBRELLA, make_profile, sync_world
-from tests.worker import BROKERS, celery_worker
+from tests.worker import BROKERS, celery_worker, publish_through
 from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation
 
@@ -63,3 +68,81 @@ def test_worker_fans_out_a_bulk_request(sandbox, settings, tmp_path):
     assert "trusthub_eval.dispatch_evaluations" in w.output
     posts = [r for r in sandbox.requests_log if r["method"] == "POST"]
     assert len(posts) == result.queued  # exactly one POST per evaluation
+
+
+@pytest.mark.parametrize(
+    ("faults", "state"),
+    [(5, "completed"), (6, "failed")],
+    ids=["last-allowed-attempt", "one-past-it"],
+)
+def test_the_rows_attempt_limit_holds_through_a_real_worker(
+    sandbox, settings, tmp_path, faults, state
+):
+    # MAX_ATTEMPTS is 6, twice Celery's default retry limit of 3.
+    profile = sync_world()[UMBRELLA]
+    sandbox.add_fault(method="POST", path="Evaluations$", status=503, times=faults)
+    with celery_worker("filesystem", sandbox=sandbox, settings=settings, tmp_path=tmp_path) as w:
+        evaluation, _ = services.request_evaluation(profile, trigger="cli")
+        w.wait_until(lambda: finished(evaluation), what="the retried evaluation")
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.attempts) == (state, 6)
+    if state == "failed":
+        assert evaluation.error_message.startswith("Gave up after 6 attempts")
+        assert not evaluation.may_exist_upstream  # a 503 was not processed
+    assert "MaxRetriesExceeded" not in w.output
+    posts = [r for r in sandbox.requests_log if r["method"] == "POST"]
+    assert len(posts) == 6
+
+
+def test_workers_sweep_rows_whose_message_was_lost(sandbox, settings, tmp_path):
+    profiles = sync_world()
+    long_ago = timezone.now() - datetime.timedelta(minutes=10)
+    # A queued row whose message never reached the broker, and a row whose worker died.
+    lost = Evaluation.objects.create(
+        customer_profile=profiles[ACME], policy=profiles[ACME].policy, trigger="cli"
+    )
+    orphaned = Evaluation.objects.create(
+        customer_profile=profiles[INITECH],
+        policy=profiles[INITECH].policy,
+        trigger="cli",
+        state="running",
+        started_at=long_ago,
+        attempts=1,
+    )
+    Evaluation.objects.filter(pk=lost.pk).update(requested_at=long_ago)
+    sweep = {"SWEEP_INTERVAL": 0.5, "SWEEP_AFTER": 1, "RUNNING_TIMEOUT": 60}
+    with celery_worker(
+        "filesystem", sandbox=sandbox, settings=settings, tmp_path=tmp_path, trusthub_eval=sweep
+    ) as w:
+        w.wait_until(lambda: finished(lost, orphaned), what="the swept evaluations")
+    lost.refresh_from_db()
+    orphaned.refresh_from_db()
+    assert (lost.state, lost.status) == ("completed", "compliant")
+    assert (orphaned.state, orphaned.status, orphaned.attempts) == ("completed", "noncompliant", 2)
+    assert "trusthub_eval.resume_queued" in w.output
+
+
+@pytest.mark.redis
+def test_broker_down_at_request_time_is_said_and_the_evaluation_runs_later(
+    sandbox, settings, tmp_path
+):
+    profiles = sync_world()
+    out, err = io.StringIO(), io.StringIO()
+    with publish_through("redis://127.0.0.1:1/0", {"max_retries": 0}):
+        call_command("trusthub_evaluate", UMBRELLA, stdout=out, stderr=err)
+        with pytest.raises(CommandError, match="broker could not be reached"):
+            call_command("trusthub_evaluate", ACME, "--wait", stdout=io.StringIO())
+    assert "broker could not be reached" in err.getvalue()
+    assert "Traceback" not in out.getvalue() + err.getvalue()
+    evaluation = Evaluation.objects.get(customer_profile=profiles[UMBRELLA])
+    other = Evaluation.objects.get(customer_profile=profiles[ACME])
+    assert (evaluation.state, other.state) == ("queued", "queued")
+    sweep = {"SWEEP_INTERVAL": 0.5, "SWEEP_AFTER": 0}
+    with celery_worker(
+        "redis", sandbox=sandbox, settings=settings, tmp_path=tmp_path, trusthub_eval=sweep
+    ) as w:
+        w.wait_until(lambda: finished(evaluation, other), what="both once the broker is back")
+    evaluation.refresh_from_db()
+    other.refresh_from_db()
+    assert (evaluation.state, other.state) == ("completed", "completed")
+    assert len([r for r in sandbox.requests_log if r["method"] == "POST"]) == 2

@@ -6,6 +6,7 @@ publishes through the same broker. Nothing is eager and nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,11 +90,12 @@ def publish_through(broker_url: str, transport_options: dict[str, Any]) -> Itera
     from celery import current_app
 
     app = current_app._get_current_object()
-    keys = ("task_always_eager", "broker_url", "broker_transport_options")
+    keys = ("task_always_eager", "broker_url", "broker_transport", "broker_transport_options")
     saved = {key: app.conf[key] for key in keys}
     app.conf.update(
         task_always_eager=False,
         broker_url=broker_url,
+        broker_transport="project.broker:Transport" if broker_url == "filesystem://" else None,
         broker_transport_options=transport_options,
     )
     app._pool = None
@@ -110,12 +112,22 @@ def publish_through(broker_url: str, transport_options: dict[str, Any]) -> Itera
 
 @contextmanager
 def celery_worker(
-    kind: str, *, sandbox: Any, settings: Any, tmp_path: Path, concurrency: int = 2
+    kind: str,
+    *,
+    sandbox: Any,
+    settings: Any,
+    tmp_path: Path,
+    concurrency: int = 2,
+    trusthub_eval: dict[str, Any] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """Start a worker on broker ``kind`` serving a queue of its own; stop it afterwards."""
+    """Start a worker on broker ``kind`` serving a queue of its own; stop it afterwards.
+
+    ``trusthub_eval`` overrides TRUSTHUB_EVAL keys in the worker (and in this process).
+    """
     broker_url, options = _broker(kind, tmp_path)
     queue = f"trusthub-test-{uuid.uuid4().hex[:12]}"
-    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "TASK_QUEUE": queue}
+    overrides = trusthub_eval or {}
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, **overrides, "TASK_QUEUE": queue}
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -125,6 +137,7 @@ def celery_worker(
         "TRUSTHUB_TEST_ACCOUNT_SID": sandbox.account_sid,
         "TRUSTHUB_TEST_AUTH_TOKEN": sandbox.auth_token,
         "TRUSTHUB_TEST_QUEUE": queue,
+        "TRUSTHUB_TEST_SETTINGS": json.dumps(overrides),
         "CELERY_BROKER_URL": broker_url,
         "TRUSTHUB_BROKER_DIR": str(tmp_path / "broker"),
         "PYTHONUNBUFFERED": "1",

@@ -32,6 +32,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import services
+from trusthub_eval.conf import app_settings
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
 from trusthub_eval.sids import SidKind, is_sid
@@ -566,6 +567,7 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
                 messages.ERROR,
             )
         else:
+            self._warn_if_unsent(request, evaluation.sent)
             link = format_html('<a href="{}">{}</a>', _change_url(evaluation), evaluation)
             if created:
                 self.message_user(
@@ -637,7 +639,19 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.reevaluate_confirmation_template, context)
 
+    def _warn_if_unsent(self, request: HttpRequest, sent: bool | None) -> None:
+        if sent is False:
+            self.message_user(
+                request,
+                gettext(
+                    "The task broker could not be reached: the evaluation is saved and will run "
+                    "once the broker is back."
+                ),
+                messages.WARNING,
+            )
+
     def _report(self, request: HttpRequest, result: services.BulkRequest) -> None:
+        self._warn_if_unsent(request, result.sent)
         if not result.queued and not result.in_flight:
             self.message_user(
                 request,
@@ -746,6 +760,9 @@ def timeline_points(evaluations: Iterable[Evaluation]) -> list[TimelinePoint]:
 
 # --- evaluations -------------------------------------------------------------------------------
 
+# Rows in flight listed on the queue page, oldest first.
+HEALTH_OLDEST = 20
+
 
 @admin.register(Evaluation)
 class EvaluationAdmin(ReadOnlyAdmin):
@@ -774,6 +791,41 @@ class EvaluationAdmin(ReadOnlyAdmin):
     date_hierarchy = "requested_at"
     readonly_fields = ["compliance", "duration", "error"]
     change_form_template = "trusthub_eval/admin/evaluation/change_form.html"
+    change_list_template = "trusthub_eval/admin/evaluation/change_list.html"
+    health_template = "trusthub_eval/admin/evaluation/health.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_health"
+        return [
+            path("health/", self.admin_site.admin_view(self.health_view), name=name),
+            *super().get_urls(),
+        ]
+
+    def health_view(self, request: HttpRequest) -> HttpResponse:
+        """The queue: what waits and for how long, what is stuck, what failed and why."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        health = Evaluation.objects.health(
+            overdue_after=app_settings.SWEEP_AFTER, running_timeout=app_settings.RUNNING_TIMEOUT
+        )
+        oldest = (
+            Evaluation.objects.active()
+            .select_related("customer_profile", "policy")
+            .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+            .order_by("requested_at")[:HEALTH_OLDEST]
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Evaluation queue"),
+            "subtitle": None,
+            "opts": self.opts,
+            "health": health,
+            "oldest": oldest,
+            "sweep_after": app_settings.SWEEP_AFTER,
+            "running_timeout": app_settings.RUNNING_TIMEOUT,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.health_template, context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Evaluation]:
         # The change page shows all three; the changelist joins them anyway.

@@ -11,4 +11,12 @@ class TrustHubEvalConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from trusthub_eval import checks  # noqa: F401  (registers the system checks)
+        from celery.signals import worker_ready
+
+        from trusthub_eval import (
+            checks,  # noqa: F401  (registers the system checks)
+            tasks,  # noqa: F401  (registers the shared tasks, for eager runs)
+        )
+        from trusthub_eval.worker import start_sweeping
+
+        worker_ready.connect(start_sweeping, weak=False, dispatch_uid="trusthub_eval.sweep")

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.checks import Error, Warning, register
 
+from trusthub_eval.client import credential_problem
 from trusthub_eval.conf import DEFAULTS, app_settings
 from trusthub_eval.sids import SidKind, is_sid
 
@@ -47,6 +48,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                     f"TRUSTHUB_EVAL['{name}'] is not a valid {kind.label}.",
                     hint=f"Use '{kind.value}' followed by 32 hexadecimal digits.",
                     id="trusthub_eval.E002",
+                )
+            )
+    for name in ("AUTH_TOKEN", "API_KEY_SECRET"):
+        problem = credential_problem(getattr(app_settings, name))
+        if problem:
+            errors.append(
+                Error(
+                    f"TRUSTHUB_EVAL['{name}'] (or its TWILIO_* variable) {problem}.",
+                    hint="Copy the value again from Twilio's console; it is printable ASCII.",
+                    id="trusthub_eval.E007",
                 )
             )
     has_token = bool(app_settings.ACCOUNT_SID and app_settings.AUTH_TOKEN)

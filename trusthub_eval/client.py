@@ -140,6 +140,25 @@ def _describe(exc: BaseException) -> str:
     return f"{', '.join(dict.fromkeys(names))}: {detail}" if detail else names[0]
 
 
+def credential_problem(value: str | None) -> str | None:
+    """Why a secret cannot be sent in HTTP basic auth, without quoting it; None if it can.
+
+    Twilio's tokens and secrets are printable ASCII; anything else is a paste gone wrong (a
+    zero-width space, a newline) that requests would fail to encode mid-call.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "is not a string"
+    for position, character in enumerate(value, start=1):
+        if not (character.isascii() and character.isprintable()) or character.isspace():
+            return (
+                f"contains a character that cannot be sent (position {position}: "
+                f"{'whitespace' if character.isspace() else 'not printable ASCII'}); re-enter it"
+            )
+    return None
+
+
 def _validate_page_size(page_size: int) -> int:
     if isinstance(page_size, bool) or not isinstance(page_size, int):
         raise TypeError(f"page_size must be an int, not {type(page_size).__name__}.")
@@ -213,6 +232,12 @@ class TrustHubClient:
         api_key_secret: str | None,
     ) -> _Credentials:
         # The values are never echoed: a secret pasted into the wrong setting must not leak.
+        for name, value in (("AUTH_TOKEN", auth_token), ("API_KEY_SECRET", api_key_secret)):
+            problem = credential_problem(value)
+            if problem:
+                raise ImproperlyConfiguredCredentials(
+                    f"TRUSTHUB_EVAL['{name}'] {problem}. " + _CREDENTIALS_HELP
+                )
         if account_sid is not None and not is_sid(account_sid, SidKind.ACCOUNT):
             raise ImproperlyConfiguredCredentials(
                 "The Account SID is not valid: expected 'AC' followed by 32 hexadecimal "
@@ -442,7 +467,8 @@ class TrustHubClient:
             )
         try:
             body = response.json()
-        except ValueError:  # requests' JSONDecodeError is a ValueError.
+        # requests' JSONDecodeError is a ValueError; absurdly nested JSON recurses.
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             raise InvalidResponse(
@@ -451,6 +477,7 @@ class TrustHubClient:
                 status=status,
                 method=method,
                 path=path,
+                body=response.content,
             )
         return body
 
@@ -489,4 +516,4 @@ class TrustHubClient:
         return TrustHubError(f"Could not call TrustHub ({detail}).", method=method, path=path)
 
 
-__all__ = ["TrustHubClient"]
+__all__ = ["TrustHubClient", "credential_problem"]

@@ -29,6 +29,11 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 300.0,
     # A row left in "running" longer than this (a worker died mid-call) may be claimed again.
     "RUNNING_TIMEOUT": 300.0,
+    # Every worker sends a sweep this often (seconds; None: never) that sends again the
+    # evaluations whose message was lost: queued and overdue by more than SWEEP_AFTER seconds,
+    # or running past RUNNING_TIMEOUT.
+    "SWEEP_INTERVAL": 60.0,
+    "SWEEP_AFTER": 120.0,
     # How far TrustHub's date_created may precede our own clock when an ambiguous POST is
     # reconciled by listing the profile's evaluations (TrustHub's timestamps are whole seconds).
     "RECONCILE_CLOCK_SKEW": 120.0,
@@ -109,6 +114,15 @@ class AppSettings:
     @property
     def RUNNING_TIMEOUT(self) -> float:
         return float(self._get("RUNNING_TIMEOUT"))
+
+    @property
+    def SWEEP_INTERVAL(self) -> float | None:
+        value = self._get("SWEEP_INTERVAL")
+        return float(value) if value else None
+
+    @property
+    def SWEEP_AFTER(self) -> float:
+        return float(self._get("SWEEP_AFTER"))
 
     @property
     def RECONCILE_CLOCK_SKEW(self) -> float:

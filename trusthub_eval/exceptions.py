@@ -1,4 +1,7 @@
-"""The errors a call to TrustHub can end in: one hierarchy, each class says whether to retry."""
+"""The app's errors: one hierarchy under :class:`TrustHubEvalError`.
+
+The TrustHub errors say whether a call may be retried; the others are the app's own refusals.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +33,56 @@ class ErrorKind(enum.StrEnum):
     PERMANENT = "permanent"
 
 
-class TrustHubError(Exception):
+class TrustHubEvalError(Exception):
+    """Base class of every error this app raises."""
+
+
+class NoPolicy(TrustHubEvalError, ValueError):
+    """Neither the request, the profile nor the settings name a policy to evaluate against."""
+
+    def __init__(self, profile_sid: str) -> None:
+        self.profile_sid = profile_sid
+        super().__init__(
+            f"Customer profile {profile_sid} has no policy; name one (a Policy SID, RN…) "
+            "or set TRUSTHUB_EVAL['DEFAULT_POLICY_SID']."
+        )
+
+
+class RetryLater(TrustHubEvalError):
+    """A transient failure: the evaluation is queued again and should run after ``countdown``.
+
+    ``token`` is set when the row could not be put back in the queue (the database was
+    unreachable): the claim's fencing token, with which the next delivery may claim the row
+    it left running.
+    """
+
+    def __init__(
+        self, evaluation_id: int, countdown: float, reason: str, *, token: str | None = None
+    ) -> None:
+        self.evaluation_id = evaluation_id
+        self.countdown = countdown
+        self.reason = reason
+        self.token = token
+        super().__init__(f"Evaluation #{evaluation_id} retries in {countdown:.1f}s: {reason}")
+
+    def __reduce__(self) -> Any:
+        return (
+            type(self),
+            (self.evaluation_id, self.countdown, self.reason),
+            {"token": self.token},
+        )
+
+
+class SidTaken(TrustHubEvalError):
+    """TrustHub answered with an evaluation SID that another request's row already holds."""
+
+    def __init__(self, sid: str, holder_id: int) -> None:
+        self.sid = sid
+        self.holder_id = holder_id
+        super().__init__(f"TrustHub answered with {sid}, which evaluation #{holder_id} holds.")
+
+
+class TrustHubError(TrustHubEvalError):
     """Base class of every error raised while talking to TrustHub."""
 
     default_message: ClassVar[str] = "The call to TrustHub failed."
@@ -47,6 +99,8 @@ class TrustHubError(Exception):
     method: str | None
     path: str | None
     kind: ErrorKind
+    #: TrustHub's answer as text (capped, NUL-free), kept on a failed row; never in str/repr.
+    body: str | None
 
     def __init__(
         self,
@@ -59,8 +113,10 @@ class TrustHubError(Exception):
         method: str | None = None,
         path: str | None = None,
         kind: ErrorKind | None = None,
+        body: str | bytes | None = None,
     ) -> None:
         self.message = message or self.default_message
+        self.body = storable_text(body)
         self.status = status
         self.code = code
         self.more_info = more_info
@@ -106,6 +162,19 @@ class TrustHubError(Exception):
             if getattr(self, name) is not None
         )
         return f"{type(self).__name__}({self.message!r}{', ' if fields else ''}{fields})"
+
+
+#: How much of an answer's body an error keeps for the record.
+MAX_BODY_CHARS = 65_536
+
+
+def storable_text(value: str | bytes | None) -> str | None:
+    """``value`` as text any database stores: decoded, NUL bytes replaced, capped in length."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value[:MAX_BODY_CHARS].replace("\x00", "\ufffd")
 
 
 class ImproperlyConfiguredCredentials(TrustHubError, ImproperlyConfigured):
@@ -253,14 +322,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return seconds
 
 
+#: Twilio's error codes are five digits; anything outside a 32-bit column is not one.
+_INT32 = range(-(2**31), 2**31)
+
+
 def _as_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+        value = int(value)
+    return value if isinstance(value, int) and value in _INT32 else None
 
 
 def _as_text(value: object) -> str | None:
@@ -302,7 +373,8 @@ def error_from_response(
     if body:
         try:
             payload = json.loads(body)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors.
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurd nesting recurses.
+        except (ValueError, RecursionError):
             payload = None
     if not isinstance(payload, dict):
         payload = {}
@@ -329,6 +401,7 @@ def error_from_response(
         retry_after=parse_retry_after(_header(headers, "Retry-After")),
         method=method,
         path=path,
+        body=body,
     )
 
 
@@ -338,14 +411,18 @@ __all__ = [
     "ErrorKind",
     "ImproperlyConfiguredCredentials",
     "InvalidResponse",
+    "NoPolicy",
     "NotFound",
     "PermissionDenied",
     "RateLimited",
+    "RetryLater",
     "ServerError",
     "ServiceUnavailable",
+    "SidTaken",
     "TrustHubAPIError",
     "TrustHubConnectionError",
     "TrustHubError",
+    "TrustHubEvalError",
     "TrustHubTimeout",
     "error_class_for",
     "error_from_response",

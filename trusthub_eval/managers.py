@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from django.db import connection, models, transaction
-from django.db.models import Count, F, OuterRef, Q, Subquery, Value
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Count, F, Min, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
+
+from trusthub_eval.payloads import parse_twilio_datetime
 
 if TYPE_CHECKING:
     from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 
 
-def parse_twilio_datetime(value: object) -> datetime.datetime | None:
-    """TrustHub's ISO 8601 timestamps (``2020-04-28T18:14:01Z``), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    parsed = parse_datetime(value)
-    if parsed is not None and timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, datetime.UTC)
-    return parsed
-
-
 def _text(value: object) -> str:
     return "" if value is None else str(value)
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool) or value in (None, ""):
-        return None
-    try:
-        return int(value)  # type: ignore[call-overload, no-any-return]
-    except (TypeError, ValueError):
-        return None
 
 
 class PolicyQuerySet(models.QuerySet["Policy"]):
@@ -227,22 +210,25 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         )
         return self.annotate(failing_count=Coalesce(Subquery(failing), Value(0)))
 
-    def claim(self, evaluation_id: int, *, running_timeout: float) -> Evaluation | None:
+    def claim(
+        self, evaluation_id: int, *, running_timeout: float, token: datetime.datetime | None = None
+    ) -> Evaluation | None:
         """Atomically mark a queued evaluation as running and return it; None if not ours.
 
         A row left running longer than ``running_timeout`` seconds (its worker died) may be
-        claimed again. ``started_at`` doubles as the claim's fencing token: whoever stores the
-        outcome must still hold the same value.
+        claimed again, and so may a row still running under ``token``: the fencing token of an
+        attempt that could not put it back in the queue. ``started_at`` is that token: whoever
+        stores the outcome must still hold the same value.
         """
         now = timezone.now()
         stale = now - datetime.timedelta(seconds=running_timeout)
-        claimed = (
-            self.filter(pk=evaluation_id)
-            .filter(
-                Q(state=self.model.State.QUEUED)
-                | Q(state=self.model.State.RUNNING, started_at__lt=stale)
-            )
-            .update(state=self.model.State.RUNNING, started_at=now, attempts=F("attempts") + 1)
+        claimable = Q(state=self.model.State.QUEUED) | Q(
+            state=self.model.State.RUNNING, started_at__lt=stale
+        )
+        if token is not None:
+            claimable |= Q(state=self.model.State.RUNNING, started_at=token)
+        claimed = self.filter(claimable, pk=evaluation_id).update(
+            state=self.model.State.RUNNING, started_at=now, attempts=F("attempts") + 1
         )
         if not claimed:
             return None
@@ -265,18 +251,21 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         error_code: int | None,
         error_message: str,
         posted: bool,
+        countdown: float,
         count_attempt: bool = True,
     ) -> bool:
         """Put a running evaluation back in the queue after a transient error.
 
-        ``posted`` says whether TrustHub may have processed the POST (an ambiguous error): if
-        not, the reconciliation mark is cleared. ``count_attempt=False`` gives the attempt back
-        (nothing reached TrustHub, e.g. while waiting for a concurrency slot).
+        ``posted`` says whether TrustHub may hold an evaluation made for it (an unanswered POST
+        not yet reconciled): if not, the reconciliation mark is cleared. The row is due again
+        in ``countdown`` seconds. ``count_attempt=False`` gives the attempt back (nothing
+        reached TrustHub, e.g. while waiting for a concurrency slot).
         """
         fields: dict[str, Any] = {
             "state": self.model.State.QUEUED,
             "error_code": error_code,
             "error_message": error_message,
+            "next_attempt_at": timezone.now() + datetime.timedelta(seconds=countdown),
         }
         if not posted:
             fields["posted_at"] = None
@@ -286,81 +275,277 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         return bool(self._held(evaluation).update(**fields))
 
     def record_failure(
-        self, evaluation: Evaluation, *, error_code: int | None, error_message: str
+        self,
+        evaluation: Evaluation,
+        *,
+        error_code: int | None,
+        error_message: str,
+        posted: bool,
+        raw: Any = None,
     ) -> bool:
-        """Mark a running evaluation failed for good; False if the claim was lost meanwhile."""
+        """Mark a running evaluation failed for good; False if the claim was lost meanwhile.
+
+        ``posted`` keeps the reconciliation mark: TrustHub may hold an evaluation made for this
+        one (``trusthub_sync --evaluations`` adopts it). ``raw`` is TrustHub's last answer.
+        """
         now = timezone.now()
-        updated = self._held(evaluation).update(
-            state=self.model.State.FAILED,
-            completed_at=now,
-            error_code=error_code,
-            error_message=error_message,
-        )
+        fields: dict[str, Any] = {
+            "state": self.model.State.FAILED,
+            "completed_at": now,
+            "error_code": error_code,
+            "error_message": error_message,
+            "raw": raw,
+        }
+        if not posted:
+            fields["posted_at"] = None
+        updated = self._held(evaluation).update(**fields)
         if updated:
-            evaluation.state = self.model.State.FAILED
-            evaluation.completed_at = now
-            evaluation.error_code = error_code
-            evaluation.error_message = error_message
+            for name, value in fields.items():
+                setattr(evaluation, name, value)
         return bool(updated)
 
     def record_result(self, evaluation: Evaluation, payload: Mapping[str, Any]) -> bool:
-        """Store TrustHub's answer on a running evaluation, with one row per requirement.
+        """Store TrustHub's (checked) answer on a running evaluation, one row per requirement.
 
-        Returns False (and stores nothing) if the claim was lost meanwhile.
+        Returns False (and stores nothing) if the claim was lost meanwhile. An evaluation SID
+        already stored by an import (``trusthub_sync --evaluations``) is this same evaluation:
+        the import is replaced by this row. One stored by another request raises
+        :class:`~trusthub_eval.exceptions.SidTaken`.
         """
         from trusthub_eval.models import CustomerProfile, RequirementResult
 
-        now = timezone.now()
         fields = {
-            "sid": payload.get("sid"),
-            "status": payload.get("status"),
+            "sid": payload["sid"],
+            "status": payload["status"],
             "date_created": parse_twilio_datetime(payload.get("date_created")),
             "raw": dict(payload),
             "state": self.model.State.COMPLETED,
-            "completed_at": now,
+            "completed_at": timezone.now(),
             "posted_at": None,
+            "next_attempt_at": None,
             "error_code": None,
             "error_message": "",
         }
+        profiles = CustomerProfile.objects.filter(pk=evaluation.customer_profile_id)
         with transaction.atomic():
-            if not self._held(evaluation).update(**fields):
+            try:
+                with transaction.atomic():
+                    updated = self._held(evaluation).update(**fields)
+            except IntegrityError:
+                adopted = self._adopt_import_of(evaluation, payload["sid"])
+                if adopted is None:
+                    raise  # not the SID: some other constraint
+                if not adopted:
+                    return False
+                updated = self._held(evaluation).update(**fields)
+                profiles.refresh_latest()
+            if not updated:
                 return False
             for name, value in fields.items():
                 setattr(evaluation, name, value)
             RequirementResult.objects.bulk_create(
                 RequirementResult.objects.build_from_payload(evaluation, payload)
             )
-            CustomerProfile.objects.filter(pk=evaluation.customer_profile_id).refresh_compliance()
+            profiles.refresh_compliance()
+        return True
+
+    def _adopt_import_of(self, evaluation: Evaluation, sid: str) -> bool | None:
+        """Delete the import holding ``sid`` so ``evaluation`` can take it; call in a transaction.
+
+        True when done; False if our claim is lost; None if no row holds ``sid``. Raises
+        SidTaken if a request of ours holds it.
+        """
+        from trusthub_eval.exceptions import SidTaken
+
+        holder = self.select_for_update().filter(sid=sid).values("pk", "trigger").first()
+        if holder is None:
+            return None
+        if holder["trigger"] != self.model.Trigger.SYNC:
+            raise SidTaken(sid, holder["pk"])
+        if not self._held(evaluation).select_for_update().exists():
+            return False
+        self.filter(pk=holder["pk"]).delete()
         return True
 
     def import_from_payload(
-        self, profile: CustomerProfile, payload: Mapping[str, Any]
+        self,
+        profile: CustomerProfile,
+        payload: Mapping[str, Any],
+        *,
+        clock_skew: float,
     ) -> tuple[Evaluation, bool]:
-        """Store an evaluation TrustHub already has (made elsewhere); no-op if known."""
+        """Store an evaluation TrustHub already has (checked); ``created`` is False if known.
+
+        If a request of ours for the same policy gave up, or waits, after a POST whose answer
+        was lost, and TrustHub created this evaluation after that POST (give or take
+        ``clock_skew`` seconds), it is that request's evaluation: it is recorded on that row
+        instead of a second one.
+        """
         from trusthub_eval.models import Policy, RequirementResult
 
         with transaction.atomic():
+            known = self.filter(sid=payload["sid"]).first()
+            if known is not None:
+                return known, False
             policy = Policy.objects.for_sid(payload["policy_sid"])
-            when = parse_twilio_datetime(payload.get("date_created")) or timezone.now()
-            evaluation, created = self.get_or_create(
-                sid=payload["sid"],
-                defaults={
-                    "customer_profile": profile,
-                    "policy": policy,
-                    "status": payload.get("status"),
-                    "state": self.model.State.COMPLETED,
-                    "trigger": self.model.Trigger.SYNC,
-                    "requested_at": when,
-                    "completed_at": when,
-                    "date_created": when,
-                    "raw": dict(payload),
-                },
-            )
-            if created:
-                RequirementResult.objects.bulk_create(
-                    RequirementResult.objects.build_from_payload(evaluation, payload)
+            created_at = parse_twilio_datetime(payload.get("date_created"))
+            evaluation = self._adopt_into_orphan(profile, policy, payload, created_at, clock_skew)
+            if evaluation is None:
+                when = created_at or timezone.now()
+                evaluation = self.create(
+                    sid=payload["sid"],
+                    customer_profile=profile,
+                    policy=policy,
+                    status=payload["status"],
+                    state=self.model.State.COMPLETED,
+                    trigger=self.model.Trigger.SYNC,
+                    requested_at=when,
+                    completed_at=when,
+                    date_created=created_at,
+                    raw=dict(payload),
                 )
-        return evaluation, created
+            RequirementResult.objects.bulk_create(
+                RequirementResult.objects.build_from_payload(evaluation, payload)
+            )
+        return evaluation, True
+
+    def _adopt_into_orphan(
+        self,
+        profile: CustomerProfile,
+        policy: Policy,
+        payload: Mapping[str, Any],
+        created_at: datetime.datetime | None,
+        clock_skew: float,
+    ) -> Evaluation | None:
+        if created_at is None:
+            return None
+        orphans = self.filter(
+            customer_profile=profile,
+            policy=policy,
+            sid__isnull=True,
+            posted_at__lte=created_at + datetime.timedelta(seconds=clock_skew),
+            # Not running: a worker reconciling it right now adopts it itself.
+            state__in=[self.model.State.FAILED, self.model.State.QUEUED],
+        ).order_by("posted_at", "pk")
+        for orphan in orphans[:5]:
+            # Guarded by its state and mark, so a worker claiming it meanwhile wins cleanly.
+            adopted = self.filter(
+                pk=orphan.pk, state=orphan.state, posted_at=orphan.posted_at, sid__isnull=True
+            ).update(
+                sid=payload["sid"],
+                status=payload["status"],
+                state=self.model.State.COMPLETED,
+                completed_at=timezone.now(),
+                date_created=created_at,
+                raw=dict(payload),
+                posted_at=None,
+                next_attempt_at=None,
+                error_code=None,
+                error_message="",
+            )
+            if adopted:
+                orphan.refresh_from_db()
+                return orphan
+        return None
+
+    def due_for_sweep(self, *, overdue_after: float, running_timeout: float) -> list[int]:
+        """Ids of evaluations whose message may be lost, and mark the queued ones as re-sent.
+
+        Queued rows overdue by more than ``overdue_after`` seconds (their retry's countdown
+        included), and running rows older than ``running_timeout`` (a worker died). A row is
+        picked again only after another ``overdue_after`` seconds, so concurrent sweeps of
+        several workers send few duplicates (which the claim makes harmless anyway).
+        """
+        now = timezone.now()
+        overdue = now - datetime.timedelta(seconds=overdue_after)
+        stale = now - datetime.timedelta(seconds=running_timeout)
+        due = Coalesce("next_attempt_at", "requested_at")
+        queued = list(
+            self.filter(state=self.model.State.QUEUED)
+            .alias(due=due)
+            .filter(due__lt=overdue)
+            .order_by("requested_at")
+            .values_list("pk", flat=True)
+        )
+        if queued:
+            self.filter(pk__in=queued, state=self.model.State.QUEUED).update(next_attempt_at=now)
+        running = list(
+            self.filter(state=self.model.State.RUNNING, started_at__lt=stale)
+            .order_by("started_at")
+            .values_list("pk", flat=True)
+        )
+        return queued + running
+
+    def health(
+        self, *, overdue_after: float, running_timeout: float, hours: float = 24.0
+    ) -> QueueHealth:
+        """What an operator watches: the queue's size and age, stuck rows, and the failures of
+        evaluations requested in the last ``hours``. Two queries over the rows in flight and the
+        recent failures (the state index), so it stays cheap at any table size."""
+        state = self.model.State
+        now = timezone.now()
+        since = now - datetime.timedelta(hours=hours)
+        queued, running = Q(state=state.QUEUED), Q(state=state.RUNNING)
+        failed = Q(state=state.FAILED, requested_at__gte=since)
+        totals = (
+            self.filter(queued | running | failed)
+            .alias(due=Coalesce("next_attempt_at", "requested_at"))
+            .aggregate(
+                queued=Count("pk", filter=queued),
+                running=Count("pk", filter=running),
+                oldest_queued_at=Min("requested_at", filter=queued),
+                oldest_running_since=Min("started_at", filter=running),
+                overdue=Count(
+                    "pk",
+                    filter=queued & Q(due__lt=now - datetime.timedelta(seconds=overdue_after)),
+                ),
+                stuck=Count(
+                    "pk",
+                    filter=running
+                    & Q(started_at__lt=now - datetime.timedelta(seconds=running_timeout)),
+                ),
+                failed_recently=Count("pk", filter=failed),
+                may_exist_upstream=Count("pk", filter=failed & Q(posted_at__isnull=False)),
+            )
+        )
+        by_code = (
+            self.filter(failed)
+            .order_by()
+            .values("error_code")
+            .annotate(n=Count("pk"))
+            .order_by("-n", "error_code")[:10]
+        )
+        return QueueHealth(
+            checked_at=now,
+            hours=hours,
+            failures_by_code=[(row["error_code"], row["n"]) for row in by_code],
+            **totals,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueHealth:
+    """A snapshot of the evaluation queue for operators (``trusthub_status``, the admin)."""
+
+    checked_at: datetime.datetime
+    queued: int
+    running: int
+    oldest_queued_at: datetime.datetime | None
+    oldest_running_since: datetime.datetime | None
+    #: Queued past their due time by more than the sweep's grace: the sweep is not running.
+    overdue: int
+    #: Running past RUNNING_TIMEOUT: a worker died and no sweep reclaimed the row yet.
+    stuck: int
+    #: The window of the failure counts.
+    hours: float
+    failed_recently: int
+    failures_by_code: list[tuple[int | None, int]]
+    #: Of those, failed while a POST was unresolved: TrustHub may hold their evaluation.
+    may_exist_upstream: int
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.overdue or self.stuck)
 
 
 class RequirementResultQuerySet(models.QuerySet["RequirementResult"]):
@@ -370,25 +555,23 @@ class RequirementResultQuerySet(models.QuerySet["RequirementResult"]):
     def build_from_payload(
         self, evaluation: Evaluation, payload: Mapping[str, Any]
     ) -> list[RequirementResult]:
-        """Unsaved rows for each item of the evaluation's ``results`` (which may be null)."""
-        items: Iterable[Any] = payload.get("results") or []
-        rows = []
-        for position, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                continue
-            rows.append(
-                self.model(
-                    evaluation=evaluation,
-                    position=position,
-                    requirement_name=_text(item.get("requirement_name")),
-                    requirement_friendly_name=_text(item.get("requirement_friendly_name")),
-                    friendly_name=_text(item.get("friendly_name")),
-                    object_type=_text(item.get("object_type")),
-                    passed=bool(item.get("passed")),
-                    failure_reason=_text(item.get("failure_reason")),
-                    error_code=_int_or_none(item.get("error_code")),
-                    valid=item.get("valid") or [],
-                    invalid=item.get("invalid") or [],
-                )
+        """Unsaved rows for each item of a checked evaluation's ``results``.
+
+        ``payload`` has passed :func:`trusthub_eval.payloads.check_evaluation`.
+        """
+        return [
+            self.model(
+                evaluation=evaluation,
+                position=position,
+                requirement_name=_text(item.get("requirement_name")),
+                requirement_friendly_name=_text(item.get("requirement_friendly_name")),
+                friendly_name=_text(item.get("friendly_name")),
+                object_type=_text(item.get("object_type")),
+                passed=item["passed"],
+                failure_reason=_text(item.get("failure_reason")),
+                error_code=item.get("error_code"),
+                valid=item.get("valid") or [],
+                invalid=item.get("invalid") or [],
             )
-        return rows
+            for position, item in enumerate(payload["results"])
+        ]

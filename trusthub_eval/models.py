@@ -217,13 +217,23 @@ class Evaluation(models.Model):
         _("created in TrustHub"), null=True, blank=True, help_text=_("TrustHub's date_created.")
     )
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(
+        _("next attempt at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When a queued evaluation is due to run (after a retry's backoff); a worker's sweep "
+            "sends it again if it is overdue."
+        ),
+    )
     posted_at = models.DateTimeField(
         _("posted at"),
         null=True,
         blank=True,
         help_text=_(
-            "Set while a POST to TrustHub may have been processed without our hearing the "
-            "answer; the next attempt looks for that evaluation before asking again."
+            "Set while a POST to TrustHub may have been processed without our hearing a usable "
+            "answer. The next attempt looks for that evaluation before asking again; on a "
+            "failed evaluation it means TrustHub may hold one created after this time."
         ),
     )
     error_code = models.IntegerField(_("error code"), null=True, blank=True)
@@ -267,12 +277,21 @@ class Evaluation(models.Model):
             ),
         ]
 
+    #: Not a column: whether the wake-up message for a new row reached the broker (None until
+    #: the request's transaction commits). Set by :func:`trusthub_eval.services.request_evaluation`.
+    sent: bool | None = None
+
     def __str__(self) -> str:
         return self.sid or f"Evaluation #{self.pk}"
 
     @property
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
+
+    @property
+    def may_exist_upstream(self) -> bool:
+        """Failed while a POST was unresolved: TrustHub may hold an evaluation made for it."""
+        return self.state == self.State.FAILED and self.posted_at is not None
 
     @property
     def duration(self) -> Any:

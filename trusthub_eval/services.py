@@ -6,47 +6,54 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
-from django.utils import timezone
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
+from django.db.models import QuerySet
+from django.utils.dateparse import parse_datetime
 
-from trusthub_eval import signals
+from trusthub_eval import dispatch, signals
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.conf import app_settings
-from trusthub_eval.exceptions import ConcurrencyLimited, TrustHubError
-from trusthub_eval.managers import parse_twilio_datetime
+from trusthub_eval.exceptions import (
+    ConcurrencyLimited,
+    ErrorKind,
+    InvalidResponse,
+    NoPolicy,
+    RetryLater,
+    SidTaken,
+    TrustHubError,
+)
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.sids import SidKind, check_sid
+from trusthub_eval.payloads import check_evaluation, parse_twilio_datetime, unstorable_problem
+from trusthub_eval.sids import SidKind, check_sid, is_sid
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 logger = logging.getLogger(__name__)
 
-
-class NoPolicy(ValueError):
-    """Neither the request, the profile nor the settings name a policy to evaluate against."""
-
-    def __init__(self, profile: CustomerProfile) -> None:
-        super().__init__(
-            f"Customer profile {profile.sid} has no policy; name one (a Policy SID, RN…) "
-            "or set TRUSTHUB_EVAL['DEFAULT_POLICY_SID']."
-        )
-
-
-class RetryLater(Exception):
-    """A transient failure: the evaluation is queued again and should run after ``countdown``."""
-
-    def __init__(self, evaluation_id: int, countdown: float, error: TrustHubError) -> None:
-        self.evaluation_id = evaluation_id
-        self.countdown = countdown
-        self.error = error
-        super().__init__(f"Evaluation {evaluation_id} retries in {countdown:.1f}s: {error}")
+__all__ = [
+    "BulkRequest",
+    "NoPolicy",
+    "Outcome",
+    "RetryLater",
+    "backoff",
+    "fetch_customer_profile",
+    "request_evaluation",
+    "request_evaluations",
+    "resolve_policy",
+    "resume_queued",
+    "run_evaluation",
+    "sync_customer_profiles",
+    "sync_evaluations",
+    "sync_policies",
+]
 
 
 class Outcome(enum.StrEnum):
@@ -65,6 +72,8 @@ class BulkRequest:
     in_flight: int  # already queued or running for the same profile + policy
     skipped: int  # no policy to evaluate against
     evaluation_ids: list[int]
+    #: Whether the wake-up messages reached the broker; None until the transaction commits.
+    sent: bool | None = None
 
 
 # --- requesting --------------------------------------------------------------------------------
@@ -80,7 +89,7 @@ def resolve_policy(profile: CustomerProfile, policy: Policy | None = None) -> Po
     default_sid = app_settings.DEFAULT_POLICY_SID
     if default_sid:
         return Policy.objects.for_sid(check_sid(default_sid, SidKind.POLICY))
-    raise NoPolicy(profile)
+    raise NoPolicy(profile.sid)
 
 
 def _user_id(user: AbstractBaseUser | AnonymousUser | None) -> int | None:
@@ -116,7 +125,7 @@ def request_evaluation(
                     requested_by_id=user_id,
                 )
                 CustomerProfile.objects.filter(pk=profile.pk).update(latest_evaluation=evaluation)
-                _enqueue_on_commit([evaluation.pk])
+                _send_on_commit([evaluation.pk], _reporter(evaluation))
             return evaluation, True
         except IntegrityError:
             existing = (
@@ -146,14 +155,19 @@ def request_evaluations(
     pairs, skipped = _profile_policy_pairs(profiles, policy)
     if not pairs:
         return BulkRequest(queued=0, in_flight=0, skipped=skipped, evaluation_ids=[])
+    outcome: list[bool] = []
     with transaction.atomic():
         ids = Evaluation.objects.queue_many(
             pairs, trigger=trigger, requested_by_id=_user_id(requested_by)
         )
         if ids:
-            _enqueue_on_commit(ids)
+            _send_on_commit(ids, outcome.append)
     return BulkRequest(
-        queued=len(ids), in_flight=len(pairs) - len(ids), skipped=skipped, evaluation_ids=ids
+        queued=len(ids),
+        in_flight=len(pairs) - len(ids),
+        skipped=skipped,
+        evaluation_ids=ids,
+        sent=outcome[0] if outcome else None,
     )
 
 
@@ -180,38 +194,39 @@ def _profile_policy_pairs(
     return pairs, len({profile_id for profile_id, _ in rows}) - len(pairs)
 
 
-def _enqueue_on_commit(evaluation_ids: list[int]) -> None:
-    from trusthub_eval import tasks
+def _reporter(evaluation: Evaluation) -> Callable[[bool], None]:
+    def report(sent: bool) -> None:
+        evaluation.sent = sent
+
+    return report
+
+
+def _send_on_commit(evaluation_ids: list[int], report: Callable[[bool], object]) -> None:
+    """Wake workers once the rows are committed, and ``report`` whether the broker took it."""
 
     def send() -> None:
-        tasks.enqueue(evaluation_ids)
+        report(dispatch.send_runs(evaluation_ids))
 
-    # robust: a broker that is down must not turn a committed request into an error; the row
-    # stays queued and `resume_queued` sends it again.
+    # robust: a failure to send must not turn a committed request into an error; the rows stay
+    # queued and a worker's sweep sends them again.
     transaction.on_commit(send, robust=True)
 
 
-def resume_queued(*, older_than: float = 60.0) -> int:
-    """Send again the evaluations queued for longer than ``older_than`` seconds.
+def resume_queued(*, older_than: float | None = None) -> int:
+    """The sweep: send again the evaluations whose message may be lost; returns how many.
 
-    Covers a broker that was down when they were requested and stale running rows whose worker
-    died. Sending twice is harmless: only one worker can claim a row.
+    Queued rows overdue by more than ``older_than`` seconds (default ``SWEEP_AFTER``; a retry's
+    countdown counts as not due yet) and running rows past ``RUNNING_TIMEOUT`` (their worker
+    died). Every worker sends this every ``SWEEP_INTERVAL`` seconds. Sending twice is harmless:
+    only one worker can claim a row.
     """
-    now = timezone.now()
-    cutoff = now - datetime.timedelta(seconds=older_than)
-    stale_running = now - datetime.timedelta(seconds=app_settings.RUNNING_TIMEOUT)
-    ids = list(
-        Evaluation.objects.filter(
-            Q(state=Evaluation.State.QUEUED, requested_at__lt=cutoff)
-            | Q(state=Evaluation.State.RUNNING, started_at__lt=stale_running)
-        )
-        .order_by("requested_at")
-        .values_list("pk", flat=True)
+    ids = Evaluation.objects.due_for_sweep(
+        overdue_after=app_settings.SWEEP_AFTER if older_than is None else older_than,
+        running_timeout=app_settings.RUNNING_TIMEOUT,
     )
     if ids:
-        from trusthub_eval import tasks
-
-        tasks.enqueue(ids)
+        logger.info("Sweep: sending %d evaluation(s) again", len(ids))
+        dispatch.send_runs(ids)
     return len(ids)
 
 
@@ -237,37 +252,124 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 _MAX_COUNTDOWN = 3000.0
 
 
-def run_evaluation(evaluation_id: int, *, client: TrustHubClient | None = None) -> Outcome:
-    """Claim the evaluation, ask TrustHub, store the answer.
+def run_evaluation(
+    evaluation_id: int, *, token: str | None = None, client: TrustHubClient | None = None
+) -> Outcome:
+    """Claim the evaluation, ask TrustHub, store the checked answer.
 
-    Raises :class:`RetryLater` after a transient error (the row is queued again). Permanent
-    errors, and transient ones past ``MAX_ATTEMPTS``, are recorded as failed.
+    Raises :class:`RetryLater` after a transient failure of any kind (TrustHub, the database,
+    an unexpected exception): the row is queued again, or, if the database could not be
+    written, the error carries the claim's ``token`` for the next delivery. Permanent errors,
+    and transient ones past ``MAX_ATTEMPTS``, are recorded as failed. No exception leaves the
+    row running with nothing to move it on.
     """
     evaluation = Evaluation.objects.claim(
-        evaluation_id, running_timeout=app_settings.RUNNING_TIMEOUT
+        evaluation_id, running_timeout=app_settings.RUNNING_TIMEOUT, token=_parse_token(token)
     )
     if evaluation is None:
         return Outcome.SKIPPED
-    with _client(client) as trusthub:
-        return _run_claimed(evaluation, trusthub)
-
-
-def _run_claimed(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
-    profile, policy = evaluation.customer_profile, evaluation.policy
-    posted = evaluation.posted_at is not None
     try:
-        payload = _reconcile(evaluation, client) if posted else None
+        return _run_claimed(evaluation, client)
+    except DatabaseError as error:
+        return _after_database_error(evaluation, error)
+
+
+def _run_claimed(evaluation: Evaluation, client: TrustHubClient | None) -> Outcome:
+    try:
+        with _client(client) as trusthub:
+            return _attempt(evaluation, trusthub)
+    except (RetryLater, DatabaseError):
+        raise
+    except TrustHubError as error:  # building the client: credentials
+        return _record_trusthub_error(evaluation, error, posted=evaluation.posted_at is not None)
+    except ImproperlyConfigured as error:
+        return _record_error(
+            evaluation, message=str(error), posted=evaluation.posted_at is not None, permanent=True
+        )
+    except Exception as error:  # the guarantee: no exception strands a row
+        logger.error(
+            "Evaluation #%s: unexpected %s", evaluation.pk, type(error).__name__, exc_info=True
+        )
+        return _record_error(
+            evaluation,
+            message=f"Unexpected {type(error).__name__} (the worker's log has the traceback).",
+            posted=evaluation.posted_at is not None,
+        )
+
+
+def _attempt(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
+    profile, policy = evaluation.customer_profile, evaluation.policy
+    reconciling = evaluation.posted_at is not None
+    try:
+        payload = _reconcile(evaluation, client) if reconciling else None
         if payload is None:
             if not Evaluation.objects.mark_posting(evaluation):
                 return Outcome.SKIPPED
-            posted = True
-            payload = client.create_evaluation(profile.sid, policy.sid)
+            reconciling = False
+            payload = check_evaluation(
+                client.create_evaluation(profile.sid, policy.sid),
+                customer_profile_sid=profile.sid,
+                policy_sid=policy.sid,
+            )
+        return _store(evaluation, payload)
     except TrustHubError as error:
-        # A POST that was answered, or never sent, was not processed: nothing to reconcile.
-        posted = posted and error.ambiguous
-        return _record_error(evaluation, error, posted=posted)
+        # Once a POST may have been processed, only a successful listing clears the mark: an
+        # error while reconciling keeps it, and so does an ambiguous answer to the POST.
+        posted = evaluation.posted_at is not None and (reconciling or error.ambiguous)
+        return _record_trusthub_error(evaluation, error, posted=posted)
+
+
+def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, Any] | None:
+    """After an ambiguous POST: the evaluation TrustHub created for it, or None if none.
+
+    TrustHub has no idempotency key, so we read the profile's whole list and adopt the oldest
+    evaluation for the same policy created since the POST that no other request of ours holds
+    (an import by ``trusthub_sync`` is the same evaluation and is replaced). None only after
+    the list was read to its end.
+    """
+    assert evaluation.posted_at is not None
+    profile, policy = evaluation.customer_profile, evaluation.policy
+    since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
+    candidates = []
+    for item in client.list_evaluations(profile.sid):
+        created = parse_twilio_datetime(item.get("date_created"))
+        if (
+            item.get("policy_sid") != policy.sid
+            or not is_sid(item.get("sid"), SidKind.EVALUATION)
+            or created is None
+            or created < since
+        ):
+            continue
+        candidates.append((created, item["sid"], item))
+    if not candidates:
+        return None
+    held = set(
+        Evaluation.objects.filter(sid__in=[sid for _, sid, _ in candidates])
+        .exclude(trigger=Evaluation.Trigger.SYNC)
+        .values_list("sid", flat=True)
+    )
+    for _created, sid, item in sorted(candidates, key=lambda candidate: candidate[:2]):
+        if sid not in held:
+            logger.info("Evaluation #%s adopts %s after an unanswered POST", evaluation.pk, sid)
+            # An unusable listing is retried; the mark stays until a usable one is read.
+            return check_evaluation(
+                item,
+                customer_profile_sid=profile.sid,
+                policy_sid=policy.sid,
+                kind=ErrorKind.RETRYABLE,
+            )
+    return None
+
+
+def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
+    profile, policy = evaluation.customer_profile, evaluation.policy
     previous = _compliance_of(profile.pk)
-    if not Evaluation.objects.record_result(evaluation, payload):
+    try:
+        stored = Evaluation.objects.record_result(evaluation, payload)
+    except SidTaken as taken:
+        # Not an answer about this request: whether TrustHub made one for it is unknown.
+        raise InvalidResponse(str(taken), kind=ErrorKind.AMBIGUOUS) from None
+    if not stored:
         return Outcome.SKIPPED
     logger.info(
         "Evaluation %s of %s against %s: %s",
@@ -280,56 +382,107 @@ def _run_claimed(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
     return Outcome.COMPLETED
 
 
-def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, Any] | None:
-    """After an ambiguous POST: the evaluation TrustHub created for it, if any.
-
-    TrustHub has no idempotency key, so we list the profile's evaluations and adopt the first
-    one for the same policy created since the POST was sent that we have not stored yet.
-    """
-    assert evaluation.posted_at is not None
-    since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
-    candidates = []
-    for item in client.list_evaluations(evaluation.customer_profile.sid):
-        created = parse_twilio_datetime(item.get("date_created"))
-        if item.get("policy_sid") != evaluation.policy.sid or created is None or created < since:
-            continue
-        candidates.append((created, item))
-    if not candidates:
-        return None
-    known = set(
-        Evaluation.objects.filter(sid__in=[item.get("sid") for _, item in candidates]).values_list(
-            "sid", flat=True
-        )
-    )
-    for _created, item in sorted(candidates, key=lambda pair: pair[0]):
-        if item.get("sid") not in known:
-            logger.info(
-                "Evaluation #%s adopted %s after an ambiguous POST", evaluation.pk, item.get("sid")
-            )
-            return item
-    return None
-
-
-def _record_error(evaluation: Evaluation, error: TrustHubError, *, posted: bool) -> Outcome:
-    message = str(error)
-    out_of_attempts = evaluation.attempts >= app_settings.MAX_ATTEMPTS
-    if error.permanent or out_of_attempts:
-        if out_of_attempts and not error.permanent:
-            message = f"Gave up after {evaluation.attempts} attempts: {message}"
-        logger.warning("Evaluation #%s failed: %s", evaluation.pk, message)
-        Evaluation.objects.record_failure(evaluation, error_code=error.code, error_message=message)
-        return Outcome.FAILED
-    Evaluation.objects.release_for_retry(
+def _record_trusthub_error(
+    evaluation: Evaluation, error: TrustHubError, *, posted: bool
+) -> Outcome:
+    return _record_error(
         evaluation,
-        error_code=error.code,
-        error_message=message,
+        message=str(error),
         posted=posted,
+        code=error.code,
+        permanent=error.permanent,
+        retry_after=error.retry_after,
         # Waiting for one of our own concurrency slots is not an attempt at TrustHub.
         count_attempt=not isinstance(error, ConcurrencyLimited),
+        body=error.body,
     )
-    countdown = backoff(evaluation.attempts, error.retry_after)
+
+
+def _record_error(
+    evaluation: Evaluation,
+    *,
+    message: str,
+    posted: bool,
+    code: int | None = None,
+    permanent: bool = False,
+    retry_after: float | None = None,
+    count_attempt: bool = True,
+    body: str | None = None,
+) -> Outcome:
+    """Record a failed attempt: failed for good, or queued again (raising RetryLater)."""
+    out_of_attempts = evaluation.attempts >= app_settings.MAX_ATTEMPTS
+    if permanent or out_of_attempts:
+        if out_of_attempts and not permanent:
+            message = f"Gave up after {evaluation.attempts} attempts: {message}"
+        if posted:
+            assert evaluation.posted_at is not None
+            message += (
+                f" TrustHub may hold an evaluation of {evaluation.customer_profile.sid} against "
+                f"{evaluation.policy.sid} created after {evaluation.posted_at.isoformat()}; "
+                "`manage.py trusthub_sync --evaluations` adopts it into this row."
+            )
+        logger.warning("Evaluation #%s failed: %s", evaluation.pk, message)
+        Evaluation.objects.record_failure(
+            evaluation, error_code=code, error_message=message, posted=posted, raw=_raw(body)
+        )
+        return Outcome.FAILED
+    countdown = backoff(evaluation.attempts, retry_after)
+    Evaluation.objects.release_for_retry(
+        evaluation,
+        error_code=code,
+        error_message=message,
+        posted=posted,
+        countdown=countdown,
+        count_attempt=count_attempt,
+    )
     logger.info("Evaluation #%s will retry in %.1fs: %s", evaluation.pk, countdown, message)
-    raise RetryLater(evaluation.pk, countdown, error)
+    raise RetryLater(evaluation.pk, countdown, message)
+
+
+def _after_database_error(evaluation: Evaluation, error: DatabaseError) -> Outcome:
+    """The database failed mid-attempt: retry, or fail if the data itself does not fit."""
+    posted = evaluation.posted_at is not None
+    description = f"{type(error).__name__}: {error}".strip()
+    if isinstance(error, DataError | IntegrityError):
+        # TrustHub's answer (or our record of it) does not fit the database: it never will.
+        return _record_error(
+            evaluation,
+            message=f"TrustHub's answer could not be stored ({description}).",
+            posted=posted,
+            permanent=True,
+        )
+    logger.warning("Evaluation #%s: database error (%s); retrying", evaluation.pk, description)
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+    try:
+        return _record_error(
+            evaluation, message=f"Database error ({type(error).__name__}).", posted=posted
+        )
+    except DatabaseError:
+        # Still unreachable: the next delivery may reclaim the row by the claim's token.
+        assert evaluation.started_at is not None
+        raise RetryLater(
+            evaluation.pk,
+            backoff(evaluation.attempts),
+            f"Database error ({type(error).__name__}).",
+            token=evaluation.started_at.isoformat(),
+        ) from None
+
+
+def _parse_token(token: str | None) -> datetime.datetime | None:
+    return parse_datetime(token) if token else None
+
+
+def _raw(body: str | None) -> Any:
+    """TrustHub's answer for the record: its JSON where the database can store it, else text."""
+    if body is None:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return body
+    return body if unstorable_problem(parsed) else parsed
 
 
 def _compliance_of(profile_id: int) -> str:
@@ -385,12 +538,23 @@ def _upsert_all(items: Iterable[Mapping[str, Any]], upsert: Callable[..., object
 
 def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None = None) -> int:
     """Import the profile's evaluations made elsewhere (the console, the SDK); returns how many."""
+    imported = 0
     with _client(client) as trusthub:
-        imported = sum(
-            1
-            for item in trusthub.list_evaluations(profile.sid)
-            if Evaluation.objects.import_from_payload(profile, item)[1]
-        )
+        for item in trusthub.list_evaluations(profile.sid):
+            try:
+                payload = check_evaluation(
+                    item,
+                    customer_profile_sid=profile.sid,
+                    policy_sid=None,
+                    kind=ErrorKind.PERMANENT,
+                )
+            except InvalidResponse as error:
+                logger.warning("Not importing an evaluation of %s: %s", profile.sid, error.message)
+                continue
+            _, created = Evaluation.objects.import_from_payload(
+                profile, payload, clock_skew=app_settings.RECONCILE_CLOCK_SKEW
+            )
+            imported += created
     if imported:
         profiles = CustomerProfile.objects.filter(pk=profile.pk)
         profiles.refresh_latest()

@@ -10,6 +10,8 @@ from django.core.validators import RegexValidator
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
+from trusthub_eval.exceptions import TrustHubEvalError
+
 
 class SidKind(enum.StrEnum):
     """The two-letter prefixes of the SIDs this app deals with."""
@@ -39,7 +41,7 @@ _LABELS = {
 }
 
 
-class InvalidSid(ValueError):
+class InvalidSid(TrustHubEvalError, ValueError):
     """A value that is not a SID of the expected kind."""
 
     def __init__(self, value: object, kind: SidKind) -> None:

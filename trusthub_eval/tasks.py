@@ -2,67 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from celery import shared_task
+from django.db import DatabaseError
 
-from trusthub_eval import services
-from trusthub_eval.conf import app_settings
+from trusthub_eval import dispatch, services
+from trusthub_eval.exceptions import RetryLater
 from trusthub_eval.models import CustomerProfile, Evaluation
 
-# Above this many evaluations, the web process sends a few dispatch messages instead of one
-# message each, so a bulk request returns quickly; a worker fans them out.
-_DIRECT_SEND_LIMIT = 20
-_DISPATCH_CHUNK = 500
-
-
-def _send_options() -> dict[str, Any]:
-    return {"queue": app_settings.TASK_QUEUE} if app_settings.TASK_QUEUE else {}
-
-
-def _send_runs(evaluation_ids: Sequence[int]) -> None:
-    options = _send_options()
-    for evaluation_id in evaluation_ids:
-        run_evaluation_task.apply_async((evaluation_id,), **options)
-
-
-def enqueue(evaluation_ids: Sequence[int]) -> None:
-    """Send the run task for each evaluation."""
-    if len(evaluation_ids) <= _DIRECT_SEND_LIMIT:
-        _send_runs(evaluation_ids)
-        return
-    options = _send_options()
-    for start in range(0, len(evaluation_ids), _DISPATCH_CHUNK):
-        chunk = list(evaluation_ids[start : start + _DISPATCH_CHUNK])
-        dispatch_evaluations_task.apply_async((chunk,), **options)
+# Retries of a delivery that could not even claim its row (the database was down). Past them
+# the message is dropped: the row is untouched, still queued, and a worker's sweep sends it.
+_UNCLAIMED_RETRIES = 5
 
 
 @shared_task(
     bind=True,
-    name="trusthub_eval.run_evaluation",
+    name=dispatch.RUN_EVALUATION,
     # Acknowledge after the work: a worker lost mid-call gets the message redelivered, and the
     # claim in run_evaluation makes a second delivery harmless.
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
+    # The attempt limit lives on the row (MAX_ATTEMPTS). Celery's own (3 by default) would drop
+    # the message of a row it had just put back in the queue.
+    max_retries=None,
 )
-def run_evaluation_task(self: Any, evaluation_id: int) -> str:
+def run_evaluation_task(self: Any, evaluation_id: int, token: str | None = None) -> str:
     try:
-        return services.run_evaluation(evaluation_id).value
-    except services.RetryLater as retry:
-        # The attempt limit lives on the row (MAX_ATTEMPTS), not in Celery's retry counter.
-        raise self.retry(countdown=retry.countdown, max_retries=None) from None
+        return services.run_evaluation(evaluation_id, token=token).value
+    except RetryLater as retry:
+        raise self.retry(
+            args=(evaluation_id,),
+            kwargs={"token": retry.token} if retry.token else {},
+            countdown=retry.countdown,
+        ) from None
+    except DatabaseError:
+        raise self.retry(
+            countdown=services.backoff(self.request.retries + 1),
+            max_retries=_UNCLAIMED_RETRIES,
+        ) from None
 
 
-@shared_task(name="trusthub_eval.dispatch_evaluations", ignore_result=True)
+@shared_task(name=dispatch.DISPATCH_EVALUATIONS, ignore_result=True)
 def dispatch_evaluations_task(evaluation_ids: list[int]) -> None:
-    _send_runs(evaluation_ids)
+    dispatch.send_runs(evaluation_ids, fan_out=False)
 
 
-@shared_task(name="trusthub_eval.resume_queued", ignore_result=True)
-def resume_queued_task(older_than: float = 60.0) -> int:
-    """Schedule this (e.g. every minute) so no queued evaluation waits on a lost message."""
+@shared_task(name=dispatch.RESUME_QUEUED, ignore_result=True)
+def resume_queued_task(older_than: float | None = None) -> int:
+    """The sweep; every worker sends it every SWEEP_INTERVAL seconds (see trusthub_eval.worker)."""
     return services.resume_queued(older_than=older_than)
 
 

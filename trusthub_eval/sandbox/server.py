@@ -7,6 +7,8 @@ import binascii
 import http
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -58,6 +60,8 @@ class Fault:
     world (like Twilio's 429: not processed, safe to retry). With it, the request is processed
     first and then delayed by ``delay`` seconds and/or answered with ``status`` instead of the
     real response (an ambiguous outcome: the evaluation exists though the client saw a failure).
+    ``body`` answers that text instead (with ``status``, or the real status after processing);
+    ``reset`` drops the connection without an answer.
     """
 
     path: str = ".*"
@@ -69,6 +73,8 @@ class Fault:
     retry_after: int | None = None
     after_processing: bool = False
     delay: float = 0.0
+    body: str | None = None
+    reset: bool = False
 
     def __post_init__(self) -> None:
         if self.method is not None:
@@ -81,13 +87,20 @@ class Fault:
             raise WorldError("times must be at least 1 (or null for every request).")
         if self.status is not None and not 400 <= self.status <= 599:
             raise WorldError("status must be an HTTP error status (400-599).")
-        if not self.after_processing and self.status is None:
-            raise WorldError("A fault needs a status, or after_processing with a delay.")
-        if self.after_processing and self.status is None and self.delay <= 0:
-            raise WorldError("An after_processing fault needs a status or a positive delay.")
+        answers = self.status is not None or self.reset or self.body is not None
+        if not self.after_processing and not answers:
+            raise WorldError("A fault needs a status, a body or reset (or after_processing).")
+        if self.after_processing and not answers and self.delay <= 0:
+            raise WorldError(
+                "An after_processing fault needs a status, a body, reset or a positive delay."
+            )
+        if self.reset and (self.status is not None or self.body is not None):
+            raise WorldError("A reset fault answers nothing: no status or body.")
+        if self.body is not None and self.status is None and not self.after_processing:
+            raise WorldError("A body fault before processing needs a status.")
         if self.delay < 0:
             raise WorldError("delay must not be negative.")
-        if self.status is not None and self.code is None:
+        if self.status is not None and self.code is None and self.body is None:
             # Twilio's HTTP-level codes follow 20000 + status: 20404, 20429, 20500, 20503.
             self.code = 20000 + self.status
 
@@ -110,10 +123,12 @@ class Fault:
             "retry_after": (int, type(None)),
             "after_processing": (bool,),
             "delay": (int, float),
+            "body": (str, type(None)),
+            "reset": (bool,),
         }
         for key, value in data.items():
             if not isinstance(value, types[key]) or (
-                isinstance(value, bool) and key != "after_processing"
+                isinstance(value, bool) and key not in ("after_processing", "reset")
             ):
                 raise WorldError(f"Fault key {key!r} has the wrong type.")
         return cls(**{**data, "delay": float(data.get("delay", 0.0))})
@@ -122,12 +137,16 @@ class Fault:
         """Whether this fault applies to a request."""
         return (self.method is None or self.method == method) and bool(self._pattern.search(path))
 
-    def error(self) -> tuple[int, JSON, dict[str, str]]:
-        """The response this fault answers with."""
+    def error(self, real_status: int | None = None) -> Response:
+        """The response this fault answers with (``real_status``: what processing answered)."""
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        if self.body is not None:
+            status = self.status or real_status
+            assert status is not None
+            return status, RawBody(self.body), headers
         assert self.status is not None
         assert self.code is not None
         message = self.message or http.HTTPStatus(self.status).phrase
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
         return self.status, twilio_error(self.status, self.code, message), headers
 
     def to_json(self) -> JSON:
@@ -135,7 +154,11 @@ class Fault:
         return asdict(self)
 
 
-Response = tuple[int, JSON, dict[str, str]]
+class RawBody(str):
+    """A response body sent as it is, not as JSON (a broken answer)."""
+
+
+Response = tuple[int, "JSON | RawBody", dict[str, str]]
 
 
 class SandboxServer:
@@ -253,6 +276,8 @@ class SandboxServer:
         retry_after: int | None = None,
         after_processing: bool = False,
         delay: float = 0.0,
+        body: str | None = None,
+        reset: bool = False,
     ) -> Fault:
         """Make the next ``times`` matching /v1 requests misbehave (see :class:`Fault`)."""
         fault = Fault(
@@ -265,6 +290,8 @@ class SandboxServer:
             retry_after=retry_after,
             after_processing=after_processing,
             delay=delay,
+            body=body,
+            reset=reset,
         )
         with self._lock:
             self._faults.append(fault)
@@ -487,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(*_unauthorized())
         fault = sandbox._take_fault(self.command, path)
         if fault is not None and not fault.after_processing:
-            return self._send(*fault.error())
+            return self._reset() if fault.reset else self._send(*fault.error())
         if sandbox._over_concurrency_limit():
             # Twilio answers 20429 when an account has too many requests in flight at once;
             # the request was not processed.
@@ -500,9 +527,20 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
-            if fault.status is not None:
-                response = fault.error()
+            if fault.reset:
+                return self._reset()
+            if fault.status is not None or fault.body is not None:
+                response = fault.error(real_status=response[0])
         return self._send(*response)
+
+    def _reset(self) -> int:
+        """Drop the connection with a TCP reset and no answer; logged as status 0."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.wfile.close()
+        self.rfile.close()
+        self.connection.close()
+        return 0
 
     def _control(self, path: str, query: dict[str, list[str]], body: bytes) -> Response:
         if not self.sandbox._authenticates(self.headers.get("Authorization")):
@@ -537,8 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return _not_found(path)
         return _not_found(path)
 
-    def _send(self, status: int, payload: JSON, headers: Mapping[str, str]) -> int:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, payload: JSON | RawBody, headers: Mapping[str, str]) -> int:
+        data = payload.encode() if isinstance(payload, RawBody) else json.dumps(payload).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

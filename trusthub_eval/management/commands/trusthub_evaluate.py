@@ -46,6 +46,15 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         verb = "Queued" if created else "Already in flight:"
         self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
+        if evaluation.sent is False:
+            message = (
+                "The Celery broker could not be reached: the evaluation is saved and will run "
+                "once the broker is back (a worker's sweep sends it)."
+            )
+            if options["wait"]:
+                raise CommandError(f"{message} Not waiting.")
+            self.stderr.write(self.style.WARNING(message))
+            return
         if options["wait"]:
             evaluation = self._wait(evaluation, options["timeout"])
             self._print_outcome(evaluation)

@@ -1,0 +1,423 @@
+"""Never lose, never duplicate: each fault that broke the promise, made to happen for real.
+
+TrustHub is the sandbox on a real socket with scripted faults; the count of evaluations it holds
+is the upstream's own record to compare with ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from tests.factories import UMBRELLA, posts, run_until_done, sync_world
+from trusthub_eval import services
+from trusthub_eval.checks import check_settings
+from trusthub_eval.models import Evaluation
+from trusthub_eval.services import Outcome, RetryLater
+
+pytestmark = pytest.mark.django_db
+
+EVALUATIONS = f"/v1/CustomerProfiles/{UMBRELLA}/Evaluations$"
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "twilio" / "evaluation_create.json"
+
+
+def upstream_sids(sandbox) -> set[str]:
+    """The SIDs of the evaluations TrustHub holds for the profile."""
+    from trusthub_eval.client import TrustHubClient
+
+    with TrustHubClient.from_settings() as client:
+        return {item["sid"] for item in client.list_evaluations(UMBRELLA)}
+
+
+def requested(sandbox) -> tuple[Evaluation, set[str]]:
+    profile = sync_world()[UMBRELLA]
+    before = upstream_sids(sandbox)
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    return evaluation, before
+
+
+def created_since(sandbox, before: set[str]) -> set[str]:
+    return upstream_sids(sandbox) - before
+
+
+# --- a failing reconciliation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "list_fault",
+    [
+        {"status": 503},
+        {"status": 500},
+        {"reset": True},
+        {"after_processing": True, "body": "<html>Bad gateway</html>"},
+        {"after_processing": True, "body": '{"results": "nope", "meta": {}}'},
+        {"status": 429, "retry_after": 0},
+    ],
+    ids=["503", "500", "reset", "html", "broken-envelope", "429"],
+)
+def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, list_fault):
+    evaluation, before = requested(sandbox)
+    # TrustHub creates the evaluation, but the answer is lost.
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
+    # Then the listing that would find it fails, twice.
+    sandbox.add_fault(method="GET", path=EVALUATIONS, times=2, **list_fault)
+    for _ in range(3):
+        with pytest.raises(RetryLater):
+            services.run_evaluation(evaluation.pk)
+        evaluation.refresh_from_db()
+        assert evaluation.state == "queued"
+        assert evaluation.posted_at is not None  # still "TrustHub may hold one"
+    evaluation = run_until_done(evaluation)
+    assert evaluation.state == "completed"
+    assert {evaluation.sid} == created_since(sandbox, before)
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 2}
+    evaluation, before = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
+    sandbox.add_fault(method="GET", path=EVALUATIONS, status=503)
+    with pytest.raises(RetryLater):
+        services.run_evaluation(evaluation.pk)
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED  # the last allowed attempt
+    evaluation.refresh_from_db()
+    assert evaluation.may_exist_upstream
+    assert UMBRELLA in evaluation.error_message
+    assert "trusthub_sync --evaluations" in evaluation.error_message
+    # One past the last attempt: a late message changes nothing.
+    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    (created,) = created_since(sandbox, before)
+
+    call_command("trusthub_sync", "--evaluations", stdout=None)
+
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.sid) == ("completed", created)
+    assert not evaluation.may_exist_upstream
+    assert evaluation.requirement_results.exists()
+    assert Evaluation.objects.filter(sid=created).count() == 1
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_the_last_attempt_after_a_definite_answer_clears_the_mark(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 1}
+    evaluation, _ = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=503)  # not processed
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert not evaluation.may_exist_upstream
+    assert "Gave up after 1 attempts" in evaluation.error_message
+
+
+# --- answers that must not be stored as they come ---------------------------------------------
+
+
+def _answer(**changes):
+    """A well-formed evaluation of UMBRELLA, then ``changes`` (None deletes a key)."""
+    body = json.loads(FIXTURE.read_text())
+    body.update(customer_profile_sid=UMBRELLA, policy_sid="RNdfbf3fae0e1107f8aded0e7cead80bf5")
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+def _result(**changes):
+    body = _answer()
+    results = copy.deepcopy(body["results"])
+    results[0].update(changes)
+    return _answer(results=results)
+
+
+ODD_ANSWERS = {
+    "results-missing": json.dumps(_answer(results=None)),
+    "results-null": json.dumps(_answer()).replace('"results": [', '"results": null, "x": ['),
+    "results-string": json.dumps(_answer(results="none")),
+    "results-of-strings": json.dumps(_answer(results=["passed"])),
+    "status-missing": json.dumps(_answer(status=None)),
+    "status-unknown": json.dumps(_answer(status="pending-review")),
+    "sid-missing": json.dumps(_answer(sid=None)),
+    "sid-malformed": json.dumps(_answer(sid="EL123")),
+    "passed-string": json.dumps(_result(passed="false")),
+    "passed-missing": json.dumps(_result(passed=None)),
+    "other-profile": json.dumps(_answer(customer_profile_sid="BU" + "1" * 32)),
+    "other-policy": json.dumps(_answer(policy_sid="RN" + "2" * 32)),
+    "nul-byte": json.dumps(_result(failure_reason="bad\x00byte")),
+    "lone-surrogate": json.dumps(_result(friendly_name="\ud800")),
+    "error-code-64-bit": json.dumps(_result(error_code=2**40)),
+    "name-too-long": json.dumps(_result(requirement_name="x" * 300)),
+    "date-impossible": json.dumps(_answer(date_created="2020-13-45T99:00:00Z")),
+    "truncated": json.dumps(_answer())[:200],
+    "empty": "",
+    "array": "[]",
+    "deeply-nested": "[" * 100_000 + "]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("body", ODD_ANSWERS.values(), ids=ODD_ANSWERS.keys())
+def test_an_unusable_answer_is_never_completed_and_the_real_one_is_adopted(sandbox, body):
+    evaluation, before = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, body=body)
+    with pytest.raises(RetryLater):
+        services.run_evaluation(evaluation.pk)
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.sid, evaluation.status) == ("queued", None, None)
+    assert evaluation.posted_at is not None  # TrustHub did process it
+    assert not evaluation.requirement_results.exists()
+    evaluation = run_until_done(evaluation)
+    assert evaluation.state == "completed"
+    assert {evaluation.sid} == created_since(sandbox, before)
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_a_failed_row_keeps_what_trusthub_answered(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 1}
+    evaluation, _ = requested(sandbox)
+    body = _result(passed="false")
+    sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, body=json.dumps(body))
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert evaluation.raw == body
+    assert "'passed'" in evaluation.error_message
+    assert evaluation.may_exist_upstream
+
+
+def test_an_error_body_with_an_out_of_range_code_is_recorded(sandbox):
+    evaluation, _ = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=400, code=2**40, message="Nope")
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert evaluation.error_code is None
+    assert "Nope" in evaluation.error_message
+    assert evaluation.raw["code"] == 2**40
+    assert not evaluation.may_exist_upstream  # a 400 was not processed
+
+
+# --- an evaluation SID that is already stored ---------------------------------------------------
+
+
+def test_sync_adopts_into_a_queued_row_awaiting_reconciliation(sandbox):
+    evaluation, before = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=502, after_processing=True)
+    with pytest.raises(RetryLater):
+        services.run_evaluation(evaluation.pk)
+    (created,) = created_since(sandbox, before)
+    services.sync_evaluations(evaluation.customer_profile)
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.sid) == ("completed", created)
+    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED  # the retry's message
+    assert Evaluation.objects.filter(sid=created).get().pk == evaluation.pk
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_made_while_the_worker_reconciles_is_merged_into_the_row(sandbox):
+    profile = sync_world()[UMBRELLA]
+    before = upstream_sids(sandbox)
+    # Written directly: in a committed transaction the suite's eager Celery would run it now.
+    evaluation = Evaluation.objects.create(
+        customer_profile=profile, policy=profile.policy, trigger="cli"
+    )
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
+    with pytest.raises(RetryLater):
+        services.run_evaluation(evaluation.pk)
+    (created,) = created_since(sandbox, before)
+    # The worker's listing is slow; meanwhile an operator imports the profile's evaluations.
+    sandbox.add_fault(method="GET", path=EVALUATIONS, after_processing=True, delay=1.0)
+    outcome: list[object] = []
+
+    def work() -> None:
+        try:
+            outcome.append(services.run_evaluation(evaluation.pk))
+        finally:
+            connection.close()  # this thread's own connection
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not sandbox.stats["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    services.sync_evaluations(evaluation.customer_profile)
+    imported = Evaluation.objects.get(sid=created)
+    assert imported.trigger == "sync"  # the row was running, so the import did not touch it
+    worker.join(10)
+
+    assert outcome == [Outcome.COMPLETED]
+    evaluation.refresh_from_db()
+    assert evaluation.sid == created
+    assert not Evaluation.objects.filter(pk=imported.pk).exists()
+    assert evaluation.customer_profile.evaluations.filter(sid=created).count() == 1
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_an_answer_naming_another_requests_evaluation_is_not_trusted(sandbox):
+    first, before = requested(sandbox)
+    first = run_until_done(first)
+    second, _ = services.request_evaluation(first.customer_profile, trigger="cli")
+    # TrustHub (or something in between) answers with the first evaluation again.
+    sandbox.add_fault(
+        method="POST", path=EVALUATIONS, after_processing=True, body=json.dumps(first.raw)
+    )
+    with pytest.raises(RetryLater):
+        services.run_evaluation(second.pk)
+    second = run_until_done(second)
+    assert second.state == "completed"
+    assert created_since(sandbox, before) == {first.sid, second.sid}
+    assert posts(sandbox, UMBRELLA) == 2
+
+
+# --- exceptions that are not TrustHub's ---------------------------------------------------------
+
+
+def test_a_row_left_running_by_a_database_failure_is_reclaimed_by_its_token(sandbox):
+    evaluation, _ = requested(sandbox)
+    claimed = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
+    token = claimed.started_at.isoformat()
+    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED  # fresh and running
+    assert services.run_evaluation(evaluation.pk, token=token) == Outcome.COMPLETED
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_losing_the_database_connection_mid_attempt_is_retried_without_a_second_post(sandbox):
+    import psycopg
+
+    profile = sync_world()[UMBRELLA]
+    before = upstream_sids(sandbox)
+    evaluation = Evaluation.objects.create(
+        customer_profile=profile, policy=profile.policy, trigger="cli"
+    )
+    # The POST is processed, then its answer takes a second: the database goes away meanwhile.
+    sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, delay=1.0)
+    connection.ensure_connection()
+    backend = connection.connection.info.backend_pid
+    params = {**connection.get_connection_params(), "autocommit": True}
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+
+    def kill_when_posted() -> None:
+        deadline = time.monotonic() + 5
+        while not sandbox.stats["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with psycopg.connect(**params) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    killer = threading.Thread(target=kill_when_posted, daemon=True)
+    killer.start()
+    with pytest.raises(RetryLater) as retry:
+        services.run_evaluation(evaluation.pk)
+    killer.join(5)
+    assert retry.value.token is None  # the row could be put back in the queue
+    evaluation.refresh_from_db()
+    assert evaluation.state == "queued"
+    assert evaluation.posted_at is not None
+    assert "Database error" in evaluation.error_message
+    evaluation = run_until_done(evaluation)
+    assert evaluation.state == "completed"
+    assert {evaluation.sid} == created_since(sandbox, before)
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+@pytest.mark.redis
+def test_an_unexpected_exception_mid_attempt_never_strands_the_row(sandbox, settings):
+    evaluation, _ = requested(sandbox)
+    # The concurrency cap's Redis is unreachable: redis-py raises its own ConnectionError.
+    settings.TRUSTHUB_EVAL = {
+        **settings.TRUSTHUB_EVAL,
+        "CONCURRENCY_LIMIT": 2,
+        "CONCURRENCY_REDIS_URL": "redis://127.0.0.1:1/0",
+        "MAX_ATTEMPTS": 2,
+    }
+    with pytest.raises(RetryLater):
+        services.run_evaluation(evaluation.pk)
+    evaluation.refresh_from_db()
+    assert evaluation.state == "queued"
+    assert "ConnectionError" in evaluation.error_message
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert evaluation.state == "failed"
+    assert "Gave up after 2 attempts" in evaluation.error_message
+    assert posts(sandbox, UMBRELLA) == 0
+
+
+def test_a_credential_that_cannot_be_sent_is_refused_without_quoting_it(sandbox, settings, caplog):
+    token = sandbox.auth_token + "\u200b"  # a pasted zero-width space
+    evaluation, _ = requested(sandbox)
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "AUTH_TOKEN": token}
+    caplog.set_level(logging.DEBUG)
+
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+
+    evaluation.refresh_from_db()
+    assert "AUTH_TOKEN" in evaluation.error_message
+    errors = [e for e in check_settings() if e.id == "trusthub_eval.E007"]
+    assert errors and "AUTH_TOKEN" in errors[0].msg
+    for text in [evaluation.error_message, caplog.text, *(str(e) for e in errors)]:
+        assert sandbox.auth_token not in text
+    assert posts(sandbox, UMBRELLA) == 0
+
+
+# --- operators ------------------------------------------------------------------------------
+
+
+def status() -> dict:
+    out = io.StringIO()
+    call_command("trusthub_status", "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_status_reports_the_queue_and_failures(sandbox, settings):
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 1, "SWEEP_AFTER": 0}
+    evaluation, _ = requested(sandbox)
+    health = status()
+    assert (health["queued"], health["overdue"], health["failed_recently"]) == (1, 1, 0)
+    with pytest.raises(Exception, match="overdue"):
+        call_command("trusthub_status", "--check")
+
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    health = status()
+    assert (health["queued"], health["failed_recently"], health["may_exist_upstream"]) == (0, 1, 1)
+    assert health["failures_by_code"] == [[20500, 1]]
+    call_command("trusthub_status", "--check")  # nothing overdue: no error
+
+
+@pytest.mark.parametrize("hours", ["0", "-1", "nan", "inf", "1e400"])
+def test_status_refuses_a_bad_window(hours):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="--hours"):
+        call_command("trusthub_status", "--hours", hours)
+
+
+def test_the_admin_queue_page_shows_trouble(sandbox, settings, admin_client, django_user_model):
+    from django.urls import reverse
+
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "SWEEP_AFTER": 0}
+    evaluation, _ = requested(sandbox)
+    url = reverse("admin:trusthub_eval_evaluation_health")
+    response = admin_client.get(url)
+    assert response.status_code == 200
+    health = response.context["health"]
+    assert (health.queued, health.overdue) == (1, 1)
+    assert f"#{evaluation.pk}" in response.content.decode()
+    assert "no worker is sweeping" in response.content.decode()
+    assert (
+        url
+        in admin_client.get(reverse("admin:trusthub_eval_evaluation_changelist")).content.decode()
+    )
+
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    admin_client.force_login(staff)
+    assert admin_client.get(url).status_code == 403

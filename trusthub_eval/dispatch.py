@@ -1,0 +1,79 @@
+"""Sends the app's Celery tasks by their registered names, so no module imports ``tasks``.
+
+A message is only a wake-up call: the row is the record. A send that fails (the broker is down)
+is logged in one line and reported to the caller; the row stays queued and a worker's sweep
+sends it again once the broker is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery import current_app
+from kombu.exceptions import KombuError, OperationalError
+
+from trusthub_eval.conf import app_settings
+
+logger = logging.getLogger(__name__)
+
+RUN_EVALUATION = "trusthub_eval.run_evaluation"
+DISPATCH_EVALUATIONS = "trusthub_eval.dispatch_evaluations"
+RESUME_QUEUED = "trusthub_eval.resume_queued"
+
+# Above this many evaluations, the web process sends a few dispatch messages instead of one
+# message each, so a bulk request returns quickly; a worker fans them out.
+DIRECT_SEND_LIMIT = 20
+DISPATCH_CHUNK = 500
+
+#: What a failed publish raises: kombu's errors, and the socket errors some transports let out.
+BROKER_ERRORS = (OperationalError, KombuError, OSError)
+
+
+def send(name: str, args: Sequence[Any] = (), *, countdown: float | None = None) -> None:
+    """Send task ``name`` to the app's queue; in eager mode (tests, demos) run it here."""
+    app = current_app
+    options: dict[str, Any] = {"queue": app_settings.TASK_QUEUE} if app_settings.TASK_QUEUE else {}
+    if countdown is not None:
+        options["countdown"] = countdown
+    if app.conf.task_always_eager:
+        # send_task ignores task_always_eager; the registered task honours it.
+        app.tasks[name].apply_async(tuple(args), **options)
+        return
+    app.send_task(name, tuple(args), **options)
+
+
+def send_runs(evaluation_ids: Sequence[int], *, fan_out: bool = True) -> bool:
+    """Wake a worker for each evaluation; False (logged) if the broker could not be reached.
+
+    With ``fan_out``, many evaluations go as a few dispatch messages that a worker expands
+    (the dispatch task itself sends with ``fan_out=False``).
+    """
+    try:
+        if not fan_out or len(evaluation_ids) <= DIRECT_SEND_LIMIT:
+            for evaluation_id in evaluation_ids:
+                send(RUN_EVALUATION, (evaluation_id,))
+        else:
+            for start in range(0, len(evaluation_ids), DISPATCH_CHUNK):
+                send(DISPATCH_EVALUATIONS, (list(evaluation_ids[start : start + DISPATCH_CHUNK]),))
+    except BROKER_ERRORS as error:
+        logger.warning(
+            "Could not reach the Celery broker for %d evaluation(s) (%s: %s); they stay queued "
+            "and a worker's sweep sends them once the broker is back.",
+            len(evaluation_ids),
+            type(error).__name__,
+            error,
+        )
+        return False
+    return True
+
+
+def send_sweep() -> bool:
+    """Ask a worker to send again the evaluations whose message was lost."""
+    try:
+        send(RESUME_QUEUED)
+    except BROKER_ERRORS as error:
+        logger.warning("Could not send the sweep (%s: %s).", type(error).__name__, error)
+        return False
+    return True

@@ -1,0 +1,148 @@
+"""Checks of TrustHub's evaluation answers against Twilio's schema, before anything is stored.
+
+An answer that fails a check raises :class:`~trusthub_eval.exceptions.InvalidResponse`: it never
+becomes a completed evaluation. The schema is Twilio's ``customer_profile_evaluation``
+(``twilio_trusthub_v1.json``); the result items follow the spec's examples.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from trusthub_eval.exceptions import ErrorKind, InvalidResponse
+from trusthub_eval.sids import SidKind, is_sid
+
+STATUSES = frozenset({"compliant", "noncompliant"})
+#: The length of the requirement rows' character columns.
+MAX_NAME_LENGTH = 255
+#: Requirement positions are a small integer column.
+MAX_RESULTS = 32_767
+_INT32 = range(-(2**31), 2**31)
+_RESULT_NAMES = ("requirement_name", "requirement_friendly_name", "friendly_name", "object_type")
+
+
+def parse_twilio_datetime(value: object) -> datetime.datetime | None:
+    """TrustHub's ISO 8601 timestamps (``2020-04-28T18:14:01Z``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:  # well-formed but impossible, e.g. month 13
+        return None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, datetime.UTC)
+    return parsed
+
+
+def check_evaluation(
+    payload: object,
+    *,
+    customer_profile_sid: str,
+    policy_sid: str | None,
+    kind: ErrorKind = ErrorKind.AMBIGUOUS,
+) -> Mapping[str, Any]:
+    """Return ``payload`` if it is a storable evaluation of that profile against that policy
+    (any policy if ``policy_sid`` is None).
+
+    Raises :class:`InvalidResponse` of ``kind`` naming the first problem found.
+    """
+
+    def invalid(problem: str) -> InvalidResponse:
+        return InvalidResponse(
+            f"TrustHub's evaluation is unusable: {problem}.",
+            kind=kind,
+            body=repr(payload) if not isinstance(payload, Mapping) else _json_text(payload),
+        )
+
+    if not isinstance(payload, Mapping):
+        raise invalid("not a JSON object")
+    problem = unstorable_problem(payload)
+    if problem:
+        raise invalid(problem)
+    if not is_sid(payload.get("sid"), SidKind.EVALUATION):
+        raise invalid("'sid' is not an Evaluation SID (EL…)")
+    account = payload.get("account_sid")
+    if account is not None and not is_sid(account, SidKind.ACCOUNT):
+        raise invalid("'account_sid' is not an Account SID (AC…)")
+    if payload.get("customer_profile_sid") != customer_profile_sid:
+        raise invalid(f"it is not an evaluation of {customer_profile_sid}")
+    if policy_sid is None and not is_sid(payload.get("policy_sid"), SidKind.POLICY):
+        raise invalid("'policy_sid' is not a Policy SID (RN…)")
+    if policy_sid is not None and payload.get("policy_sid") != policy_sid:
+        raise invalid(f"it is not an evaluation against {policy_sid}")
+    if payload.get("status") not in STATUSES:
+        raise invalid("'status' is neither 'compliant' nor 'noncompliant'")
+    created = payload.get("date_created")
+    if created is not None and parse_twilio_datetime(created) is None:
+        raise invalid("'date_created' is not an ISO 8601 date-time")
+    results = payload.get("results")
+    if not isinstance(results, list):
+        raise invalid("'results' is not a list")
+    if len(results) > MAX_RESULTS:
+        raise invalid(f"more than {MAX_RESULTS} results")
+    for position, item in enumerate(results):
+        problem = _result_problem(item)
+        if problem:
+            raise invalid(f"result {position}: {problem}")
+    return payload
+
+
+def _result_problem(item: object) -> str | None:
+    if not isinstance(item, Mapping):
+        return "not an object"
+    if not isinstance(item.get("passed"), bool):
+        return "'passed' is not true or false"
+    for name in _RESULT_NAMES:
+        value = item.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name!r} is not a string"
+        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+            return f"{name!r} is longer than {MAX_NAME_LENGTH} characters"
+    if not isinstance(item.get("requirement_name"), str) or not item["requirement_name"]:
+        return "'requirement_name' is missing"
+    reason = item.get("failure_reason")
+    if reason is not None and not isinstance(reason, str):
+        return "'failure_reason' is not a string"
+    code = item.get("error_code")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        return "'error_code' is not an integer"
+    if isinstance(code, int) and code not in _INT32:
+        return "'error_code' is out of range"
+    for name in ("valid", "invalid"):
+        value = item.get(name)
+        if value is not None and not isinstance(value, list):
+            return f"{name!r} is not a list"
+    return None
+
+
+def unstorable_problem(payload: object) -> str | None:
+    """A problem with any string (or key) in the payload that a database cannot store."""
+    pending: list[object] = [payload]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, Mapping):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "it contains a NUL character"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "it contains an unpaired surrogate"
+    return None
+
+
+def _json_text(payload: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(payload, ensure_ascii=True, default=str)
+    except (TypeError, ValueError):
+        return repr(payload)
