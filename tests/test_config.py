@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 import pytest
@@ -10,9 +11,10 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management import call_command
 from django.test import override_settings
 
+from tests.services import ROOT
 from trusthub_eval.checks import check_credentials, check_settings
 from trusthub_eval.client import TrustHubClient
-from trusthub_eval.conf import TWILIO_BASE_URL, app_settings
+from trusthub_eval.conf import DEFAULTS, TWILIO_BASE_URL, app_settings
 from trusthub_eval.sids import (
     InvalidSid,
     SidKind,
@@ -192,3 +194,23 @@ def test_a_setting_never_changes_the_schema(settings):
     out = StringIO()
     call_command("makemigrations", "trusthub_eval", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_documents_every_setting_and_every_check():
+    section = readme_section("Settings")
+    block = re.search(r"```python\n(TRUSTHUB_EVAL = \{.*?\n\})\n```", section, re.DOTALL).group(1)
+    keys = re.findall(r'^    "([A-Z_]+)":', block, re.MULTILINE)
+    assert sorted(keys) == sorted(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        if default is not None and name != "BASE_URL":
+            assert re.search(rf'"{name}": {re.escape(repr(default))},', block), name
+    source = (ROOT / "trusthub_eval" / "checks.py").read_text()
+    ids = set(re.findall(r'id="trusthub_eval\.([EW]\d{3})"', source))
+    documented = set(re.findall(r"\b([EW]\d{3})\b", section))
+    assert ids == documented

@@ -353,3 +353,11 @@ def settings_dict(snippet: str) -> dict[str, str]:
     tree = ast.parse(snippet[snippet.index("TRUSTHUB_EVAL") :])
     value = tree.body[0].value  # type: ignore[attr-defined]
     return ast.literal_eval(value)
+
+
+def test_the_install_section_names_only_profiles_of_the_packaged_world():
+    section = README.read_text().split("## Install into your own project", 1)[1].split("\n## ")[0]
+    world = json.loads((ROOT / "trusthub_eval/sandbox/default_world.json").read_text())
+    packaged = {profile["sid"] for profile in world["customer_profiles"]}
+    named = set(re.findall(r"BU[0-9a-f]{32}", section))
+    assert named and named <= packaged
