@@ -3,6 +3,10 @@
 Migrates SQLite, creates the demo login, starts the TrustHub sandbox, imports its records,
 starts a Celery worker (filesystem broker) and the development server, and prints where to look.
 Ctrl-C stops everything.
+
+TRUSTHUB_DEMO_PORT     the web server's port (default 8000)
+TRUSTHUB_SANDBOX_PORT  the sandbox's port (default 8765; project/settings.py reads it too)
+The demo turns DJANGO_DEBUG on unless it is set: it serves on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-SANDBOX_PORT = 8765
+SANDBOX_PORT = int(os.environ.get("TRUSTHUB_SANDBOX_PORT", "8765"))
 WEB_PORT = int(os.environ.get("TRUSTHUB_DEMO_PORT", "8000"))
 DEMO_USER = "admin"
 DEMO_PASSWORD = "admin"  # noqa: S105 (the demo's documented login, on loopback only)
@@ -57,9 +61,18 @@ def ensure_demo_user() -> None:
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    for port, what in ((SANDBOX_PORT, "sandbox"), (WEB_PORT, "web server")):
+    # The demo's processes (and project/settings.py's sandbox URL) follow these.
+    os.environ.setdefault("DJANGO_DEBUG", "1")
+    os.environ["TRUSTHUB_SANDBOX_PORT"] = str(SANDBOX_PORT)
+    for port, what, variable in (
+        (SANDBOX_PORT, "sandbox", "TRUSTHUB_SANDBOX_PORT"),
+        (WEB_PORT, "web server", "TRUSTHUB_DEMO_PORT"),
+    ):
         if port_in_use(port):
-            sys.exit(f"Port {port} (the {what}) is taken: is another `make run` still running?")
+            sys.exit(
+                f"Port {port} (the {what}) is taken: is another `make run` still running? "
+                f"Another port: {variable}=<port> make run"
+            )
     manage("migrate", "--noinput", "-v", "0")
     ensure_demo_user()
     from django.conf import settings
@@ -94,26 +107,34 @@ def main() -> None:
             subprocess.Popen(
                 [
                     PYTHON, "-m", "celery", "-A", "project", "worker", "--beat",
-                    "--schedule", str(ROOT / "var" / "celerybeat-schedule"),
+                    "--schedule", str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
                     "--loglevel", "INFO", "--concurrency", "2",
                 ],
                 cwd=ROOT,
             )
         )  # fmt: skip
+        # --insecure: the admin's and Swagger UI's files are served even with DJANGO_DEBUG=0.
         web = subprocess.Popen(
-            [PYTHON, "manage.py", "runserver", f"127.0.0.1:{WEB_PORT}", "--noreload"], cwd=ROOT
-        )
+            [
+                PYTHON, "manage.py", "runserver", f"127.0.0.1:{WEB_PORT}",
+                "--noreload", "--insecure",
+            ],
+            cwd=ROOT,
+        )  # fmt: skip
         children.append(web)
         wait_for_port(WEB_PORT, web, "web server")
+        # A second shell needs the same sandbox port as this one's processes.
+        prefix = "" if SANDBOX_PORT == 8765 else f"TRUSTHUB_SANDBOX_PORT={SANDBOX_PORT} "
         print(
             "\n"
             "  trusthub_eval demo is running.\n"
             f"  Admin:   http://127.0.0.1:{WEB_PORT}/admin/\n"
             f"  Login:   {DEMO_USER} / {DEMO_PASSWORD}\n"
-            f"  API:     http://127.0.0.1:{WEB_PORT}/api/\n"
+            f"  API:     http://127.0.0.1:{WEB_PORT}/api/docs/ "
+            f"(schema: http://127.0.0.1:{WEB_PORT}/api/schema/)\n"
             f"  Sandbox: http://127.0.0.1:{SANDBOX_PORT}/v1/CustomerProfiles\n"
             "  Try, in a second shell:\n"
-            "    .venv/bin/python manage.py trusthub_evaluate "
+            f"    {prefix}.venv/bin/python manage.py trusthub_evaluate "
             "BU64dc6bf5810565dc16eaf5c3a772768c --wait\n"
             "  Ctrl-C stops everything.\n",
             flush=True,

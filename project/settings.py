@@ -1,19 +1,25 @@
-"""Settings of the example project, read from the environment.
+"""Settings of the example project, read from the environment; safe by default.
 
-DATABASE_URL        default: SQLite in var/db.sqlite3
-CELERY_BROKER_URL   default: kombu's filesystem transport under var/broker (no server needed)
+DJANGO_DEBUG          default: off (`make run` turns it on for the demo)
+DJANGO_SECRET_KEY     default: a random key made once per machine in var/secret_key; set it
+                      (the same on every machine) when more than one machine serves the project
+DJANGO_ALLOWED_HOSTS  default: 127.0.0.1,localhost
+DATABASE_URL          default: SQLite in var/db.sqlite3
+CELERY_BROKER_URL     default: kombu's filesystem transport under var/broker (no server needed)
 TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN, or TWILIO_API_KEY / TWILIO_API_SECRET
-TRUSTHUB_BASE_URL   default: the local sandbox (http://127.0.0.1:8765) when no credentials are set
+TRUSTHUB_BASE_URL     default: the local sandbox when no credentials are set
+TRUSTHUB_SANDBOX_PORT default: 8765, the local sandbox's port (`make run` starts it there)
 """
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("TRUSTHUB_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR = Path(os.environ.get("TRUSTHUB_VAR_DIR") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -21,13 +27,35 @@ def env_bool(name: str, default: bool = False) -> bool:
     return os.environ.get(name, str(default)).lower() in {"1", "true", "yes", "on"}
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise RuntimeError("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
-    SECRET_KEY = "insecure-development-key-for-the-example-project"  # noqa: S105
+def machine_secret_key(path: Path) -> str:
+    """The key stored at ``path``, made (random, readable by this user only) on first use.
+
+    Never a constant: copied example settings must not sign sessions with a key the world knows.
+    Created with a hard link so that two processes starting at once agree on one key.
+    """
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(50))
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process made it first: use that one
+    finally:
+        temporary.unlink()
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or machine_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+# Error reports (the DEBUG page, mails to ADMINS) hide passwords inside URLs too, such as
+# DATABASE_URL's in the environment a development server passes on as request.META.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "project.errors.CredentialsHidingFilter"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -99,7 +127,7 @@ STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Celery ---
-_broker_dir = Path(os.environ.get("TRUSTHUB_BROKER_DIR", VAR_DIR / "broker"))
+_broker_dir = Path(os.environ.get("TRUSTHUB_BROKER_DIR") or VAR_DIR / "broker")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT = "project.broker:Transport"
@@ -119,7 +147,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
 # --- trusthub_eval ---
-_SANDBOX_URL = "http://127.0.0.1:8765"
+_SANDBOX_URL = f"http://127.0.0.1:{int(os.environ.get('TRUSTHUB_SANDBOX_PORT', '8765'))}"
 _has_credentials = bool(
     (os.environ.get("TWILIO_ACCOUNT_SID") and os.environ.get("TWILIO_AUTH_TOKEN"))
     or (os.environ.get("TWILIO_API_KEY") and os.environ.get("TWILIO_API_SECRET"))

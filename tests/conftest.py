@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +70,16 @@ def trusthub_settings(request: pytest.FixtureRequest, settings: Any) -> None:
         "ACCOUNT_SID": sandbox.account_sid,
         "AUTH_TOKEN": sandbox.auth_token,
     }
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `pip wheel .` builds from this checkout, built once per session."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), "."],
+        cwd=services.ROOT,
+        check=True,
+    )
+    (built,) = out.glob("trusthub_eval-*.whl")
+    return built

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 
-from tests.services import ROOT
 
-
-def test_wheel_contains_only_the_app(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
-        cwd=ROOT,
-        check=True,
-    )
-    (wheel,) = tmp_path.glob("trusthub_eval-*.whl")
+def test_wheel_contains_only_the_app(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert top == {"trusthub_eval", wheel.name.split("-py3")[0] + ".dist-info"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.checks import Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
-from trusthub_eval.client import credential_problem
+from trusthub_eval.client import credential_problem, validate_base_url
 from trusthub_eval.conf import DEFAULTS, app_settings
 from trusthub_eval.sids import SidKind, is_sid
 
@@ -60,27 +61,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                     id="trusthub_eval.E007",
                 )
             )
-    has_token = bool(app_settings.ACCOUNT_SID and app_settings.AUTH_TOKEN)
-    has_key = bool(app_settings.API_KEY_SID and app_settings.API_KEY_SECRET)
-    if app_settings.uses_twilio and not (has_token or has_key):
-        errors.append(
-            Error(
-                "No TrustHub credentials while BASE_URL is Twilio's.",
-                hint=(
-                    "Set TRUSTHUB_EVAL['ACCOUNT_SID'] and ['AUTH_TOKEN'] (or ['API_KEY_SID'] and "
-                    "['API_KEY_SECRET']), or the TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN "
-                    "(TWILIO_API_KEY / TWILIO_API_SECRET) environment variables."
-                ),
-                id="trusthub_eval.E003",
-            )
-        )
-    if not app_settings.BASE_URL.startswith(("https://", "http://")):
-        errors.append(
-            Error(
-                f"TRUSTHUB_EVAL['BASE_URL'] is not an http(s) URL: {app_settings.BASE_URL!r}.",
-                id="trusthub_eval.E004",
-            )
-        )
+    try:
+        validate_base_url(app_settings.BASE_URL)
+    except ImproperlyConfigured as error:
+        # The client's own rule and message (which never repeats the URL: it may hold
+        # credentials).
+        errors.append(Error(str(error), id="trusthub_eval.E004"))
     limit = user.get("CONCURRENCY_LIMIT")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         errors.append(
@@ -112,3 +98,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
             )
         )
     return errors
+
+
+@register(deploy=True)
+def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """E003, a deployment check: credentials are needed by the processes that call TrustHub
+    (workers, ``trusthub_sync``), not by ``migrate``, the web process or the sandbox, and a
+    project that wants the sandbox has none yet. Without them, those calls fail with the
+    client's ImproperlyConfiguredCredentials, which says what to set."""
+    has_token = bool(app_settings.ACCOUNT_SID and app_settings.AUTH_TOKEN)
+    has_key = bool(app_settings.API_KEY_SID and app_settings.API_KEY_SECRET)
+    if not app_settings.uses_twilio or has_token or has_key:
+        return []
+    return [
+        Error(
+            "No TrustHub credentials while BASE_URL is Twilio's.",
+            hint=(
+                "Set TRUSTHUB_EVAL['ACCOUNT_SID'] and ['AUTH_TOKEN'] (or ['API_KEY_SID'] and "
+                "['API_KEY_SECRET']), or the TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN "
+                "(TWILIO_API_KEY / TWILIO_API_SECRET) environment variables; or point BASE_URL "
+                "at the sandbox (manage.py trusthub_sandbox prints its settings)."
+            ),
+            id="trusthub_eval.E003",
+        )
+    ]

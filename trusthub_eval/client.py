@@ -159,6 +159,30 @@ def credential_problem(value: str | None) -> str | None:
     return None
 
 
+def validate_base_url(base_url: str) -> str:
+    """``base_url`` without its trailing slash, or ImproperlyConfigured saying what is wrong.
+
+    The one rule for BASE_URL: the client applies it, and so does system check E004. The
+    message never repeats the URL, which may hold credentials.
+    """
+    try:
+        parts = urlsplit(base_url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError for a port that is not 0-65535)
+    except (TypeError, AttributeError, ValueError):
+        # Not a string, or unparseable: a malformed IPv6 literal, a bad port.
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
+        raise ImproperlyConfigured(
+            f"TRUSTHUB_EVAL['BASE_URL'] must be an http(s) URL such as {TWILIO_BASE_URL!r}."
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ImproperlyConfigured(
+            "TRUSTHUB_EVAL['BASE_URL'] must not contain credentials, a query or a fragment."
+        )
+    return base_url.rstrip("/")
+
+
 def _validate_page_size(page_size: int) -> int:
     if isinstance(page_size, bool) or not isinstance(page_size, int):
         raise TypeError(f"page_size must be an int, not {type(page_size).__name__}.")
@@ -265,16 +289,7 @@ class TrustHubClient:
 
     @staticmethod
     def _validate_base_url(base_url: str) -> str:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ImproperlyConfigured(
-                f"TRUSTHUB_EVAL['BASE_URL'] must be an http(s) URL such as {TWILIO_BASE_URL!r}."
-            )
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ImproperlyConfigured(
-                "TRUSTHUB_EVAL['BASE_URL'] must not contain credentials, a query or a fragment."
-            )
-        return base_url.rstrip("/")
+        return validate_base_url(base_url)
 
     def __repr__(self) -> str:
         return (

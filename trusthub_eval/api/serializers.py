@@ -34,11 +34,11 @@ class PolicySidField(serializers.CharField):
         self.validators.append(sid_validator(SidKind.POLICY))
 
 
-@extend_schema_field(
-    {"type": "string", "enum": list(Evaluation.Status.values), "nullable": True, "readOnly": True}
-)
 class VerdictField(serializers.ReadOnlyField):
-    """A profile's compliance: the model stores "" for "never evaluated", the API says null."""
+    """A profile's compliance: the model stores "" for "never evaluated", the API says null.
+
+    Described in the schema by trusthub_eval.api.schema.VerdictFieldExtension.
+    """
 
     def to_representation(self, value: Any) -> Any:
         return value or None

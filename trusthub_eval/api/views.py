@@ -10,12 +10,7 @@ from django.db.models import Prefetch, QuerySet
 from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (
-    OpenApiParameter,
-    OpenApiResponse,
-    extend_schema,
-    extend_schema_view,
-)
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_view
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import BaseParser, JSONParser
@@ -29,6 +24,7 @@ from trusthub_eval.api import serializers
 from trusthub_eval.api.filters import CustomerProfileFilter, EvaluationFilter
 from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
 from trusthub_eval.api.permissions import REQUEST_EVALUATION, ModelPermissions
+from trusthub_eval.api.schema import SpectacularSchema, extend_schema
 from trusthub_eval.api.throttling import TriggerRateThrottle
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 from trusthub_eval.sids import SidKind, is_sid
@@ -149,6 +145,7 @@ class PolicyViewSet(SidLookupMixin, viewsets.ReadOnlyModelViewSet[Policy]):
     queryset = Policy.objects.defer("raw")
     serializer_class = serializers.PolicySerializer
     permission_classes = [ModelPermissions]
+    schema = SpectacularSchema()
     pagination_class = NamePagination
     filter_backends: list[Any] = []
     sid_kind = SidKind.POLICY
@@ -176,6 +173,7 @@ class CustomerProfileViewSet(SidLookupMixin, viewsets.ReadOnlyModelViewSet[Custo
     )
     serializer_class = serializers.CustomerProfileSerializer
     permission_classes = [ModelPermissions]
+    schema = SpectacularSchema()
     pagination_class = NamePagination
     filter_backends = [DjangoFilterBackend]
     filterset_class = CustomerProfileFilter
@@ -225,6 +223,7 @@ class CustomerProfileEvaluationsView(
 ):
     queryset = Evaluation.objects.all()
     permission_classes = [ModelPermissions]
+    schema = SpectacularSchema()
     pagination_class = EvaluationPagination
     filter_backends: list[Any] = []
 
@@ -300,6 +299,7 @@ class CustomerProfileEvaluationsView(
 class EvaluationViewSet(viewsets.ReadOnlyModelViewSet[Evaluation]):
     queryset = Evaluation.objects.all()
     permission_classes = [ModelPermissions]
+    schema = SpectacularSchema()
     pagination_class = EvaluationPagination
     filter_backends = [DjangoFilterBackend]
     filterset_class = EvaluationFilter
@@ -325,6 +325,7 @@ class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[CustomerProfile])
     queryset = CustomerProfile.objects.all()
     serializer_class = serializers.BulkEvaluationRequestSerializer
     permission_classes = [ModelPermissions]
+    schema = SpectacularSchema()
 
     @extend_schema(
         summary=_("Request evaluations of many profiles"),

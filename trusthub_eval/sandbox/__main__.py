@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT too: a shell starts background jobs (`make run`'s `&`) with SIGINT ignored.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"TrustHub sandbox listening on {server.url}", flush=True)
+    print(server.startup_message(), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -252,6 +252,29 @@ class SandboxServer:
         with self._lock:
             return dict(self._world.api_keys)
 
+    def startup_message(self) -> str:
+        """What the sandbox prints when it starts: where it listens, the settings that point a
+        project at it (the world's made-up credentials, never real ones) and its profiles."""
+        with self._lock:
+            world = self._world
+            profiles = [
+                f"  {p.sid}  {p.friendly_name} ({p.status})" for p in world.profiles.values()
+            ]
+            account_sid, auth_token = world.account_sid, world.auth_token
+        return "\n".join(
+            [
+                f"TrustHub sandbox listening on {self.url}",
+                "Point a project at it with these settings (the sandbox's own credentials):",
+                "TRUSTHUB_EVAL = {",
+                f'    "BASE_URL": "{self.url}",',
+                f'    "ACCOUNT_SID": "{account_sid}",',
+                f'    "AUTH_TOKEN": "{auth_token}",',
+                "}",
+                "Customer profiles:",
+                *profiles,
+            ]
+        )
+
     # --- control API --------------------------------------------------------------------------
 
     def reset(self) -> None:

@@ -11,6 +11,9 @@ from trusthub_eval.sandbox import SandboxServer, WorldError
 
 class Command(BaseCommand):
     help = "Serve an offline Twilio TrustHub v1 (the sandbox) until interrupted."
+    # The sandbox reads none of the project's settings: it starts whatever TRUSTHUB_EVAL says,
+    # including in a project being pointed at it for the first time.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
@@ -26,7 +29,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Cannot listen on {options['host']}:{options['port']}: {exc}"
             ) from exc
-        self.stdout.write(f"TrustHub sandbox listening on {server.url}")
+        self.stdout.write(server.startup_message())
         self.stdout.flush()
         try:
             server.serve_forever()
