@@ -106,8 +106,7 @@ def main() -> None:
         children.append(
             subprocess.Popen(
                 [
-                    PYTHON, "-m", "celery", "-A", "project", "worker", "--beat",
-                    "--schedule", str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
+                    PYTHON, "-m", "celery", "-A", "project", "worker",
                     "--loglevel", "INFO", "--concurrency", "2",
                 ],
                 cwd=ROOT,
