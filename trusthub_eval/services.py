@@ -109,7 +109,9 @@ def request_evaluation(
     """Write a queued evaluation and enqueue it when the transaction commits.
 
     Returns ``(evaluation, created)``. While one is queued or running for the same profile and
-    policy, that one is returned with ``created=False`` instead of a second.
+    policy, that one is returned with ``created=False`` instead of a second. A new evaluation's
+    ``sent`` says whether its message reached the broker (None while an outer transaction has
+    not committed); when it did not, the row waits for a worker's sweep.
     """
     policy = resolve_policy(profile, policy)
     user_id = _user_id(requested_by)
