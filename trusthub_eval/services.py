@@ -104,11 +104,12 @@ def request_evaluation(
     """
     policy = resolve_policy(profile, policy)
     user_id = _user_id(requested_by)
-    # The partial unique constraint decides races between concurrent requests; the loop covers
+    # The in-flight unique constraint decides races between concurrent requests; the loop covers
     # the rare case where the active row finished between our insert and our read.
     for _attempt in range(3):
         try:
             with transaction.atomic():
+                CustomerProfile.objects.filter(pk=profile.pk).lock_for_queueing()
                 evaluation = Evaluation.objects.create(
                     customer_profile=profile,
                     policy=policy,
