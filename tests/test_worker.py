@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import ACME, INITECH, UMBRELLA, make_profile, sync_world
-from tests.worker import BROKERS, celery_worker
+from tests.worker import BROKERS, celery_worker, traces
 from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation
 
@@ -30,6 +30,9 @@ def test_worker_process_evaluates_through_the_broker(broker, sandbox, settings, 
     assert (failing.state, failing.status) == ("completed", "noncompliant")
     assert failing.requirement_results.failing().exists()
     assert "trusthub_eval.run_evaluation" in worker.output
+    # A shared Redis or RabbitMQ keeps nothing of the run: no queue, exchange or binding keys.
+    if broker != "filesystem":
+        assert traces(broker, worker.queue) == []
 
 
 def test_worker_retries_429_honouring_retry_after(sandbox, settings, tmp_path):
