@@ -571,7 +571,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
                 self.message_user(
                     request,
                     format_html(
-                        gettext("Evaluation {} of “{}” queued. Reload to see TrustHub's answer."),
+                        # The link reads "Evaluation #12" (the evaluation's own name).
+                        gettext("{} of “{}” queued. Reload to see TrustHub's answer."),
                         link,
                         profile,
                     ),

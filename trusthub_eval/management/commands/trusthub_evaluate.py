@@ -64,10 +64,9 @@ class Command(BaseCommand):
 
     def _print_outcome(self, evaluation: Evaluation) -> None:
         if evaluation.state == Evaluation.State.FAILED:
-            raise CommandError(
-                f"Evaluation #{evaluation.pk} failed"
-                f" (code {evaluation.error_code}): {evaluation.error_message}"
-            )
+            # The message names TrustHub's status and code already ("HTTP 401 (code 20003): …").
+            detail = evaluation.error_message or f"code {evaluation.error_code}"
+            raise CommandError(f"Evaluation #{evaluation.pk} failed: {detail}")
         style = self.style.SUCCESS if evaluation.status == "compliant" else self.style.ERROR
         self.stdout.write(style(f"{evaluation.sid}: {evaluation.status}"))
         for result in evaluation.requirement_results.order_by("position"):
