@@ -314,6 +314,19 @@ def test_without_the_permission_there_is_no_button_and_the_view_refuses(client, 
     assert not Evaluation.objects.filter(customer_profile=profile).exists()
 
 
+def test_requesting_also_needs_to_see_evaluations_as_in_the_api(client, world):
+    # The API's rule (trusthub_eval.permissions): the permission is not enough without seeing
+    # the evaluation it makes.
+    client.force_login(staff("no-evaluations", "view_customerprofile", "request_evaluation"))
+    profile = world[UMBRELLA]
+    body = client.get(url("customerprofile_change", profile.pk)).content.decode()
+    assert "Re-evaluate now" not in body
+    assert client.post(url("customerprofile_reevaluate", profile.pk)).status_code == 403
+    changelist = client.get(url("customerprofile_changelist")).content.decode()
+    assert "reevaluate_selected" not in changelist
+    assert not Evaluation.objects.filter(customer_profile=profile).exists()
+
+
 def test_anonymous_users_are_sent_to_the_login_page(client, world):
     response = client.post(url("customerprofile_reevaluate", world[ACME].pk))
     assert response.status_code == 302 and "/login/" in response["Location"]

@@ -88,7 +88,8 @@ def body_schema(openapi: dict, path: str, method: str, status: str | None = None
 def test_schema_describes_the_trigger_request_and_its_202(openapi):
     path = "/api/customer-profiles/{sid}/evaluations/"
     request = body_schema(openapi, path, "post")
-    assert request["properties"]["policy_sid"]["pattern"] == "^RN[0-9a-fA-F]{32}$"
+    assert request["properties"]["policy"]["pattern"] == "^RN[0-9a-fA-F]{32}$"
+    assert request["additionalProperties"] is False
     accepted = openapi["paths"][path]["post"]["responses"]["202"]
     assert "Location" in accepted["headers"]
     evaluation = body_schema(openapi, path, "post", "202")
@@ -102,10 +103,12 @@ def test_schema_describes_the_trigger_request_and_its_202(openapi):
 
 def test_schema_describes_the_bulk_request_and_its_202(openapi):
     request = body_schema(openapi, "/api/evaluations/bulk/", "post")
-    assert set(request["properties"]) == {"customer_profiles", "filter", "policy_sid"}
+    assert set(request["properties"]) == {"customer_profiles", "filter", "policy"}
+    assert request["additionalProperties"] is False
     assert request["properties"]["customer_profiles"]["maxItems"] == 10_000
     criteria = resolve(openapi, request["properties"]["filter"])
     assert set(criteria["properties"]) == {"policy", "status", "compliance_status"}
+    assert criteria["additionalProperties"] is False
     result = body_schema(openapi, "/api/evaluations/bulk/", "post", "202")
     assert set(result["properties"]) == {"queued", "in_flight", "skipped", "evaluation_ids"}
 
@@ -221,7 +224,7 @@ def test_fuzzed_requests_get_no_server_error_and_conforming_responses(
         # in. Refusing callers without credentials is tested in test_api.py.
         excluded = [checks.ignored_auth]
         body = case.body if isinstance(case.body, dict) else {}
-        if "cursor" in (case.query or {}) or {"policy_sid", "customer_profiles"} & set(body):
+        if "cursor" in (case.query or {}) or {"policy", "customer_profiles"} & set(body):
             # Any string is a cursor to the schema, and any well-formed SID a record; but only
             # cursors this API issued and SIDs it knows are accepted, the others are a 400 with
             # a field message, which the positive-data check would count as a failure.

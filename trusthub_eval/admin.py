@@ -34,6 +34,7 @@ from django.utils.translation import gettext_lazy as _
 from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
+from trusthub_eval.permissions import can_request_evaluations
 from trusthub_eval.sids import SidKind, is_sid
 from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
 
@@ -526,7 +527,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
     # --- permissions ---
 
     def has_request_evaluation_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(f"{self.opts.app_label}.request_evaluation")
+        # The API's rule too: the permission, and seeing profiles and evaluations.
+        return can_request_evaluations(request.user)
 
     # --- the re-evaluate button ---
 

@@ -10,7 +10,9 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-REQUEST_EVALUATION = "trusthub_eval.request_evaluation"
+from trusthub_eval.permissions import REQUEST_PERMISSIONS
+
+__all__ = ["REQUEST_PERMISSIONS", "ModelPermissions"]
 
 
 class ModelPermissions(BasePermission):

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from trusthub_eval import services
 from trusthub_eval.exceptions import TrustHubError
-from trusthub_eval.models import Evaluation, Policy
+from trusthub_eval.models import Evaluation
 from trusthub_eval.sids import InvalidSid, SidKind, check_sid
 
 
@@ -38,11 +38,10 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         try:
             profile = services.fetch_customer_profile(sid)
-            policy = Policy.objects.for_sid(policy_sid) if policy_sid else None
             evaluation, created = services.request_evaluation(
-                profile, policy, trigger=Evaluation.Trigger.CLI
+                profile, policy_sid, trigger=Evaluation.Trigger.CLI
             )
-        except (TrustHubError, services.NoPolicy) as error:
+        except (TrustHubError, services.NoPolicy, services.UnknownPolicy) as error:
             raise CommandError(str(error)) from error
         verb = "Queued" if created else "Already in flight:"
         self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
