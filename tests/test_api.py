@@ -316,6 +316,30 @@ def test_malformed_bodies_are_4xx_not_500(trigger_api, payload, content_type, st
     assert not Evaluation.objects.exists()
 
 
+@pytest.mark.parametrize("who", ["session without permission", "operator"])
+@pytest.mark.parametrize("endpoint", ["trigger", "bulk"])
+def test_json_nested_too_deeply_is_a_400_for_anyone(who, endpoint, operator, django_user_model):
+    from django.test import Client
+
+    if who == "operator":
+        caller = client_for(operator)
+    else:
+        # A session's CSRF check reads the body before any permission is checked (once the
+        # browser has a CSRF cookie, from any page with a form).
+        caller = Client(enforce_csrf_checks=True)
+        caller.force_login(django_user_model.objects.create_user("nobody"))
+        caller.get("/admin/login/")
+        assert "csrftoken" in caller.cookies
+    target = (
+        evaluations_url(make_profile().sid) if endpoint == "trigger" else "/api/evaluations/bulk/"
+    )
+    for body in (b"[" * 2000, b'{"a":' * 2000):
+        response = caller.generic("POST", target, body, content_type="application/json")
+        assert response.status_code == 400
+        assert "nested too deeply" in response.json()["detail"]
+    assert not Evaluation.objects.exists()
+
+
 def test_trigger_does_not_call_trusthub_the_task_does(
     trigger_api, sandbox, django_capture_on_commit_callbacks
 ):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
@@ -304,6 +305,13 @@ class LeanChangeList(ChangeList):
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
     ) -> QuerySet[Any]:
+        # PostgreSQL refuses a NUL character in text, which would fail the query as a 500; a
+        # bad filter gets the admin's own answer instead (a redirect to its "?e=1" page).
+        if any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
+            raise IncorrectLookupParameters(gettext("A filter value contains a NUL character."))
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
 

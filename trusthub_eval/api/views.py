@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.exceptions import APIException, NotFound, ValidationError
-from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -29,6 +29,7 @@ from trusthub_eval import services
 from trusthub_eval.api import serializers
 from trusthub_eval.api.filters import CustomerProfileFilter, EvaluationFilter
 from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
+from trusthub_eval.api.parsers import JSONParser
 from trusthub_eval.api.permissions import REQUEST_PERMISSIONS, ModelPermissions
 from trusthub_eval.api.throttling import TriggerRateThrottle
 from trusthub_eval.exceptions import TrustHubError
