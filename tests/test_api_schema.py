@@ -40,10 +40,36 @@ EXAMPLES = int(__import__("os").environ.get("FUZZ_EXAMPLES", "30"))
 
 
 @pytest.fixture
+def client(client, django_user_model):
+    """Signed in: the schema and its UI are not for anonymous callers."""
+    client.force_login(django_user_model.objects.create_user("schema-reader"))
+    return client
+
+
+@pytest.fixture
 def openapi(client) -> dict:
     response = client.get(SCHEMA_URL, HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
     return response.json()
+
+
+@pytest.mark.parametrize("path", [SCHEMA_URL, "/api/docs/"])
+def test_the_schema_and_its_ui_are_for_signed_in_users(path, settings, django_user_model):
+    from django.test import Client
+
+    anonymous = Client()
+    assert anonymous.get(path).status_code in (401, 403)
+    signed_in = Client()
+    signed_in.force_login(django_user_model.objects.create_user("someone"))
+    assert signed_in.get(path).status_code == 200
+    # A host whose default is stricter keeps it for the schema too.
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    }
+    assert signed_in.get(path).status_code == 403
+    signed_in.force_login(django_user_model.objects.create_superuser("boss"))
+    assert signed_in.get(path).status_code == 200
 
 
 def test_schema_is_valid_openapi_3(openapi):
@@ -192,7 +218,11 @@ def api_schema(sandbox, settings, django_user_model):
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
-        yield schemathesis.openapi.from_wsgi(SCHEMA_URL, get_wsgi_application())
+        yield schemathesis.openapi.from_wsgi(
+            SCHEMA_URL,
+            get_wsgi_application(),
+            headers={"Authorization": f"Token {settings.FUZZ_TOKEN}"},
+        )
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +34,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import services
+from trusthub_eval.api.throttling import trigger_wait
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
 from trusthub_eval.permissions import can_request_evaluations
@@ -538,6 +540,19 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         # The API's rule too: the permission, and seeing profiles and evaluations.
         return can_request_evaluations(request.user)
 
+    def _throttled(self, request: HttpRequest) -> bool:
+        """Whether the API's trigger throttle refuses this request (then say so)."""
+        wait = trigger_wait(request)
+        if wait is None:
+            return False
+        self.message_user(
+            request,
+            gettext("Too many evaluation requests: try again in %(seconds)d seconds.")
+            % {"seconds": math.ceil(wait)},
+            messages.ERROR,
+        )
+        return True
+
     # --- the re-evaluate button ---
 
     def get_urls(self) -> list[URLPattern]:
@@ -564,6 +579,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             and self.has_request_evaluation_permission(request)
         ):
             raise PermissionDenied
+        if self._throttled(request):
+            return HttpResponseRedirect(_change_url(profile))
         try:
             evaluation, created = services.request_evaluation(
                 profile, trigger=Evaluation.Trigger.ADMIN, requested_by=request.user
@@ -617,6 +634,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         confirmed = "confirm" in request.POST
         form = ReevaluateForm(request.POST if confirmed else None)
         if confirmed and form.is_valid():
+            if self._throttled(request):
+                return None
             # The queryset goes to the service whole: "select all" on 10,000 profiles is a
             # handful of queries, never one per profile.
             result = services.request_evaluations(

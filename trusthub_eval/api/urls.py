@@ -10,6 +10,7 @@ from rest_framework.routers import SimpleRouter
 
 from trusthub_eval.api import views
 from trusthub_eval.api.pagination import KeysetPagination
+from trusthub_eval.api.permissions import SchemaPermission
 from trusthub_eval.api.serializers import NAMESPACE
 
 app_name = NAMESPACE
@@ -72,8 +73,16 @@ urlpatterns = [
     *router.urls,
     path(
         "schema/",
-        SpectacularAPIView.as_view(custom_settings=SCHEMA_SETTINGS),
+        SpectacularAPIView.as_view(
+            custom_settings=SCHEMA_SETTINGS, permission_classes=[SchemaPermission]
+        ),
         name="schema",
     ),
-    path("docs/", SpectacularSwaggerView.as_view(url_name=f"{NAMESPACE}:schema"), name="docs"),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(
+            url_name=f"{NAMESPACE}:schema", permission_classes=[SchemaPermission]
+        ),
+        name="docs",
+    ),
 ]
