@@ -11,7 +11,7 @@ from tests import services
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 
-SERVICE_MARKERS = ("dbserver", "redis", "rabbitmq", "prism", "browser", "spec")
+SERVICE_MARKERS = ("dbserver", "redis", "rabbitmq", "prism", "axe", "browser", "spec")
 _missing: dict[str, list[str]] = defaultdict(list)
 
 

@@ -1,6 +1,6 @@
 """Run the suite as `make test` does: on SQLite, then on PostgreSQL and on MariaDB when they answer.
 
-Node packages (Prism) are installed first when npm is present. Whatever cannot run is said
+Node packages (Prism, axe-core) are installed first when npm is present. Whatever cannot run is said
 loudly; with TRUSTHUB_REQUIRE_SERVICES=1 it is a failure instead. The servers are the ones that
 TRUSTHUB_TEST_POSTGRES_URL and TRUSTHUB_TEST_MARIADB_URL name (see the README's Development
 section); each pass makes its own test database there and drops it at the end.
@@ -14,7 +14,15 @@ import shutil
 import subprocess
 import sys
 
-from tests.services import MARIADB_URL, POSTGRES_URL, PRISM_BIN, ROOT, answers, require_services
+from tests.services import (
+    AXE_JS,
+    MARIADB_URL,
+    POSTGRES_URL,
+    PRISM_BIN,
+    ROOT,
+    answers,
+    require_services,
+)
 from tests.services import where as address_of
 
 
@@ -24,11 +32,11 @@ def banner(message: str) -> None:
 
 
 def install_node_packages() -> None:
-    if PRISM_BIN.exists():
+    if PRISM_BIN.exists() and AXE_JS.exists():
         return
     npm = shutil.which("npm")
     if npm is None:
-        banner("npm not found: Prism conformance tests cannot run")
+        banner("npm not found: Prism conformance and axe-core accessibility tests cannot run")
         return
     subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=ROOT, check=False

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT.parent / "shared" / "twilio-oai" / "twilio_trusthub_v1.json"
 PRISM_BIN = ROOT / "node_modules" / ".bin" / "prism"
+AXE_JS = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM_BIN = Path(os.environ.get("TRUSTHUB_CHROMIUM", "/usr/bin/chromium"))
 
 REDIS_URL = os.environ.get("TRUSTHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -80,6 +81,8 @@ def available(service: str) -> tuple[bool, str]:
         except ImportError:
             return False, "playwright is not installed"
         return CHROMIUM_BIN.exists(), f"no Chromium at {CHROMIUM_BIN} (apt-get install chromium)"
+    if service == "axe":
+        return AXE_JS.exists(), f"axe-core is not installed ({AXE_JS}; `npm ci` installs it)"
     if service == "spec":
         return SPEC_PATH.exists(), f"Twilio's spec is not at {SPEC_PATH}"
     raise ValueError(service)
