@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# The MariaDB/MySQL driver builds against the client library: installed when that is present
+# (.ci/run installs it), so that `make test` also works on a machine without it.
+EXTRAS := api,postgres,redis$(shell pkg-config --exists mysqlclient 2>/dev/null && echo ,mysql)
+STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: run test lint format check-python venv clean bench
 
@@ -10,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[api,postgres,redis]' --group dev
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev
 	@touch $(STAMP)
 
 venv: $(STAMP)

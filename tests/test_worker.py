@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from tests.factories import ACME, INITECH, UMBRELLA, make_profile, sync_world
-from tests.worker import BROKERS, celery_worker, publish_through
+from tests.worker import BROKERS, celery_worker, publish_through, traces
 from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation
 
@@ -35,6 +35,9 @@ def test_worker_process_evaluates_through_the_broker(broker, sandbox, settings, 
     assert (failing.state, failing.status) == ("completed", "noncompliant")
     assert failing.requirement_results.failing().exists()
     assert "trusthub_eval.run_evaluation" in worker.output
+    # A shared Redis or RabbitMQ keeps nothing of the run: no queue, exchange or binding keys.
+    if broker != "filesystem":
+        assert traces(broker, worker.queue) == []
 
 
 def test_worker_retries_429_honouring_retry_after(sandbox, settings, tmp_path):
