@@ -51,6 +51,15 @@ def created_since(sandbox, before: set[str]) -> set[str]:
 
 # --- a failing reconciliation ----------------------------------------------------------------
 
+# A list page that parses but whose items cannot be told apart: reading past them would conclude
+# "TrustHub made none" and post twice.
+_LIST_WITHOUT_SIDS = json.dumps(
+    {
+        "results": [{"customer_profile_sid": UMBRELLA, "date_created": "2030-01-01T00:00:00Z"}],
+        "meta": {"key": "results", "next_page_url": None},
+    }
+)
+
 
 @pytest.mark.parametrize(
     "list_fault",
@@ -61,8 +70,9 @@ def created_since(sandbox, before: set[str]) -> set[str]:
         {"after_processing": True, "body": "<html>Bad gateway</html>"},
         {"after_processing": True, "body": '{"results": "nope", "meta": {}}'},
         {"status": 429, "retry_after": 0},
+        {"after_processing": True, "body": _LIST_WITHOUT_SIDS},
     ],
-    ids=["503", "500", "reset", "html", "broken-envelope", "429"],
+    ids=["503", "500", "reset", "html", "broken-envelope", "429", "items-without-sids"],
 )
 def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, list_fault):
     evaluation, before = requested(sandbox)
@@ -82,8 +92,26 @@ def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, l
     assert posts(sandbox, UMBRELLA) == 1
 
 
-def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(sandbox, settings):
+def test_failed_listings_spend_no_attempts_within_the_reconcile_timeout(sandbox, settings):
     settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 2}
+    evaluation, before = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
+    sandbox.add_fault(method="GET", path=EVALUATIONS, status=503, times=4)
+    for _ in range(5):  # the first attempt, then two past the limit and more
+        with pytest.raises(RetryLater):
+            services.run_evaluation(evaluation.pk)
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.attempts) == ("queued", 1)
+    assert evaluation.posted_at is not None
+    evaluation = run_until_done(evaluation)
+    assert evaluation.state == "completed"
+    assert {evaluation.sid} == created_since(sandbox, before)
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(sandbox, settings):
+    # Past RECONCILE_TIMEOUT failed listings count: the second attempt is the last.
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 2, "RECONCILE_TIMEOUT": 0}
     evaluation, before = requested(sandbox)
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
     sandbox.add_fault(method="GET", path=EVALUATIONS, status=503)

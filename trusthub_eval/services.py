@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from trusthub_eval import dispatch, signals
@@ -32,8 +33,8 @@ from trusthub_eval.exceptions import (
 )
 from trusthub_eval.exceptions import NotFound as TrustHubNotFound
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.payloads import check_evaluation, parse_twilio_datetime, unstorable_problem
-from trusthub_eval.sids import SidKind, check_sid, is_sid
+from trusthub_eval.payloads import check_evaluation, identify_evaluation, unstorable_problem
+from trusthub_eval.sids import SidKind, check_sid
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -358,7 +359,12 @@ def _attempt(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
         # Once a POST may have been processed, only a successful listing clears the mark: an
         # error while reconciling keeps it, and so does an ambiguous answer to the POST.
         posted = evaluation.posted_at is not None and (reconciling or error.ambiguous)
-        return _record_trusthub_error(evaluation, error, posted=posted)
+        return _record_trusthub_error(
+            evaluation,
+            error,
+            posted=posted,
+            free=reconciling and _within_reconcile_timeout(evaluation),
+        )
 
 
 def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, Any] | None:
@@ -374,15 +380,9 @@ def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, A
     since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
     candidates = []
     for item in client.list_evaluations(profile.sid):
-        created = parse_twilio_datetime(item.get("date_created"))
-        if (
-            item.get("policy_sid") != policy.sid
-            or not is_sid(item.get("sid"), SidKind.EVALUATION)
-            or created is None
-            or created < since
-        ):
-            continue
-        candidates.append((created, item["sid"], item))
+        sid, policy_sid, created = identify_evaluation(item, customer_profile_sid=profile.sid)
+        if policy_sid == policy.sid and created >= since:
+            candidates.append((created, sid, item))
     if not candidates:
         return None
     held = set(
@@ -425,8 +425,9 @@ def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
 
 
 def _record_trusthub_error(
-    evaluation: Evaluation, error: TrustHubError, *, posted: bool
+    evaluation: Evaluation, error: TrustHubError, *, posted: bool, free: bool = False
 ) -> Outcome:
+    """``free``: a transient failure that does not spend an attempt (a failed reconciliation)."""
     return _record_error(
         evaluation,
         message=str(error),
@@ -435,9 +436,15 @@ def _record_trusthub_error(
         permanent=error.permanent,
         retry_after=error.retry_after,
         # Waiting for one of our own concurrency slots is not an attempt at TrustHub.
-        count_attempt=not isinstance(error, ConcurrencyLimited),
+        count_attempt=not (free or isinstance(error, ConcurrencyLimited)),
         body=error.body,
     )
+
+
+def _within_reconcile_timeout(evaluation: Evaluation) -> bool:
+    assert evaluation.posted_at is not None
+    age = timezone.now() - evaluation.posted_at
+    return age.total_seconds() < app_settings.RECONCILE_TIMEOUT
 
 
 def _record_error(
@@ -451,8 +458,11 @@ def _record_error(
     count_attempt: bool = True,
     body: str | None = None,
 ) -> Outcome:
-    """Record a failed attempt: failed for good, or queued again (raising RetryLater)."""
-    out_of_attempts = evaluation.attempts >= app_settings.MAX_ATTEMPTS
+    """Record a failed attempt: failed for good, or queued again (raising RetryLater).
+
+    ``count_attempt=False``: the attempt is given back, and never the reason to give up.
+    """
+    out_of_attempts = count_attempt and evaluation.attempts >= app_settings.MAX_ATTEMPTS
     if permanent or out_of_attempts:
         if out_of_attempts and not permanent:
             message = f"Gave up after {evaluation.attempts} attempts: {message}"
