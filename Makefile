@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format check-python venv clean bench
+.PHONY: run test lint format check-python venv clean bench bench-faults
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory check-python
@@ -37,6 +37,11 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python bench/rest.py
 	$(BIN)/python bench/admin.py
+
+# Faults, worker kills, database and broker restarts; see RELIABILITY.md (~15 min). Needs
+# redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
+bench-faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(BENCH_FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules .pytest_cache .mypy_cache .ruff_cache
