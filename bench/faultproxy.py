@@ -127,7 +127,11 @@ def break_body(body: bytes, variant: str, rng: random.Random) -> bytes:
         return body[: len(body) // 2]
     breaker = _ITEM_BREAKERS[variant]
     if isinstance(data, dict) and isinstance(data.get("meta"), dict):
-        # A list page: break the envelope for the type faults, every item for the others.
+        # A list page: break the envelope for the type faults, every item for the others. An
+        # item of another policy is a valid answer (the profile may have been evaluated against
+        # it), so no client could tell; an item of another profile than the URL's it can.
+        if variant == "wrong-policy":
+            breaker = _ITEM_BREAKERS["wrong-profile"]
         if variant in ("results-string", "results-null"):
             breaker(data)
         else:
@@ -192,6 +196,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._created: list[Created] = []
+        self._log: list[dict[str, Any]] = []
         self._counts: collections.Counter[str] = collections.Counter()
         self._forwarded = 0
         self.capped = False
@@ -224,6 +229,7 @@ class FaultProxy:
         """Forget what was created and counted (between runs)."""
         with self._lock:
             self._created.clear()
+            self._log.clear()
             self._counts.clear()
             self._forwarded = 0
             self.capped = False
@@ -232,6 +238,13 @@ class FaultProxy:
     def created(self) -> list[Created]:
         with self._lock:
             return list(self._created)
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        """Every request: time, method, path, the fault injected, TrustHub's status if it was
+        forwarded, and the SID it created, if any."""
+        with self._lock:
+            return [dict(entry) for entry in self._log]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -263,10 +276,22 @@ class FaultProxy:
                 self._forwarded += 1
             return kind, variant, False
 
-    def _record(self, method: str, path: str, status: int, body: bytes, fault: str | None) -> None:
+    def _record(
+        self, method: str, path: str, status: int | None, body: bytes, fault: str | None
+    ) -> None:
+        entry: dict[str, Any] = {
+            "at": time.time(),
+            "method": method,
+            "path": path,
+            "fault": fault,
+            "upstream": status,
+        }
+        with self._lock:
+            self._log.append(entry)
         if method != "POST" or status != 201 or not _EVALUATIONS.fullmatch(path):
             return
         data = json.loads(body)
+        entry["created"] = data["sid"]
         created = Created(
             sid=data["sid"],
             customer_profile_sid=data["customer_profile_sid"],
@@ -306,6 +331,8 @@ class _Handler(BaseHTTPRequestHandler):
         if capped:
             self._send(503, twilio_error_body(503, 20503, "Bench request cap reached"), {})
             return
+        if kind in ("429", "503", "reset"):
+            proxy._record(self.command, path, None, b"", kind)
         if kind == "429":
             headers = {"Retry-After": str(proxy.retry_after)}
             self._send(429, twilio_error_body(429, 20429, "Too Many Requests"), headers)

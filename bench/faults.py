@@ -314,7 +314,7 @@ class Workers:
 
 
 def write_world(path: Path, profiles: int, seed: int) -> dict[str, Any]:
-    """A world with ``profiles`` customer profiles made from the packaged ones, some failing."""
+    """A world of ``profiles`` copies of the packaged profiles (a third compliant)."""
     from trusthub_eval.sandbox.world import DEFAULT_WORLD_PATH
 
     base = json.loads(DEFAULT_WORLD_PATH.read_text())
@@ -361,6 +361,8 @@ class Result:
     request_seconds: float = 0.0
     faults: dict[str, int] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # For results.json: each unrecorded evaluation with its profile's rows, to trace the cause.
+    unrecorded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class Bench:
@@ -502,6 +504,8 @@ class Bench:
         finally:
             workers.stop()
             connection.close()
+        with (log_dir / "requests.jsonl").open("w") as out:
+            out.writelines(json.dumps(entry) + "\n" for entry in self.proxy.log)
         self._measure(result)
         log.info(
             "%s: %d completed, %d failed, %d active; %d unrecorded, %d failed-but-created",
@@ -659,8 +663,8 @@ class Bench:
             )
         rows = list(
             Evaluation.objects.values(
-                "id", "sid", "state", "status", "attempts", "requested_at", "error_message",
-                "customer_profile__sid", "policy__sid",
+                "id", "sid", "state", "status", "attempts", "requested_at", "completed_at",
+                "posted_at", "error_code", "error_message", "customer_profile__sid", "policy__sid",
             )
         )  # fmt: skip
         held = collections.Counter(row["sid"] for row in rows if row["sid"])
@@ -712,6 +716,20 @@ class Bench:
             for row in rows
             if row["state"] == "failed"
         )
+        shown_for = {created.sid: created.fault for created in self.proxy.created}
+        rows_of: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for row in rows:
+            rows_of[row["customer_profile__sid"]].append(row)
+        result.unrecorded = [
+            {
+                "sid": item["sid"],
+                "date_created": item["date_created"],
+                "shown": shown_for.get(item["sid"]),
+                "rows": rows_of[item["customer_profile_sid"]],
+            }
+            for item in upstream.values()
+            if item["sid"] not in held
+        ]
         shown = collections.Counter(
             created.fault or "a clean 201"
             for created in self.proxy.created
@@ -722,8 +740,8 @@ class Bench:
                 "created-but-unrecorded, by what the worker was shown for that POST: "
                 + ", ".join(f"{what} {n}" for what, n in shown.most_common())
             )
-        result.notes += [f"still active: {n} rows, {what}" for what, n in stuck.most_common(6)]
-        result.notes += [f"failed: {n} rows, {what}" for what, n in gave_up.most_common(4)]
+        result.notes += [f"still active: {_rows(n)}, {what}" for what, n in stuck.most_common(6)]
+        result.notes += [f"failed: {_rows(n)}, {what}" for what, n in gave_up.most_common(4)]
 
     @staticmethod
     def _stored_passed_flags(ids: list[int]) -> dict[int, list[bool]] | None:
@@ -745,6 +763,10 @@ class Bench:
         ):
             flags[evaluation_id].append(bool(flag))
         return flags
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _date(value: str) -> dt.datetime:

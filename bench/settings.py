@@ -25,9 +25,12 @@ TRUSTHUB_EVAL = {
     "RETRY_BACKOFF_MAX": 5.0,
     # A running row whose worker died may be claimed again after this (no attempt lasts
     # longer: a few calls of at most 2 + 2 s). The driver's patience, --idle (90 s), must stay
-    # above it plus the sweep interval.
+    # above this or SWEEP_AFTER, plus SWEEP_INTERVAL.
     "RUNNING_TIMEOUT": 30.0,
-    # For versions whose workers sweep for lost rows themselves; older ones ignore it.
+    # For versions whose workers sweep for lost rows themselves (every SWEEP_INTERVAL seconds,
+    # queued rows overdue by SWEEP_AFTER); older ones ignore them. Retries here wait 5 s at
+    # most, so a queued row 20 s overdue has lost its message.
     "SWEEP_INTERVAL": 15.0,
+    "SWEEP_AFTER": 20.0,
     **json.loads(os.environ.get("BENCH_TRUSTHUB_EVAL") or "{}"),
 }

@@ -13,6 +13,7 @@ from bench.faultproxy import BROKEN_BODIES, FaultProxy
 from trusthub_eval.sandbox import SandboxServer
 
 PRIMARY = "RNdfbf3fae0e1107f8aded0e7cead80bf5"
+STARTER = "RN806dd6cd175f314e1f96a9727ee271f4"
 ACME = "BUfd0c753db72f0d7f08d8ff54199fda78"
 EVALUATIONS = f"/v1/CustomerProfiles/{ACME}/Evaluations"
 
@@ -169,3 +170,16 @@ def test_the_request_cap_stops_forwarding(
     assert post(session, proxy).status_code == 503
     assert proxy.capped
     assert len(proxy.created) == 1
+
+
+def test_a_list_never_claims_another_policy(
+    sandbox: SandboxServer, make_proxy: Callable[..., FaultProxy], session: requests.Session
+) -> None:
+    # An item of another policy would be a valid answer no client could doubt.
+    proxy = make_proxy(fault_rate=1.0, kinds=["broken-body"], broken_bodies=["wrong-policy"])
+
+    page = session.get(proxy.url + EVALUATIONS).json()
+
+    assert page["results"]
+    assert all(item["customer_profile_sid"] != ACME for item in page["results"])
+    assert {item["policy_sid"] for item in page["results"]} <= {PRIMARY, STARTER}
