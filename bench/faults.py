@@ -79,7 +79,7 @@ def main() -> None:
         type=float,
         default=90.0,
         help="stop waiting when no row changed and no request reached TrustHub for this long "
-        "(keep it above RUNNING_TIMEOUT plus the sweep interval, if the code has a sweep)",
+        "(keep it above the longer of RUNNING_TIMEOUT and SWEEP_AFTER, plus SWEEP_INTERVAL)",
     )
     parser.add_argument(
         "--deadline", type=float, default=480.0, help="seconds after the last request"
