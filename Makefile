@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXTRAS := api,postgres,redis$(shell pkg-config --exists mysqlclient 2>/dev/null && echo ,mysql)
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run test lint format check-python venv clean bench
+.PHONY: run test lint format check-python venv clean bench bench-faults
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory check-python
@@ -40,6 +40,11 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python bench/rest.py
 	$(BIN)/python bench/admin.py
+
+# Faults, worker kills, database and broker restarts; see RELIABILITY.md (~15 min). Needs
+# redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
+bench-faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(BENCH_FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules .pytest_cache .mypy_cache .ruff_cache
