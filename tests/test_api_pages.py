@@ -300,6 +300,29 @@ def test_revocation_counts_for_session_authentication_too(client, reader):
     assert client.get("/api/evaluations/").status_code == 403
 
 
+def test_session_users_get_their_permissions_in_one_query_too(client, reader):
+    client.force_login(reader)
+    # The session, its user, the permissions, the page.
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get("/api/evaluations/").status_code == 200
+    assert len(captured) == 4
+
+
+def test_a_user_model_that_answers_itself_is_left_alone():
+    class OwnRules:
+        """A user model without PermissionsMixin: has_perm() is its own, no backend is asked."""
+
+        is_authenticated = True
+        is_active = True
+        is_superuser = False
+
+    user = OwnRules()
+    with CaptureQueriesContext(connection) as captured:
+        preload_permissions(user)
+    assert not captured.captured_queries
+    assert not hasattr(user, "_perm_cache")
+
+
 def test_a_superuser_needs_no_permission_query(django_user_model):
     admin = django_user_model.objects.create_superuser("root", "root@example.com", "x")
     assert queries_for(client_for(admin), "/api/evaluations/") == 2

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth import get_backends
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Permission, PermissionsMixin
 from django.core.exceptions import EmptyResultSet, ValidationError
 from django.db import connections, router
 from django.db.models import Model, QuerySet, Value
@@ -54,10 +54,13 @@ def preload_permissions(user: Any) -> None:
     the next request on, as without this.
 
     Does nothing when the first ``ModelBackend`` among AUTHENTICATION_BACKENDS overrides how it
-    caches or answers, when there is none, when the caches are already filled, and for users
-    whose checks need no query (anonymous, inactive, superusers).
+    caches or answers, when there is none, when the caches are already filled, for users whose
+    checks need no query (anonymous, inactive, superusers) and for user models without Django's
+    ``PermissionsMixin``.
     """
-    if not user.is_authenticated or not user.is_active or getattr(user, "is_superuser", False):
+    if not _asks_backends(user) or not user.is_authenticated:
+        return
+    if not user.is_active or user.is_superuser:
         return
     if hasattr(user, "_perm_cache"):
         return
@@ -72,6 +75,11 @@ def preload_permissions(user: Any) -> None:
     user._user_perm_cache = loaded["user"]
     user._group_perm_cache = loaded["group"]
     user._perm_cache = loaded["user"] | loaded["group"]
+
+
+def _asks_backends(user: Any) -> bool:
+    # A user model without PermissionsMixin answers has_perm() itself, without the backends.
+    return isinstance(user, PermissionsMixin)
 
 
 def _permission_rows(backend: ModelBackend, user: Any) -> list[tuple[str, str, str]]:
