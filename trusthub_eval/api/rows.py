@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib.auth import get_user_model
+from django.db.models import Model, QuerySet
 from rest_framework import ISO_8601, serializers
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from trusthub_eval.api.serializers import NAMESPACE, url_writer
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
 Writer = Callable[[Any], Any]
+_querysets: dict[type[Rows], QuerySet[Any, Any]] = {}
 
 
 def datetime_writer() -> Writer:
@@ -33,12 +36,18 @@ def datetime_writer() -> Writer:
         # USE_TZ off or another DATETIME_FORMAT: rare enough to leave to DRF itself.
         return field.to_representation
 
+    # Rows come in UTC (Django's database backends give aware times in UTC), and in UTC they
+    # stay: then astimezone() would change nothing but the time taken.
+    utc = zone is datetime.UTC or getattr(zone, "key", None) in ("UTC", "Etc/UTC")
+
     def write(value: datetime.datetime | None) -> str | None:
         if not value:
             return None
         if value.tzinfo is None:
             return field.to_representation(value)
-        text = value.astimezone(zone).isoformat()
+        if not (utc and value.tzinfo is datetime.UTC):
+            value = value.astimezone(zone)
+        text = value.isoformat()
         return text[:-6] + "Z" if text.endswith("+00:00") else text
 
     return write
@@ -46,6 +55,8 @@ def datetime_writer() -> Writer:
 
 class Rows:
     """The rows of one list: the columns a page selects, and the object written for each row."""
+
+    model: ClassVar[type[Model]]
 
     def __init__(self, request: Request, format: str | None = None) -> None:
         self.request = request
@@ -57,6 +68,19 @@ class Rows:
         """What to select, in the order write() unpacks; the list's ordering fields among them."""
         raise NotImplementedError
 
+    @classmethod
+    def queryset(cls) -> QuerySet[Any, Any]:
+        """All rows with these columns, as named tuples; ``.all()`` it, as DRF views do.
+
+        Built once per list: resolving the columns' joins took a twentieth of a page's time.
+        Like a view's ``queryset`` attribute it is never evaluated itself, only its copies.
+        """
+        cached = _querysets.get(cls)
+        if cached is None:
+            cached = cls.model._default_manager.values_list(*cls.columns(), named=True)
+            _querysets[cls] = cached
+        return cached
+
     def url(self, basename: str, lookup_url_kwarg: str) -> Writer:
         return url_writer(f"{NAMESPACE}:{basename}", lookup_url_kwarg, self.request, self.format)
 
@@ -66,6 +90,8 @@ class Rows:
 
 class EvaluationRows(Rows):
     """What ``EvaluationSerializer`` writes for each evaluation."""
+
+    model = Evaluation
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -133,6 +159,8 @@ class EvaluationRows(Rows):
 
 class CustomerProfileRows(Rows):
     """What ``CustomerProfileSerializer`` writes for each profile, its latest evaluation nested."""
+
+    model = CustomerProfile
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -216,6 +244,8 @@ class CustomerProfileRows(Rows):
 
 class PolicyRows(Rows):
     """What ``PolicySerializer`` writes for each policy."""
+
+    model = Policy
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:

@@ -135,10 +135,14 @@ class RowsListMixin:
     rows_class: type[rows.Rows]
     format_kwarg: str | None
 
+    def get_queryset(self) -> QuerySet[Any, Any]:
+        if getattr(self, "action", None) == "list":
+            return self.rows_class.queryset().all()
+        return super().get_queryset()  # type: ignore[misc, no-any-return]
+
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         view: Any = self
-        queryset = view.filter_queryset(view.get_queryset())
-        page = view.paginate_queryset(queryset.values_list(*self.rows_class.columns(), named=True))
+        page = view.paginate_queryset(view.filter_queryset(view.get_queryset()))
         data = self.rows_class(request, self.format_kwarg).write(page)
         return view.get_paginated_response(data)  # type: ignore[no-any-return]
 
@@ -260,7 +264,7 @@ class CustomerProfileEvaluationsView(
 
     def get_queryset(self) -> QuerySet[Evaluation]:
         sid = _check_sid(self.kwargs["sid"], SidKind.CUSTOMER_PROFILE)
-        return Evaluation.objects.filter(customer_profile__sid=sid)
+        return self.rows_class.queryset().filter(customer_profile__sid=sid)
 
     def paginate_queryset(self, queryset: Any) -> list[Any] | None:
         page = super().paginate_queryset(queryset)
@@ -341,7 +345,7 @@ class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]
             return Evaluation.objects.select_related(
                 "customer_profile", "policy", "requested_by"
             ).prefetch_related(Prefetch("requirement_results", queryset=results))
-        return Evaluation.objects.all()
+        return super().get_queryset()
 
     def get_serializer_class(self) -> type[BaseSerializer[Evaluation]]:
         if self.action == "retrieve":
