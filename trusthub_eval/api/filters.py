@@ -65,7 +65,7 @@ class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):  # type: ignore[mi
 class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]
     """django-filter's backend, which leaves a query string without filters alone.
 
-    Building and validating the filter form took a tenth of an unfiltered page's time. Without
+    Building and validating the filter form took 0.9 ms of CPU on every page (issue 9). Without
     any parameter but the pagination's, every filter is empty and django-filter would return the
     queryset unchanged (none of ours is required or has a default), so it is not asked.
     """

@@ -200,7 +200,7 @@ class PolicyViewSet(RowsListMixin, SidLookupMixin, viewsets.ReadOnlyModelViewSet
 class CustomerProfileViewSet(
     RowsListMixin, SidLookupMixin, viewsets.ReadOnlyModelViewSet[CustomerProfile]
 ):
-    # The latest evaluation and the policy come in the same query: no query per row.
+    # A profile's page: its latest evaluation and policy in the same query.
     queryset = CustomerProfile.objects.with_latest_evaluation().defer(
         "raw", "policy__raw", "policy__requirements", "latest_evaluation__raw"
     )
@@ -262,7 +262,7 @@ class CustomerProfileEvaluationsView(
     pagination_class = EvaluationPagination
     filter_backends: list[Any] = []
 
-    def get_queryset(self) -> QuerySet[Evaluation]:
+    def get_queryset(self) -> QuerySet[Any, Any]:
         sid = _check_sid(self.kwargs["sid"], SidKind.CUSTOMER_PROFILE)
         return self.rows_class.queryset().filter(customer_profile__sid=sid)
 
