@@ -1,19 +1,23 @@
-"""Benchmark of the REST API on PostgreSQL: page times and queries, against a floor and naive DRF.
+"""Benchmark of the REST API on PostgreSQL: pages against a floor that does the same work by hand.
 
     python bench/rest.py                                      # 1,000,000 evaluations
     python bench/rest.py --evaluations 20000 --profiles 200   # quick mode
+    python bench/rest.py --pages-only                         # without the bulk triggers
 
 Each page is fetched through Django's full stack (middleware, token authentication, permission
-checks, the view, JSON rendering) in this process, without a network. Beside it: the same rows
-fetched by one hand-written SQL query over psycopg and serialised with json.dumps (the floor),
-and the same page from a plain DRF ModelViewSet with PageNumberPagination (what a user would
-write first). The bulk trigger really enqueues: Celery is not eager and the broker is kombu's
-filesystem transport in a temporary directory, so messages are written and nothing runs them.
+checks, the view, JSON rendering) in this process, without a network, at several cursor depths
+and page sizes. Beside it, the floor: the same request's work written by hand over a plain
+psycopg connection (the token joined to its user, the user's and groups' permissions, the page's
+rows with the same keys and links, json.dumps), and for the evaluation lists the same page from a
+plain DRF ModelViewSet with PageNumberPagination (what a user would write first). The bulk
+trigger really enqueues: Celery is not eager and the broker is kombu's filesystem transport in a
+temporary directory, so messages are written and nothing runs them.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -22,6 +26,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,13 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=30, help="runs per page (median)")
     parser.add_argument("--bulk-repeat", type=int, default=3, help="runs per bulk trigger")
+    parser.add_argument("--pages-only", action="store_true", help="skip the bulk triggers")
+    parser.add_argument(
+        "--prepared",
+        action="store_true",
+        help="let Django's connection prepare statements (OPTIONS server_side_binding and "
+        "prepare_threshold), as a host may",
+    )
     args = parser.parse_args()
 
     args.database_url = args.database_url or dataset_database_url(
@@ -59,7 +71,28 @@ def main() -> None:
     started = time.monotonic()
     ensure_dataset(evaluations=args.evaluations, profiles=args.profiles)
     print(f"dataset ready in {time.monotonic() - started:.1f}s", flush=True)
+    if args.prepared:
+        from django.db import connection
+
+        connection.close()
+        options = connection.settings_dict.setdefault("OPTIONS", {})
+        options.update(server_side_binding=True, prepare_threshold=5)
     Bench(args).run()
+
+
+@dataclass
+class Page:
+    """One page to fetch: the API's URL, and what the floor needs to fetch the same rows."""
+
+    label: str
+    url: str  # without page_size and cursor; ends with "?" or "&"
+    list: str  # "evaluations", "profiles" or "policies": which floor query
+    where: str = ""  # the floor's conditions for the API's filters
+    params: list[Any] = field(default_factory=list)
+    naive_url: str | None = None
+    sizes: tuple[int, ...] = (PAGE_SIZE,)
+    cursor: str | None = None
+    reverse: bool = False  # the cursor is a previous link's
 
 
 class Bench:
@@ -73,10 +106,12 @@ class Bench:
 
         self.args = args
         self.rows: list[tuple[str, ...]] = []
+        self.ratios: list[float] = []
+        self.query_counts: set[int] = set()
         settings.ROOT_URLCONF = _urlconf()
         clear_url_caches()
-        token = Token.objects.get_or_create(user=_bench_user())[0].key
-        self.client = Client(HTTP_AUTHORIZATION=f"Token {token}", HTTP_HOST="127.0.0.1")
+        self.token = Token.objects.get_or_create(user=_bench_user())[0].key
+        self.client = Client(HTTP_AUTHORIZATION=f"Token {self.token}", HTTP_HOST="127.0.0.1")
         self.policy = Policy.objects.get(pk=PRIMARY_POLICY_ID)
         # A profile in the middle of the dataset, with its full share of history.
         self.profile = CustomerProfile.objects.get(pk=args.profiles // 2)
@@ -85,49 +120,129 @@ class Bench:
         import psycopg
         from django.db import connection
 
-        with psycopg.connect(self.args.database_url) as raw:
-            self.page(
-                "newest page of evaluations/",
+        # Autocommit, as Django's connection is: each query its own transaction. The floor
+        # prepares statements exactly when Django's connection does (by default it does not,
+        # so every query is planned each time on both sides); the prepared floor always does,
+        # as psycopg does by default from a query's fifth run.
+        prepare = connection.get_connection_params().get("prepare_threshold")
+        url = self.args.database_url
+        with (
+            psycopg.connect(url, autocommit=True, prepare_threshold=prepare) as raw,
+            psycopg.connect(url, autocommit=True, prepare_threshold=5) as prepared,
+        ):
+            for page in self.pages():
+                for size in page.sizes:
+                    self.page(raw, prepared, page, size)
+        if not self.args.pages_only:
+            self.bulk(f"{min(100, self.args.profiles)} profiles by SID", self._sids(100))
+            n = min(self.args.profiles, 10_000)
+            self.bulk(f"{n:,} profiles by SID", self._sids(n))
+            self.bulk(
+                "every profile of a policy, by filter", {"filter": {"policy": self.policy.sid}}
+            )
+        self.report(connection)
+
+    def pages(self) -> list[Page]:
+        total, profile_sid, policy_sid = self.args.evaluations, self.profile.sid, self.policy.sid
+        middle = total // 2
+        pages = [
+            Page(
+                "evaluations/, newest",
                 "/api/evaluations/?",
-                raw,
-                "",
-                [],
-                "/naive/evaluations/?",
+                "evaluations",
+                naive_url="/naive/evaluations/?",
+                sizes=(1, PAGE_SIZE, 200),
             )
-            self.page(
-                "newest page of evaluations/, fixed cost",
+        ]
+        pages += [
+            Page(
+                f"evaluations/, after {depth:,} rows",
                 "/api/evaluations/?",
-                raw,
-                "",
-                [],
-                "/naive/evaluations/?",
-                size=1,
+                "evaluations",
+                sizes=(PAGE_SIZE, 200) if depth == middle else (PAGE_SIZE,),
+                cursor=self._evaluation_cursor("", [], depth),
             )
-            self.page(
-                "one profile's history page",
-                f"/api/customer-profiles/{self.profile.sid}/evaluations/?",
-                raw,
-                "WHERE cp.sid = %s",
-                [self.profile.sid],
-                f"/naive/evaluations/?customer_profile__sid={self.profile.sid}&",
+            for depth in sorted({10_000, middle, total - 100})
+            if 0 < depth < total
+        ]
+        if middle > 0:
+            pages.append(
+                Page(
+                    f"evaluations/, previous page from {middle:,} rows",
+                    "/api/evaluations/?",
+                    "evaluations",
+                    cursor=self._evaluation_cursor("", [], middle, reverse=True),
+                    reverse=True,
+                )
             )
-            self.page(
-                "filtered page (noncompliant + policy + failing requirement)",
-                f"/api/evaluations/?status=noncompliant&policy={self.policy.sid}"
+        history = f"/api/customer-profiles/{profile_sid}/evaluations/?"
+        pages += [
+            Page(
+                "one profile's history",
+                history,
+                "evaluations",
+                where="cp.sid = %s",
+                params=[profile_sid],
+                naive_url=f"/naive/evaluations/?customer_profile__sid={profile_sid}&",
+            ),
+            Page(
+                "one profile's history, second page",
+                history,
+                "evaluations",
+                where="cp.sid = %s",
+                params=[profile_sid],
+                cursor=self._evaluation_cursor("WHERE cp.sid = %s", [profile_sid], PAGE_SIZE),
+            ),
+            Page(
+                "filtered (noncompliant + policy + failing requirement)",
+                f"/api/evaluations/?status=noncompliant&policy={policy_sid}"
                 f"&failing_requirement={FAILING_REQUIREMENT}&",
-                raw,
-                "WHERE e.status = 'noncompliant' AND p.sid = %s AND EXISTS (SELECT 1"
+                "evaluations",
+                where="e.status = 'noncompliant' AND p.sid = %s AND EXISTS (SELECT 1"
                 " FROM trusthub_eval_requirementresult AS r WHERE r.evaluation_id = e.id"
                 " AND r.requirement_name = %s AND NOT r.passed)",
-                [self.policy.sid, FAILING_REQUIREMENT],
-                f"/naive/evaluations/?status=noncompliant&policy__sid={self.policy.sid}"
+                params=[policy_sid, FAILING_REQUIREMENT],
+                naive_url=f"/naive/evaluations/?status=noncompliant&policy__sid={policy_sid}"
                 f"&failing_requirement={FAILING_REQUIREMENT}&",
+            ),
+            Page("customer-profiles/, first", "/api/customer-profiles/?", "profiles"),
+            Page(
+                f"customer-profiles/, after {self.args.profiles // 2:,} rows",
+                "/api/customer-profiles/?",
+                "profiles",
+                cursor=self._profile_cursor(self.args.profiles // 2),
+            ),
+            Page("policies/", "/api/policies/?", "policies"),
+        ]
+        return pages
+
+    def _evaluation_cursor(
+        self, where: str, params: list[Any], depth: int, *, reverse: bool = False
+    ) -> str:
+        """The API's cursor of the row ``depth`` rows in (newest first), found off the clock."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT e.requested_at, e.id FROM trusthub_eval_evaluation AS e"
+                " JOIN trusthub_eval_customerprofile AS cp ON cp.id = e.customer_profile_id"
+                f" {where} ORDER BY e.requested_at DESC, e.id DESC OFFSET %s LIMIT 1",
+                [*params, depth if reverse else depth - 1],
             )
-        self.bulk(f"{min(100, self.args.profiles)} profiles by SID", self._sids(100))
-        n = min(self.args.profiles, 10_000)
-        self.bulk(f"{n:,} profiles by SID", self._sids(n))
-        self.bulk("every profile of a policy, by filter", {"filter": {"policy": self.policy.sid}})
-        self.report(connection)
+            requested_at, id_ = cursor.fetchone()
+        return _cursor(reverse, [requested_at.isoformat(), str(id_)])
+
+    def _profile_cursor(self, depth: int) -> str:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT friendly_name, sid FROM trusthub_eval_customerprofile"
+                " ORDER BY friendly_name, sid OFFSET %s LIMIT 1",
+                [depth - 1],
+            )
+            name, sid = cursor.fetchone()
+        return _cursor(False, [name, sid])
 
     # --- measurements ---
 
@@ -136,46 +251,48 @@ class Bench:
         assert response.status_code == 200, (url, response.status_code, response.content[:500])
         return response
 
-    def page(
-        self,
-        label: str,
-        url: str,
-        raw: Any,
-        where: str,
-        params: list[str],
-        naive_url: str,
-        *,
-        size: int = PAGE_SIZE,
-    ) -> None:
-        url, naive_url = f"{url}page_size={size}", f"{naive_url}page_size={size}"
+    def page(self, raw: Any, prepared: Any, page: Page, size: int) -> None:
+        cursor = f"&cursor={page.cursor}" if page.cursor else ""
+        url = f"{page.url}page_size={size}{cursor}"
+        naive_url = page.naive_url and f"{page.naive_url}page_size={size}"
+        floor = Floor(raw, self.token, page, size)
+        prepared_floor = Floor(prepared, self.token, page, size)
         ours = self.get(url).json()["results"]
-        floor = _floor_page(raw, where, params, size)
-        naive = self.get(naive_url).json()["results"]
-        assert len(ours) == size, (label, len(ours))
-        assert [row["id"] for row in ours] == [row["id"] for row in floor], label
-        assert [row["id"] for row in naive] == [row["id"] for row in floor], label
-        # Interleaved, so that a noisy neighbour on a shared machine slows all three alike.
-        ours_ms, floor_ms, naive_ms = _medians_ms(
-            [
-                lambda: self.get(url),
-                lambda: _floor_page(raw, where, params, size),
-                lambda: self.get(naive_url),
-            ],
-            self.args.repeat,
-        )
-        ours_q, naive_q = _queries(lambda: self.get(url)), _queries(lambda: self.get(naive_url))
+        expected = floor()
+        assert ours, (page.label, url)
+        key = floor.shape.key
+        assert [row[key] for row in ours] == [row[key] for row in expected], page.label
+        calls = [lambda: self.get(url), floor, prepared_floor]
+        if naive_url:
+            naive = self.get(naive_url).json()["results"]
+            assert [row["id"] for row in naive] == [row["id"] for row in expected], page.label
+            calls.append(lambda: self.get(naive_url))
+        # Interleaved, so that a noisy neighbour on a shared machine slows all of them alike.
+        ours_ms, floor_ms, prepared_ms, *naive_ms = _medians_ms(calls, self.args.repeat)
+        ours_q = _queries(lambda: self.get(url))
+        naive_q = _queries(lambda: self.get(naive_url)) if naive_url else None
+        ratio = ours_ms / floor_ms
+        self.ratios.append(ratio)
+        self.query_counts.add(ours_q)
         self.rows.append(
             (
-                f"{label} {size} row{'s' if size > 1 else ''}",
+                f"{page.label}, {size}",
+                str(len(ours)),
                 f"{ours_ms:.1f}",
                 str(ours_q),
                 f"{floor_ms:.1f}",
-                f"{ours_ms / floor_ms:.1f}x",
-                f"{naive_ms:.1f}",
-                str(naive_q),
+                f"{ratio:.1f}x",
+                f"{prepared_ms:.1f}",
+                f"{ours_ms / prepared_ms:.1f}x",
+                f"{naive_ms[0]:.1f}" if naive_ms else "",
+                "" if naive_q is None else str(naive_q),
             )
         )
-        print(f"  {label}: {ours_ms:.1f} ms, {ours_q} queries", flush=True)
+        print(
+            f"  {page.label}, {size}: {ours_ms:.1f} ms, {ours_q} queries, floor {floor_ms:.1f} ms "
+            f"({ratio:.1f}x), prepared floor {prepared_ms:.1f} ms ({ours_ms / prepared_ms:.1f}x)",
+            flush=True,
+        )
 
     def _sids(self, n: int) -> dict[str, list[str]]:
         from trusthub_eval.models import CustomerProfile
@@ -206,7 +323,7 @@ class Bench:
             f"{result['in_flight']:,} in flight"
         )
         median = statistics.median(times)
-        self.rows.append((label, f"{median:.0f}", str(max(counts)), "", "", "", ""))
+        self.rows.append((label, "", f"{median:.0f}", str(max(counts)), *[""] * 6))
         print(f"  {label}: {median:.0f} ms, {max(counts)} queries", flush=True)
 
     def report(self, connection: Any) -> None:
@@ -228,66 +345,249 @@ class Bench:
             f"PostgreSQL {server}; Python {platform.python_version()}, "
             f"Django {django.__version__}, DRF {rest_framework.__version__}"
         )
+        options = connection.settings_dict.get("OPTIONS", {})
+        print(
+            "Django's connection: "
+            + ("server-side binding, " if options.get("server_side_binding") else "")
+            + (
+                "prepared statements"
+                if connection.get_connection_params().get("prepare_threshold") is not None
+                else "no prepared statements (Django's default)"
+            )
+        )
         header = (
-            "scenario",
+            "page, page_size",
+            "rows",
             "ours ms",
             "queries",
-            "raw floor ms",
+            "floor ms",
             "ours/floor",
+            "prepared floor ms",
+            "ours/prepared",
             "naive DRF ms",
             "naive queries",
         )
-        widths = [max(len(str(row[i])) for row in [header, *self.rows]) for i in range(7)]
+        widths = [max(len(str(row[i])) for row in [header, *self.rows]) for i in range(len(header))]
         line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
         print(line)
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for row in self.rows:
             print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        print(
+            f"pages: ours/floor {min(self.ratios):.1f}x to {max(self.ratios):.1f}x "
+            f"(median {statistics.median(self.ratios):.1f}x); queries per page: "
+            f"{', '.join(map(str, sorted(self.query_counts)))}"
+        )
 
 
-# --- the floor: one SQL query and json.dumps ---------------------------------------------------
+# --- the floor: the same request's work by hand, over psycopg -------------------------------
 
-
-_FLOOR_SQL = """
-SELECT e.id, e.sid, cp.sid, p.sid, e.status, e.state, e.trigger, u.username, e.requested_at,
+# DRF's TokenAuthentication: the token with its user.
+_AUTH_SQL = """
+SELECT u.id, u.is_active, u.is_superuser
+FROM authtoken_token AS t JOIN auth_user AS u ON u.id = t.user_id
+WHERE t.key = %s
+"""
+# Django's ModelBackend: the user's own permissions and their groups'.
+_PERMISSIONS_SQL = """
+SELECT ct.app_label, p.codename
+FROM auth_user_user_permissions AS up
+JOIN auth_permission AS p ON p.id = up.permission_id
+JOIN django_content_type AS ct ON ct.id = p.content_type_id
+WHERE up.user_id = %s
+UNION ALL
+SELECT ct.app_label, p.codename
+FROM auth_user_groups AS ug
+JOIN auth_group_permissions AS gp ON gp.group_id = ug.group_id
+JOIN auth_permission AS p ON p.id = gp.permission_id
+JOIN django_content_type AS ct ON ct.id = p.content_type_id
+WHERE ug.user_id = %s
+"""
+_EVALUATIONS_SQL = """
+SELECT e.requested_at, e.id, e.sid, cp.sid, p.sid, e.status, e.state, e.trigger, u.username,
        e.started_at, e.completed_at, e.date_created, e.attempts, e.error_code, e.error_message
 FROM trusthub_eval_evaluation AS e
 JOIN trusthub_eval_customerprofile AS cp ON cp.id = e.customer_profile_id
 JOIN trusthub_eval_policy AS p ON p.id = e.policy_id
 LEFT JOIN auth_user AS u ON u.id = e.requested_by_id
 {where}
-ORDER BY e.requested_at DESC, e.id DESC
-LIMIT {limit}
+ORDER BY e.requested_at {direction}, e.id {direction}
+LIMIT %s
 """
-_FLOOR_KEYS = (
-    "id",
-    "sid",
-    "customer_profile",
-    "policy",
-    "status",
-    "state",
-    "trigger",
-    "requested_by",
-    "requested_at",
-    "started_at",
-    "completed_at",
-    "date_created",
-    "attempts",
-    "error_code",
-    "error_message",
-)
+_PROFILES_SQL = """
+SELECT cp.friendly_name, cp.sid, cp.account_sid, cp.email, cp.status, p.sid, cp.valid_until,
+       cp.date_created, cp.date_updated, cp.synced_at, cp.compliance_status,
+       cp.compliance_checked_at, cp.failing_requirements,
+       le.id, le.status, le.state, le.requested_at, le.completed_at
+FROM trusthub_eval_customerprofile AS cp
+LEFT JOIN trusthub_eval_policy AS p ON p.id = cp.policy_id
+LEFT JOIN trusthub_eval_evaluation AS le ON le.id = cp.latest_evaluation_id
+{where}
+ORDER BY cp.friendly_name {direction}, cp.sid {direction}
+LIMIT %s
+"""
+_POLICIES_SQL = """
+SELECT friendly_name, sid, requirements, synced_at
+FROM trusthub_eval_policy
+{where}
+ORDER BY friendly_name {direction}, sid {direction}
+LIMIT %s
+"""
+_HOST = "http://127.0.0.1/api"
 
 
-def _floor_page(raw: Any, where: str, params: list[str], size: int) -> list[dict[str, Any]]:
-    """The page's rows with the API's keys, as cheaply as Python can produce the JSON."""
-    rows = raw.execute(_FLOOR_SQL.format(where=where, limit=size + 1), params).fetchall()
-    page = []
-    for row in rows[:size]:
-        item = dict(zip(_FLOOR_KEYS, row, strict=True))
-        item["url"] = f"http://127.0.0.1/api/evaluations/{item['id']}/"
-        page.append(item)
-    json.dumps({"next": "", "previous": None, "results": page}, default=_iso)
-    return page
+@dataclass(frozen=True)
+class Shape:
+    """A list as the floor reads it: its query (the ordering columns first) and its rows."""
+
+    sql: str
+    position: str  # the ordering columns, for a cursor's WHERE
+    descending: bool
+    write: Callable[[tuple[Any, ...]], dict[str, Any]]
+    key: str  # what identifies a row, to check that both sides return the same rows
+    permission: str
+
+
+class Floor:
+    """One page's request done by hand: what the API must do at least, with no framework."""
+
+    def __init__(self, raw: Any, token: str, page: Page, size: int) -> None:
+        self.raw, self.token, self.page, self.size = raw, token, page, size
+        self.shape = shape = _SHAPES[page.list]
+        conditions, self.params = [page.where] if page.where else [], list(page.params)
+        if page.cursor is not None:
+            reverse, position = json.loads(_uncursor(page.cursor))
+            after = ">" if shape.descending == bool(reverse) else "<"
+            conditions.append(f"{shape.position} {after} (%s, %s)")
+            self.params += position
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        direction = "DESC" if shape.descending != page.reverse else "ASC"
+        self.sql = shape.sql.format(where=where, direction=direction)
+
+    def __call__(self) -> list[dict[str, Any]]:
+        raw = self.raw
+        user = raw.execute(_AUTH_SQL, [self.token]).fetchone()
+        if user is None or not user[1]:
+            raise PermissionError("no such token or an inactive user")
+        if not user[2]:
+            rows = raw.execute(_PERMISSIONS_SQL, [user[0], user[0]]).fetchall()
+            if self.shape.permission not in {f"{app}.{codename}" for app, codename in rows}:
+                raise PermissionError(self.shape.permission)
+        rows = raw.execute(self.sql, [*self.params, self.size + 1]).fetchall()
+        more = len(rows) > self.size
+        rows = rows[: self.size]
+        if self.page.reverse:
+            rows.reverse()
+        results = [self.shape.write(row) for row in rows]
+        link = f"{_HOST}{self.page.url[4:]}page_size={self.size}&cursor="
+        last = [str(value) for value in rows[-1][:2]] if rows else []
+        body = {
+            "next": link + _cursor(False, last) if more else None,
+            "previous": None,
+            "results": results,
+        }
+        json.dumps(body, default=_iso, separators=(",", ":")).encode()
+        return results
+
+
+def _evaluation_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "id": row[1],
+        "url": f"{_HOST}/evaluations/{row[1]}/",
+        "sid": row[2],
+        "customer_profile": row[3],
+        "policy": row[4],
+        "status": row[5],
+        "state": row[6],
+        "trigger": row[7],
+        "requested_by": row[8],
+        "requested_at": row[0],
+        "started_at": row[9],
+        "completed_at": row[10],
+        "date_created": row[11],
+        "attempts": row[12],
+        "error_code": row[13],
+        "error_message": row[14],
+    }
+
+
+def _profile_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    sid = row[1]
+    latest = None
+    if row[13] is not None:
+        latest = {
+            "id": row[13],
+            "url": f"{_HOST}/evaluations/{row[13]}/",
+            "status": row[14],
+            "state": row[15],
+            "requested_at": row[16],
+            "completed_at": row[17],
+        }
+    return {
+        "url": f"{_HOST}/customer-profiles/{sid}/",
+        "sid": sid,
+        "account_sid": row[2],
+        "friendly_name": row[0],
+        "email": row[3],
+        "status": row[4],
+        "policy": row[5],
+        "valid_until": row[6],
+        "date_created": row[7],
+        "date_updated": row[8],
+        "synced_at": row[9],
+        "compliance_status": row[10] or None,
+        "compliance_checked_at": row[11],
+        "failing_requirements": row[12],
+        "latest_evaluation": latest,
+        "evaluations_url": f"{_HOST}/customer-profiles/{sid}/evaluations/",
+    }
+
+
+def _policy_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "url": f"{_HOST}/policies/{row[1]}/",
+        "sid": row[1],
+        "friendly_name": row[0],
+        "requirements": row[2],
+        "synced_at": row[3],
+    }
+
+
+_SHAPES = {
+    "evaluations": Shape(
+        _EVALUATIONS_SQL,
+        "(e.requested_at, e.id)",
+        True,
+        _evaluation_row,
+        "id",
+        "trusthub_eval.view_evaluation",
+    ),
+    "profiles": Shape(
+        _PROFILES_SQL,
+        "(cp.friendly_name, cp.sid)",
+        False,
+        _profile_row,
+        "sid",
+        "trusthub_eval.view_customerprofile",
+    ),
+    "policies": Shape(
+        _POLICIES_SQL,
+        "(friendly_name, sid)",
+        False,
+        _policy_row,
+        "sid",
+        "trusthub_eval.view_policy",
+    ),
+}
+
+
+def _cursor(reverse: bool, position: list[str]) -> str:
+    token = json.dumps([int(reverse), position], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
+
+
+def _uncursor(cursor: str) -> bytes:
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
 
 
 def _iso(value: Any) -> str:

@@ -10,7 +10,9 @@ from django.core.exceptions import ValidationError
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils.translation import gettext_lazy as _
 from django_filters.fields import IsoDateTimeField
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema_field
+from rest_framework.request import Request
 
 from trusthub_eval.models import CustomerProfile, Evaluation, RequirementResult
 from trusthub_eval.sids import SidKind, sid_validator
@@ -58,6 +60,25 @@ class UTCIsoDateTimeField(IsoDateTimeField):  # type: ignore[misc]
 
 class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):  # type: ignore[misc]
     field_class = UTCIsoDateTimeField
+
+
+class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]
+    """django-filter's backend, which leaves a query string without filters alone.
+
+    Building and validating the filter form took 0.9 ms of CPU on every page (issue 9). Without
+    any parameter but the pagination's, every filter is empty and django-filter would return the
+    queryset unchanged (none of ours is required or has a default), so it is not asked.
+    """
+
+    def filter_queryset(self, request: Request, queryset: QuerySet[Any], view: Any) -> Any:
+        paginator = getattr(view, "paginator", None)
+        own = {
+            getattr(paginator, "cursor_query_param", None),
+            getattr(paginator, "page_size_query_param", None),
+        }
+        if all(name in own for name in request.query_params):
+            return queryset
+        return super().filter_queryset(request, queryset, view)
 
 
 class CustomerProfileFilter(django_filters.FilterSet):  # type: ignore[misc]

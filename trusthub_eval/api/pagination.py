@@ -66,8 +66,8 @@ class KeysetPagination(BasePagination):
         rows = rows[:page_size]
         if reverse:
             rows.reverse()
-        first = self._position(rows[0]) if rows else None
-        last = self._position(rows[-1]) if rows else None
+        first = self._position(model, rows[0]) if rows else None
+        last = self._position(model, rows[-1]) if rows else None
         # Backwards, the cursor's own row (and what follows it) is still to come.
         has_next = reverse or more
         has_previous = more if reverse else cursor is not None
@@ -195,9 +195,11 @@ class KeysetPagination(BasePagination):
             cleaned = cleaned.astimezone(datetime.UTC)
         return cleaned
 
-    def _position(self, row: Model) -> list[str]:
+    def _position(self, model: type[Model], row: Any) -> list[str]:
+        # A row is a model instance or a named tuple (values_list(named=True)) that has the
+        # ordering fields among its columns: either way they are attributes.
         return [
-            row._meta.get_field(name.lstrip("-")).value_to_string(row)  # type: ignore[union-attr]
+            model._meta.get_field(name.lstrip("-")).value_to_string(row)  # type: ignore[union-attr]
             for name in self.ordering
         ]
 

@@ -1,4 +1,4 @@
-"""Who may read and who may trigger: Django model permissions, checked without a query."""
+"""Who may read and who may trigger: Django model permissions, in one query per request."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from trusthub_eval.permissions import REQUEST_PERMISSIONS
+from trusthub_eval.permissions import REQUEST_PERMISSIONS, preload_permissions
 
 __all__ = ["REQUEST_PERMISSIONS", "ModelPermissions", "SchemaPermission"]
 
@@ -33,6 +33,7 @@ class ModelPermissions(BasePermission):
         if getattr(view, (request.method or "").lower(), None) is None:
             # Not a method this view has: 405 rather than a 403 that suggests a permission.
             raise MethodNotAllowed(request.method or "")
+        preload_permissions(user)
         if request.method in SAFE_METHODS:
             model = view.queryset.model  # type: ignore[attr-defined]
             return user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import Direction, extend_schema_field
 from rest_framework import serializers
+from rest_framework.reverse import reverse
 
 from trusthub_eval.api.filters import CustomerProfileFilter, sid_schema
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
@@ -92,17 +93,33 @@ class RequirementsField(serializers.JSONField):
     pass
 
 
-class IdentityUrlField(serializers.HyperlinkedIdentityField):
-    """A ``HyperlinkedIdentityField`` that calls ``reverse()`` once per request, not per row.
+def url_writer(
+    view_name: str, lookup_url_kwarg: str, request: Any, format: str | None = None
+) -> Callable[[Any], str]:
+    """The URLs of one view for many lookup values, from a single ``reverse()``.
 
     ``reverse()`` took a sixth of a profile list page (three URLs per row); the URLs of one page
-    differ only in the lookup value, so the rest is reversed once and the value put in.
+    differ only in the lookup value, so the rest is reversed once and each value put in.
     """
+    placeholder = "__lookup__"
+    template = reverse(
+        view_name, kwargs={lookup_url_kwarg: placeholder}, request=request, format=format
+    )
+    head, _, tail = template.partition(placeholder)
 
-    _PLACEHOLDER = "__lookup__"
-    _template = ""
-    _template_request: Any = None
-    _template_format: str | None = None
+    def write(value: Any) -> str:
+        text = value if type(value) is int else quote(str(value), safe="")
+        return f"{head}{text}{tail}"
+
+    return write
+
+
+class IdentityUrlField(serializers.HyperlinkedIdentityField):
+    """A ``HyperlinkedIdentityField`` that calls ``reverse()`` once per request, not per row."""
+
+    _writer: Callable[[Any], str] | None = None
+    _writer_request: Any = None
+    _writer_format: str | None = None
 
     def get_url(self, obj: Any, view_name: str, request: Any, format: str | None) -> Any:
         value = getattr(obj, self.lookup_field)
@@ -110,15 +127,14 @@ class IdentityUrlField(serializers.HyperlinkedIdentityField):
             return None
         # A serializer's fields are copied per serializer instance, which serves one request;
         # keying on the request object keeps a reused serializer correct all the same.
-        if self._template_request is not request or self._template_format != format:
-            self._template = self.reverse(
-                view_name,
-                kwargs={self.lookup_url_kwarg: self._PLACEHOLDER},
-                request=request,
-                format=format,
-            )
-            self._template_request, self._template_format = request, format
-        return self._template.replace(self._PLACEHOLDER, quote(str(value), safe=""))
+        if (
+            self._writer is None
+            or self._writer_request is not request
+            or (self._writer_format != format)
+        ):
+            self._writer = url_writer(view_name, self.lookup_url_kwarg, request, format)
+            self._writer_request, self._writer_format = request, format
+        return self._writer(value)
 
 
 class PolicySerializer(serializers.ModelSerializer[Policy]):
