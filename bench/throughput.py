@@ -2,6 +2,7 @@
 
     python bench/throughput.py                          # this checkout, the default configurations
     python bench/throughput.py --compare 5f27f21        # and that commit's code, side by side
+    python bench/throughput.py --code 5f27f21           # that commit's code only
     python bench/throughput.py --configs prefork:1x8,threads:1x8 --evaluations 500
 
 What runs, all on this machine:
@@ -54,7 +55,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ DEFAULT_CONFIGS = "prefork:1x8,threads:1x8,prefork:2x16,threads:2x16,gevent:1x8,
 
 # The Celery app every worker runs: the checkout's example project, plus the bench's broker key
 # prefix and TRUSTHUB_EVAL overrides. Written to a temporary directory put first on PYTHONPATH.
-_APP_SHIM = '''\
+_APP_SHIM = """\
 import json, os
 from project.celery import app
 from django.conf import settings
@@ -77,7 +77,7 @@ settings.TRUSTHUB_EVAL = {
     **settings.TRUSTHUB_EVAL, **json.loads(os.environ.get("TRUSTHUB_BENCH_SETTINGS") or "{}")
 }
 print("bench: trusthub_eval from", os.path.dirname(trusthub_eval.__file__), flush=True)
-'''
+"""
 
 
 # --- /proc ----------------------------------------------------------------------------------
@@ -390,7 +390,14 @@ class Bench:
         self.proxy_url = f"http://127.0.0.1:{proxy_port}"
 
     def sandbox_call(self, path: str, method: str = "GET") -> Any:
-        request = urllib.request.Request(self.sandbox_url + path, method=method)
+        import base64
+
+        credentials = f"{self.world_data['account_sid']}:{self.world_data['auth_token']}"
+        request = urllib.request.Request(  # noqa: S310 (the sandbox's http URL)
+            self.sandbox_url + path,
+            method=method,
+            headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             return json.loads(response.read() or b"null")
 
@@ -427,21 +434,25 @@ class Bench:
     # the run
 
     def run(self, side: Side, config: Config) -> dict[str, Any]:
-        assert self.sandbox is not None and self.proxy is not None
+        assert self.sandbox is not None
+        assert self.proxy is not None
         overrides: dict[str, Any] = {}
         limiter_key = None
         if config.cap:
             overrides = {"CONCURRENCY_LIMIT": config.cap, "CONCURRENCY_REDIS_URL": REDIS_URL}
             limiter_key = f"trusthub_eval:concurrency:{self.world_data['account_sid']}"
         env = self.env(side, overrides)
+        command = [
+            sys.executable, "-m", "celery", "-A", "trusthub_bench_app", "worker",
+            "--pool", config.pool, "--concurrency", str(config.concurrency),
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
         workers = [
             Process(
-                [sys.executable, "-m", "celery", "-A", "trusthub_bench_app", "worker",
-                 "--pool", config.pool, "--concurrency", str(config.concurrency),
-                 "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat", "--hostname", f"bench-{side.label}-{index}@%h"],
-                cwd=side.checkout, env=env,
-            )  # fmt: skip
+                [*command, "--hostname", f"bench-{side.label}-{index}@%h"],
+                cwd=side.checkout,
+                env=env,
+            )
             for index in range(config.workers)
         ]
         try:
@@ -458,7 +469,8 @@ class Bench:
                 redis.Redis.from_url(REDIS_URL).delete(limiter_key)
 
     def _measure(self, side: Side, config: Config, workers: list[Process]) -> dict[str, Any]:
-        assert self.sandbox is not None and self.proxy is not None
+        assert self.sandbox is not None
+        assert self.proxy is not None
         from celery import Celery
 
         app = Celery(broker=REDIS_URL)
@@ -498,9 +510,7 @@ class Bench:
         ]
         with app.producer_or_acquire() as producer:
             for evaluation_id in ids:
-                app.send_task(
-                    "trusthub_eval.run_evaluation", (evaluation_id,), producer=producer
-                )
+                app.send_task("trusthub_eval.run_evaluation", (evaluation_id,), producer=producer)
         deadline = time.monotonic() + self.args.timeout
         while True:
             active, completed, failed, last, attempts = conn.execute(
@@ -534,9 +544,7 @@ class Bench:
         total = sum(ours.values())
         machine = after_machine - before_machine
         cores = os.cpu_count() or 1
-        connections = sum(
-            1 for line in self.proxy.lines[proxy_lines:] if line.startswith("conn ")
-        )
+        connections = sum(1 for line in self.proxy.lines[proxy_lines:] if line.startswith("conn "))
         logged = sum(
             1
             for worker, start in zip(workers, log_lines, strict=True)
@@ -659,18 +667,32 @@ def machine_line() -> str:
     )
 
 
-@contextlib.contextmanager
-def sides(args: argparse.Namespace, tmp: Path) -> Iterator[list[Side]]:
+def sides(codes: list[str], tmp: Path) -> list[Side]:
+    """The code versions to run: "." is this checkout as it is on disk, anything else a commit,
+    extracted to a temporary directory (so editing the checkout meanwhile changes nothing)."""
     run = secrets.token_hex(3)
     found = []
-    if args.compare:
-        checkout = extract(args.compare, tmp / "compare")
-        found.append(Side(args.compare[:10], checkout, f"trusthub_bench_tp_{run}_before"))
-    head = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    found.append(Side(head or "this checkout", ROOT, f"trusthub_bench_tp_{run}"))
-    yield found
+    for index, code in enumerate(codes):
+        database = f"trusthub_bench_tp_{run}_{index}"
+        if code == ".":
+            described = subprocess.run(
+                ["git", "describe", "--always", "--dirty"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            found.append(Side(described or "checkout", ROOT, database))
+            continue
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", code], cwd=ROOT, check=True, capture_output=True,
+            text=True,
+        ).stdout.strip()  # fmt: skip
+        found.append(Side(commit, extract(commit, tmp / f"code-{index}"), database))
+    return found
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -678,10 +700,18 @@ def main() -> int:
     parser.add_argument("--evaluations", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.1, help="seconds added per answer")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"default: {DEFAULT_CONFIGS}")
-    parser.add_argument("--compare", metavar="REV", help="also run this commit's code")
+    parser.add_argument(
+        "--code",
+        default=".",
+        help="comma-separated commits to run, '.' for this checkout as it is (default)",
+    )
+    parser.add_argument("--compare", metavar="REV", help="the same as --code REV,.")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args()
+    codes = [args.compare, "."] if args.compare else args.code.split(",")
+    # `kill <pid>` stops the run as Ctrl-C does: workers stopped, databases and keys removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     configs = [Config.parse(text) for text in args.configs.split(",") if text]
     skipped = []
     for pool in ("gevent", "eventlet"):
@@ -700,18 +730,18 @@ def main() -> int:
     began = time.monotonic()
     try:
         bench.start_upstream()
-        with sides(args, tmp) as versions:
+        versions = sides(codes, tmp)
+        try:
             for side in versions:
                 bench.prepare(side)
-            try:
-                for config in configs:
-                    for side in versions:
-                        row = bench.run(side, config)
-                        rows.append(row)
-                        print(table([row]).splitlines()[-1], flush=True)
-            finally:
+            for config in configs:
                 for side in versions:
-                    bench.drop(side)
+                    row = bench.run(side, config)
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
+        finally:
+            for side in versions:
+                bench.drop(side)
     finally:
         bench.stop()
         shutil.rmtree(tmp, ignore_errors=True)
