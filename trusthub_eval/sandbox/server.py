@@ -333,7 +333,8 @@ class SandboxServer:
 
     @property
     def requests_log(self) -> list[JSON]:
-        """``{"method", "path", "status"}`` of every request handled outside /_sandbox/."""
+        """``{"method", "path", "status", "client_port"}`` of every request handled outside
+        /_sandbox/; the client's TCP port tells which connection carried it."""
         with self._lock:
             return [dict(entry) for entry in self._log]
 
@@ -402,10 +403,12 @@ class SandboxServer:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
-    def _end(self, method: str, path: str, status: int) -> None:
+    def _end(self, method: str, path: str, status: int, client_port: int) -> None:
         with self._lock:
             self._in_flight -= 1
-            self._log.append({"method": method, "path": path, "status": status})
+            self._log.append(
+                {"method": method, "path": path, "status": status, "client_port": client_port}
+            )
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -529,7 +532,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             status = self._v1(path, query, body)
         finally:
-            sandbox._end(self.command, path, status)
+            sandbox._end(self.command, path, status, self.client_address[1])
 
     def _v1(self, path: str, query: dict[str, list[str]], body: bytes) -> int:
         sandbox = self.sandbox
