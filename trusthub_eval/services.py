@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 
 from trusthub_eval import dispatch, signals
-from trusthub_eval.client import TrustHubClient
+from trusthub_eval.client import TrustHubClient, shared_client
 from trusthub_eval.conf import app_settings
 from trusthub_eval.exceptions import (
     ConcurrencyLimited,
@@ -578,9 +578,5 @@ def fetch_customer_profile(sid: str, *, client: TrustHubClient | None = None) ->
 
 @contextlib.contextmanager
 def _client(client: TrustHubClient | None) -> Iterator[TrustHubClient]:
-    """Use the caller's client, or make one from settings and close it afterwards."""
-    if client is not None:
-        yield client
-        return
-    with TrustHubClient.from_settings() as own:
-        yield own
+    """Use the caller's client, or this thread's kept one (its connection stays open)."""
+    yield client if client is not None else shared_client()
