@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Count, F, Min, OuterRef, Q, Subquery, Value
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -96,6 +96,32 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
                 Value(0),
             ),
         )
+
+    def record_compliance(self, evaluation: Evaluation, *, failing: int) -> Recorded:
+        """Make a just completed ``evaluation`` its profile's compliance, unless a newer one is.
+
+        What :meth:`refresh_compliance` would compute for that one profile, from the values at
+        hand: ``failing`` is its number of failed requirements. Call inside the transaction
+        that completed it; the profile's row is locked, so the compliance read before the
+        change is exact. Two queries.
+        """
+        from trusthub_eval.models import Evaluation
+
+        profiles = self.filter(pk=evaluation.customer_profile_id)
+        previous = profiles.select_for_update().values_list("compliance_status", flat=True).get()
+        assert evaluation.completed_at is not None
+        newer = Evaluation.objects.filter(
+            Q(completed_at__gt=evaluation.completed_at)
+            | Q(completed_at=evaluation.completed_at, pk__gt=evaluation.pk),
+            customer_profile=OuterRef("pk"),
+            state=Evaluation.State.COMPLETED,
+        )
+        changed = profiles.exclude(Exists(newer)).update(
+            compliance_status=evaluation.status or "",
+            compliance_checked_at=evaluation.completed_at,
+            failing_requirements=failing,
+        )
+        return Recorded(previous=previous, applied=bool(changed))
 
 
 class EvaluationQuerySet(models.QuerySet["Evaluation"]):
@@ -219,6 +245,13 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         claimed again, and so may a row still running under ``token``: the fencing token of an
         attempt that could not put it back in the queue. ``started_at`` is that token: whoever
         stores the outcome must still hold the same value.
+
+        The same statement sets the posting mark (``posted_at``) unless an earlier attempt's is
+        still there, so the mark is committed before any POST without a write of its own. A
+        mark equal to ``started_at`` is this claim's; any other predates it
+        (``Evaluation.awaits_reconciliation``). An attempt that ends without sending its POST
+        clears it again; a worker that dies first leaves it, which costs its successor one
+        listing.
         """
         now = timezone.now()
         stale = now - datetime.timedelta(seconds=running_timeout)
@@ -228,7 +261,10 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         if token is not None:
             claimable |= Q(state=self.model.State.RUNNING, started_at=token)
         claimed = self.filter(claimable, pk=evaluation_id).update(
-            state=self.model.State.RUNNING, started_at=now, attempts=F("attempts") + 1
+            state=self.model.State.RUNNING,
+            started_at=now,
+            attempts=F("attempts") + 1,
+            posted_at=Coalesce("posted_at", Value(now, output_field=models.DateTimeField())),
         )
         if not claimed:
             return None
@@ -240,7 +276,8 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         )
 
     def mark_posting(self, evaluation: Evaluation) -> bool:
-        """Note that a POST is about to be sent; False if the claim was lost meanwhile."""
+        """Move the posting mark to now, before a POST sent after a listing that showed none
+        for the earlier one; False if the claim was lost meanwhile."""
         evaluation.posted_at = timezone.now()
         return bool(self._held(evaluation).update(posted_at=evaluation.posted_at))
 
@@ -304,15 +341,16 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 setattr(evaluation, name, value)
         return bool(updated)
 
-    def record_result(self, evaluation: Evaluation, payload: Mapping[str, Any]) -> bool:
-        """Store TrustHub's (checked) answer on a running evaluation, one row per requirement.
+    def record_result(self, evaluation: Evaluation, payload: Mapping[str, Any]) -> Recorded | None:
+        """Store TrustHub's (checked) answer on a running evaluation, one row per requirement,
+        and make it the profile's compliance if it is the newest; one transaction.
 
-        Returns False (and stores nothing) if the claim was lost meanwhile. An evaluation SID
+        Returns None (and stores nothing) if the claim was lost meanwhile. An evaluation SID
         already stored by an import (``trusthub_sync --evaluations``) is this same evaluation:
         the import is replaced by this row. One stored by another request raises
         :class:`~trusthub_eval.exceptions.SidTaken`.
         """
-        from trusthub_eval.models import CustomerProfile, RequirementResult
+        from trusthub_eval.models import CustomerProfile
 
         fields = {
             "sid": payload["sid"],
@@ -326,28 +364,38 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             "error_code": None,
             "error_message": "",
         }
-        profiles = CustomerProfile.objects.filter(pk=evaluation.customer_profile_id)
+        try:
+            # No savepoint: the row's UPDATE comes first, so a conflict on its SID leaves
+            # nothing to keep and the whole transaction is rolled back.
+            with transaction.atomic():
+                return self._complete(evaluation, payload, fields)
+        except IntegrityError as error:
+            conflict = error
         with transaction.atomic():
-            try:
-                with transaction.atomic():
-                    updated = self._held(evaluation).update(**fields)
-            except IntegrityError:
-                adopted = self._adopt_import_of(evaluation, payload["sid"])
-                if adopted is None:
-                    raise  # not the SID: some other constraint
-                if not adopted:
-                    return False
-                updated = self._held(evaluation).update(**fields)
-                profiles.refresh_latest()
-            if not updated:
-                return False
-            for name, value in fields.items():
-                setattr(evaluation, name, value)
-            RequirementResult.objects.bulk_create(
-                RequirementResult.objects.build_from_payload(evaluation, payload)
-            )
-            profiles.refresh_compliance()
-        return True
+            adopted = self._adopt_import_of(evaluation, payload["sid"])
+            if adopted is None:
+                raise conflict  # not the SID: some other constraint
+            if not adopted:
+                return None
+            recorded = self._complete(evaluation, payload, fields)
+            CustomerProfile.objects.filter(pk=evaluation.customer_profile_id).refresh_latest()
+            return recorded
+
+    def _complete(
+        self, evaluation: Evaluation, payload: Mapping[str, Any], fields: dict[str, Any]
+    ) -> Recorded | None:
+        from trusthub_eval.models import CustomerProfile, RequirementResult
+
+        if not self._held(evaluation).update(**fields):
+            return None
+        for name, value in fields.items():
+            setattr(evaluation, name, value)
+        results = RequirementResult.objects.bulk_create(
+            RequirementResult.objects.build_from_payload(evaluation, payload)
+        )
+        return CustomerProfile.objects.record_compliance(
+            evaluation, failing=sum(not result.passed for result in results)
+        )
 
     def _adopt_import_of(self, evaluation: Evaluation, sid: str) -> bool | None:
         """Delete the import holding ``sid`` so ``evaluation`` can take it; call in a transaction.
@@ -521,6 +569,16 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             failures_by_code=[(row["error_code"], row["n"]) for row in by_code],
             **totals,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recorded:
+    """What storing an evaluation's answer did to its profile's compliance."""
+
+    #: The profile's compliance before (as locked in the same transaction).
+    previous: str
+    #: Whether the evaluation became the profile's compliance (it is the newest completed).
+    applied: bool
 
 
 @dataclasses.dataclass(frozen=True)
