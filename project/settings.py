@@ -195,6 +195,9 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"trusthub_eval": {"handlers": ["console"], "level": "INFO"}},
+    "formatters": {"plain": {"format": "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Not propagated: a Celery worker puts a handler of its own on the root logger, and every
+    # line would be printed twice.
+    "loggers": {"trusthub_eval": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
