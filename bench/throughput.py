@@ -211,7 +211,12 @@ class BackendSampler:
         tail = max(reaped - exited_all, 0.0)
         if exited_all_n:
             ours += tail * exited_ours_n / exited_all_n
-        return {"cpu": ours, "exited": exited_ours_n, "tail": tail}
+        return {
+            "cpu": ours,
+            "exited": exited_ours_n,
+            "others_exited": exited_all_n - exited_ours_n,
+            "tail": tail,
+        }
 
 
 # --- services ---------------------------------------------------------------------------------
@@ -463,10 +468,25 @@ class Bench:
         finally:
             for worker in workers:
                 worker.stop()
-            if limiter_key:
-                import redis
+            self._leave_nothing(side, limiter_key)
 
-                redis.Redis.from_url(REDIS_URL).delete(limiter_key)
+    def _leave_nothing(self, side: Side, limiter_key: str | None) -> None:
+        """After a configuration, even one that timed out: no message left for the next one's
+        workers, no row in flight, no slot held."""
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
+        if limiter_key:
+            keys += [limiter_key, f"{limiter_key}:freed"]
+        if keys:
+            client.delete(*keys)
+        client.close()
+        with psql(side.database) as conn:
+            conn.execute(
+                "UPDATE trusthub_eval_evaluation SET state = 'failed' "
+                "WHERE state IN ('queued', 'running')"
+            )
 
     def _measure(self, side: Side, config: Config, workers: list[Process]) -> dict[str, Any]:
         assert self.sandbox is not None
@@ -480,10 +500,6 @@ class Bench:
         conn = psql(side.database)
         bench_backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         sampler = BackendSampler(self.postmaster, side.database, {bench_backend})
-        conn.execute(
-            "UPDATE trusthub_eval_evaluation SET state = 'completed' "
-            "WHERE state IN ('queued', 'running')"
-        )
         log_lines = [len(w.lines) for w in workers]
         proxy_lines = len(self.proxy.lines)
         others = {
@@ -575,6 +591,8 @@ class Bench:
             "ms": {name: 1000 * value / n for name, value in ours.items()},
             "others_busy": max(machine - total, 0.0) / elapsed,
             "pg_backends_exited": pg["exited"],
+            "pg_others_exited": pg["others_exited"],
+            "pg_tail_seconds": pg["tail"],
             "connections": connections,
             "posts": posts,
             "max_in_flight": stats["max_in_flight"],
