@@ -142,8 +142,9 @@ def test_queries_per_evaluation_are_few_and_flat(sandbox):
     assert set(counts) == {4, 40}
     assert counts[4] == counts[40]
     # The claim (which sets the posting mark) and one transaction storing the answer, in which
-    # the profile's previous compliance is read: 8 statements, BEGIN and COMMIT included.
-    assert counts[4] <= 8
+    # the profile's previous compliance is read: 8 statements, BEGIN and COMMIT included; on
+    # PostgreSQL each of the two is one statement.
+    assert counts[4] <= (2 if connection.vendor == "postgresql" else 8)
 
 
 # --- the posting mark, set by the claim ----------------------------------------------------------

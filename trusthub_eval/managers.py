@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery, Value
+from django.db.models import Count, F, Min, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from trusthub_eval import statements
 from trusthub_eval.payloads import parse_twilio_datetime
 
 if TYPE_CHECKING:
@@ -98,25 +100,22 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
         )
 
     def record_compliance(self, evaluation: Evaluation, *, failing: int) -> Recorded:
-        """Make a just completed ``evaluation`` its profile's compliance, unless a newer one is.
+        """Make a just completed ``evaluation`` its profile's compliance, unless the profile
+        shows a newer one; ``failing`` is its number of failed requirements.
 
         What :meth:`refresh_compliance` would compute for that one profile, from the values at
-        hand: ``failing`` is its number of failed requirements. Call inside the transaction
-        that completed it; the profile's row is locked, so the compliance read before the
-        change is exact. Two queries.
+        hand: the profile's ``compliance_checked_at`` is the completion time of the evaluation it
+        shows. Call inside the transaction that completed it: the profile's row is locked
+        first, so the compliance read before the change is exact and a concurrent completion
+        is ordered by its time, whichever commits last. Two queries.
         """
-        from trusthub_eval.models import Evaluation
-
         profiles = self.filter(pk=evaluation.customer_profile_id)
         previous = profiles.select_for_update().values_list("compliance_status", flat=True).get()
         assert evaluation.completed_at is not None
-        newer = Evaluation.objects.filter(
-            Q(completed_at__gt=evaluation.completed_at)
-            | Q(completed_at=evaluation.completed_at, pk__gt=evaluation.pk),
-            customer_profile=OuterRef("pk"),
-            state=Evaluation.State.COMPLETED,
+        not_newer = Q(compliance_checked_at__isnull=True) | Q(
+            compliance_checked_at__lte=evaluation.completed_at
         )
-        changed = profiles.exclude(Exists(newer)).update(
+        changed = profiles.filter(not_newer).update(
             compliance_status=evaluation.status or "",
             compliance_checked_at=evaluation.completed_at,
             failing_requirements=failing,
@@ -255,6 +254,10 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         """
         now = timezone.now()
         stale = now - datetime.timedelta(seconds=running_timeout)
+        if statements.supported(self.db):
+            return statements.claim(
+                self.model, self.db, evaluation_id, now=now, stale=stale, token=token
+            )
         claimable = Q(state=self.model.State.QUEUED) | Q(
             state=self.model.State.RUNNING, started_at__lt=stale
         )
@@ -268,7 +271,11 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         )
         if not claimed:
             return None
-        return self.select_related("customer_profile", "policy").get(pk=evaluation_id)
+        return (
+            self.select_related("customer_profile", "policy")
+            .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+            .get(pk=evaluation_id)
+        )
 
     def _held(self, evaluation: Evaluation) -> EvaluationQuerySet:
         return self.filter(
@@ -364,10 +371,15 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             "error_code": None,
             "error_message": "",
         }
+        # No savepoint: the row's UPDATE comes first, so a conflict on its SID leaves nothing to
+        # keep and the whole transaction is rolled back. On PostgreSQL it is one statement,
+        # atomic by itself, unless a caller's transaction needs a savepoint around it.
+        single = (
+            statements.supported(self.db)
+            and not transaction.get_connection(self.db).in_atomic_block
+        )
         try:
-            # No savepoint: the row's UPDATE comes first, so a conflict on its SID leaves
-            # nothing to keep and the whole transaction is rolled back.
-            with transaction.atomic():
+            with contextlib.nullcontext() if single else transaction.atomic(using=self.db):
                 return self._complete(evaluation, payload, fields)
         except IntegrityError as error:
             conflict = error
@@ -386,16 +398,22 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
     ) -> Recorded | None:
         from trusthub_eval.models import CustomerProfile, RequirementResult
 
+        rows = RequirementResult.objects.rows_from_payload(payload)
+        failing = sum(not row["passed"] for row in rows)
+        if statements.supported(self.db):
+            recorded = statements.complete(evaluation, self.db, fields, rows, failing=failing)
+            if recorded is not None:
+                for name, value in fields.items():
+                    setattr(evaluation, name, value)
+            return recorded
         if not self._held(evaluation).update(**fields):
             return None
         for name, value in fields.items():
             setattr(evaluation, name, value)
-        results = RequirementResult.objects.bulk_create(
-            RequirementResult.objects.build_from_payload(evaluation, payload)
+        RequirementResult.objects.bulk_create(
+            RequirementResult(evaluation_id=evaluation.pk, **row) for row in rows
         )
-        return CustomerProfile.objects.record_compliance(
-            evaluation, failing=sum(not result.passed for result in results)
-        )
+        return CustomerProfile.objects.record_compliance(evaluation, failing=failing)
 
     def _adopt_import_of(self, evaluation: Evaluation, sid: str) -> bool | None:
         """Delete the import holding ``sid`` so ``evaluation`` can take it; call in a transaction.
@@ -617,19 +635,23 @@ class RequirementResultQuerySet(models.QuerySet["RequirementResult"]):
 
         ``payload`` has passed :func:`trusthub_eval.payloads.check_evaluation`.
         """
+        return [self.model(evaluation=evaluation, **row) for row in self.rows_from_payload(payload)]
+
+    @staticmethod
+    def rows_from_payload(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The field values of each requirement row of a checked evaluation, by field name."""
         return [
-            self.model(
-                evaluation=evaluation,
-                position=position,
-                requirement_name=_text(item.get("requirement_name")),
-                requirement_friendly_name=_text(item.get("requirement_friendly_name")),
-                friendly_name=_text(item.get("friendly_name")),
-                object_type=_text(item.get("object_type")),
-                passed=item["passed"],
-                failure_reason=_text(item.get("failure_reason")),
-                error_code=item.get("error_code"),
-                valid=item.get("valid") or [],
-                invalid=item.get("invalid") or [],
-            )
+            {
+                "position": position,
+                "requirement_name": _text(item.get("requirement_name")),
+                "requirement_friendly_name": _text(item.get("requirement_friendly_name")),
+                "friendly_name": _text(item.get("friendly_name")),
+                "object_type": _text(item.get("object_type")),
+                "passed": item["passed"],
+                "failure_reason": _text(item.get("failure_reason")),
+                "error_code": item.get("error_code"),
+                "valid": item.get("valid") or [],
+                "invalid": item.get("invalid") or [],
+            }
             for position, item in enumerate(payload["results"])
         ]
