@@ -4,8 +4,10 @@
 connection to the upstream and delivers each chunk of the upstream's answer ``--delay`` seconds
 after it arrived (a shift, not a throttle: chunks keep their order and spacing). Connections are
 kept as long as the client keeps them, so keep-alive works through it. It prints one line per
-accepted connection (``conn <client port>``) so that a bench can count the TCP connections its
-clients opened.
+accepted connection (``conn <client port>``), so that a bench can count the TCP connections its
+clients opened, and one line whenever the number of requests in flight reaches a new high
+(``inflight <n>``; a request is in flight from its first byte to the delivery of the answer's
+first chunk; ``reset`` on its standard input starts counting again).
 """
 
 from __future__ import annotations
@@ -17,8 +19,37 @@ import signal
 import sys
 
 
+class _InFlight:
+    """Requests between their first byte and their answer, across connections."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.high = 0
+
+    def begin(self, busy: list[bool]) -> None:
+        if not busy[0]:
+            busy[0] = True
+            self.now += 1
+            if self.now > self.high:
+                self.high = self.now
+                print(f"inflight {self.high}", flush=True)
+
+    def end(self, busy: list[bool]) -> None:
+        if busy[0]:
+            busy[0] = False
+            self.now -= 1
+
+
+IN_FLIGHT = _InFlight()
+
+
 async def _forward(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay: float,
+    busy: list[bool],
+    *,
+    answers: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -31,6 +62,8 @@ async def _forward(
             wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if answers:
+                IN_FLIGHT.end(busy)
             writer.write(data)
             await writer.drain()
 
@@ -38,6 +71,8 @@ async def _forward(
     try:
         while True:
             data = await reader.read(65536)
+            if data and not answers:
+                IN_FLIGHT.begin(busy)
             queue.put_nowait((loop.time() + delay, data))
             if not data:
                 break
@@ -45,6 +80,8 @@ async def _forward(
     except (ConnectionError, asyncio.CancelledError):
         sender.cancel()
     finally:
+        if answers:
+            IN_FLIGHT.end(busy)
         with contextlib.suppress(Exception):
             writer.close()
 
@@ -58,9 +95,10 @@ async def _serve(listen: int, upstream_host: str, upstream_port: int, delay: flo
         except OSError:
             writer.close()
             return
+        busy = [False]
         await asyncio.gather(
-            _forward(reader, up_writer, 0.0),
-            _forward(up_reader, writer, delay),
+            _forward(reader, up_writer, 0.0, busy, answers=False),
+            _forward(up_reader, writer, delay, busy, answers=True),
             return_exceptions=True,
         )
 
@@ -70,6 +108,16 @@ async def _serve(listen: int, upstream_host: str, upstream_port: int, delay: flo
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     port = server.sockets[0].getsockname()[1]
+
+    def on_input() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(sys.stdin)
+        elif line.strip() == "reset":
+            IN_FLIGHT.high = IN_FLIGHT.now
+            print("reset", flush=True)
+
+    loop.add_reader(sys.stdin, on_input)
     print(f"listening {port}", flush=True)
     async with server:
         await stop.wait()

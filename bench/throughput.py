@@ -73,6 +73,7 @@ from project.celery import app
 from django.conf import settings
 import trusthub_eval
 app.conf.broker_transport_options = {"global_keyprefix": os.environ["TRUSTHUB_BENCH_PREFIX"]}
+app.conf.update(json.loads(os.environ.get("TRUSTHUB_BENCH_CELERY") or "{}"))
 settings.TRUSTHUB_EVAL = {
     **settings.TRUSTHUB_EVAL, **json.loads(os.environ.get("TRUSTHUB_BENCH_SETTINGS") or "{}")
 }
@@ -280,6 +281,7 @@ class Process:
             command,
             cwd=cwd,
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -415,6 +417,7 @@ class Bench:
             "CELERY_BROKER_URL": REDIS_URL,
             "TRUSTHUB_BENCH_PREFIX": self.prefix,
             "TRUSTHUB_BENCH_SETTINGS": json.dumps(overrides or {}),
+            "TRUSTHUB_BENCH_CELERY": json.dumps(self.args.celery),
             "TRUSTHUB_BASE_URL": self.proxy_url,
             "TRUSTHUB_SANDBOX_WORLD": str(self.world),
             "TRUSTHUB_VAR_DIR": str(self.tmp / f"var-{side.label}"),
@@ -502,6 +505,9 @@ class Bench:
         sampler = BackendSampler(self.postmaster, side.database, {bench_backend})
         log_lines = [len(w.lines) for w in workers]
         proxy_lines = len(self.proxy.lines)
+        assert self.proxy.popen.stdin is not None
+        self.proxy.popen.stdin.write("reset\n")
+        self.proxy.popen.stdin.flush()
         others = {
             "sandbox": self.sandbox.pid,
             "proxy": self.proxy.pid,
@@ -540,12 +546,22 @@ class Bench:
             if not active or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        (claim_to_done,) = conn.execute(
+            "SELECT 1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY"
+            " extract(epoch FROM completed_at - started_at))"
+            " FROM trusthub_eval_evaluation WHERE id = ANY(%s) AND state = 'completed'",
+            [ids],
+        ).fetchone()
         after_workers = sum(tree_cpu(w.pid) for w in workers)
         pg = sampler.stop()
         after_machine = machine_busy()
         after_self = time.process_time()
         after_others = {name: cpu_seconds(pid) for name, pid in others.items()}
-        stats = self.sandbox_call("/_sandbox/stats")
+        in_flight = [
+            int(line.split()[1])
+            for line in self.proxy.lines[proxy_lines:]
+            if line.startswith("inflight ")
+        ]
         posts = sum(
             1 for r in self.sandbox_call("/_sandbox/requests")["requests"] if r["method"] == "POST"
         )
@@ -595,7 +611,11 @@ class Bench:
             "pg_tail_seconds": pg["tail"],
             "connections": connections,
             "posts": posts,
-            "max_in_flight": stats["max_in_flight"],
+            "max_in_flight": max(in_flight, default=0),
+            # Median time from the claim to the stored answer: the round trip plus our work.
+            "claim_to_done_ms": float(claim_to_done or 0),
+            # The rest of each slot's cycle: the broker, the pool, the task's own overhead.
+            "between_tasks_ms": 1000 * config.slots / throughput - float(claim_to_done or 0),
             "log_lines": logged / n,
         }
 
@@ -646,6 +666,8 @@ COLUMNS = [
     ("TCP conns", lambda r: str(r["connections"]), ">"),
     ("POSTs", lambda r: str(r["posts"]), ">"),
     ("max in flight", lambda r: str(r["max_in_flight"]), ">"),
+    ("claim→done ms", lambda r: f"{r['claim_to_done_ms']:.0f}", ">"),
+    ("slot idle ms", lambda r: f"{r['between_tasks_ms']:.0f}", ">"),
     ("log lines/eval", lambda r: f"{r['log_lines']:.1f}", ">"),
 ]
 
@@ -709,6 +731,14 @@ def sides(codes: list[str], tmp: Path) -> list[Side]:
     return found
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -726,7 +756,15 @@ def main() -> int:
     parser.add_argument("--compare", metavar="REV", help="the same as --code REV,.")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument(
+        "--celery",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Celery setting for the workers, e.g. worker_prefetch_multiplier=4 (repeatable)",
+    )
     args = parser.parse_args()
+    args.celery = dict(_setting(text) for text in args.celery)
     codes = [args.compare, "."] if args.compare else args.code.split(",")
     # `kill <pid>` stops the run as Ctrl-C does: workers stopped, databases and keys removed.
     signal.signal(signal.SIGTERM, _interrupt)
