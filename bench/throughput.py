@@ -632,6 +632,19 @@ class Bench:
         client.close()
 
 
+def cap_overhead(bench: Bench, side: Side) -> dict[str, float]:
+    """``bench/cap.py`` run with ``side``'s code against the sandbox (no added latency)."""
+    world = bench.world_data
+    command = [
+        sys.executable, str(ROOT / "bench" / "cap.py"), "--base-url", bench.sandbox_url,
+        "--account-sid", world["account_sid"], "--auth-token", world["auth_token"],
+        "--profile", world["customer_profiles"][0]["sid"], "--redis", REDIS_URL,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(side.checkout)}
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out), code=side.label)
+
+
 def _redis_pid() -> int:
     import redis
 
@@ -757,6 +770,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument(
+        "--no-cap-overhead",
+        dest="cap_overhead",
+        action="store_false",
+        help="skip measuring what the fleet-wide cap adds to a call",
+    )
+    parser.add_argument(
         "--celery",
         action="append",
         default=[],
@@ -787,6 +806,7 @@ def main() -> int:
     try:
         bench.start_upstream()
         versions = sides(codes, tmp)
+        overheads = [cap_overhead(bench, side) for side in versions] if args.cap_overhead else []
         try:
             for side in versions:
                 bench.prepare(side)
@@ -808,8 +828,16 @@ def main() -> int:
         f"{time.monotonic() - began:.0f} s"
     )
     print(table(rows))
+    print()
+    for overhead in overheads:
+        print(
+            f"fleet-wide cap, {overhead['code']}: one call to the sandbox (no added latency)"
+            f" {overhead['bare_ms']:.3f} ms without, {overhead['capped_ms']:.3f} ms with ="
+            f" {overhead['overhead_ms']:.3f} ms per call; a slot taken and given back alone"
+            f" {overhead['slot_ms']:.3f} ms"
+        )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "cap_overhead": overheads}, indent=2))
     return 0 if all(r["unfinished"] == 0 for r in rows) else 1
 
 
