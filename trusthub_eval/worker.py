@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from trusthub_eval import dispatch
 from trusthub_eval.conf import app_settings
@@ -48,6 +49,9 @@ def task_connections(request: Any) -> Iterator[None]:
     ``CONN_MAX_AGE`` and ``CONN_HEALTH_CHECKS``, and drops a connection that broke (a database
     restart) instead of failing every later task with it. Skipped when the task runs eagerly,
     inside the caller's transaction.
+
+    In a gevent or eventlet pool every task runs in a greenlet of its own, so Django's
+    per-thread connections are per task: they are closed after it, or they would pile up.
     """
     if getattr(request, "is_eager", False):
         yield
@@ -56,4 +60,17 @@ def task_connections(request: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        close_old_connections()
+        if _greenlet_per_task():
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+        else:
+            close_old_connections()
+
+
+def _greenlet_per_task() -> bool:
+    """Whether threads are greenlets here (a gevent or eventlet pool's monkey-patching)."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("threading"):
+        return True
+    eventlet = sys.modules.get("eventlet.patcher")
+    return bool(eventlet is not None and eventlet.is_monkey_patched("thread"))
