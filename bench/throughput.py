@@ -592,6 +592,7 @@ class Bench:
         return {
             "code": side.label,
             "config": config.name,
+            "capped": bool(config.cap),
             "evaluations": n,
             "completed": completed,
             "failed": failed,
@@ -680,7 +681,8 @@ COLUMNS = [
     ("POSTs", lambda r: str(r["posts"]), ">"),
     ("max in flight", lambda r: str(r["max_in_flight"]), ">"),
     ("claim→done ms", lambda r: f"{r['claim_to_done_ms']:.0f}", ">"),
-    ("slot idle ms", lambda r: f"{r['between_tasks_ms']:.0f}", ">"),
+    # Under a cap a slot also waits for a free one: its idle time says nothing then.
+    ("slot idle ms", lambda r: "-" if r["capped"] else f"{r['between_tasks_ms']:.0f}", ">"),
     ("log lines/eval", lambda r: f"{r['log_lines']:.1f}", ">"),
 ]
 
