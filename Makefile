@@ -2,15 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# The MariaDB/MySQL driver builds against the client library: installed when that is present
+# (.ci/run installs it), so that `make test` also works on a machine without it.
+EXTRAS := api,postgres,redis$(shell pkg-config --exists mysqlclient 2>/dev/null && echo ,mysql)
+STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run test lint format check-python venv clean bench
+.PHONY: run test lint format check-python venv clean bench bench-faults
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[api,postgres,redis]' --group dev
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -37,6 +40,11 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python bench/rest.py
 	$(BIN)/python bench/admin.py
+
+# Faults, worker kills, database and broker restarts; see RELIABILITY.md (~15 min). Needs
+# redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
+bench-faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(BENCH_FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules .pytest_cache .mypy_cache .ruff_cache

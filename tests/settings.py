@@ -1,7 +1,7 @@
 """Settings for the test suite: the example project's, with a test database and eager Celery.
 
 TRUSTHUB_TEST_DATABASE_URL picks the database (default: a SQLite file under var/, so that a
-separate worker process can share it); the PostgreSQL pass of `make test` sets it.
+separate worker process can share it); the PostgreSQL and MariaDB passes of `make test` set it.
 """
 
 import json
@@ -26,6 +26,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_trusthub_eval_{_run}"}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    # Four-byte UTF-8 (names with emoji), whatever the server's default character set.
+    DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
+    DATABASES["default"]["TEST"].update({"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"})
 # A worker process started by the suite connects straight to the suite's test database, and
 # keeps its connections as the example project's workers do.
 if os.environ.get("TRUSTHUB_TEST_DB_NAME"):

@@ -68,6 +68,17 @@ def message_texts(response) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttle():
+    # Re-evaluations count against the trigger throttle in the cache, which outlives a test's
+    # database transaction (and a user id may come round again).
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def world(sandbox):
     """The sandbox's profiles and policies, with Acme's history of five evaluations imported."""
@@ -311,6 +322,19 @@ def test_without_the_permission_there_is_no_button_and_the_view_refuses(client, 
     assert "Re-evaluate now" not in body
     assert "trusthub-reevaluate" not in body
     assert client.post(url("customerprofile_reevaluate", profile.pk)).status_code == 403
+    assert not Evaluation.objects.filter(customer_profile=profile).exists()
+
+
+def test_requesting_also_needs_to_see_evaluations_as_in_the_api(client, world):
+    # The API's rule (trusthub_eval.permissions): the permission is not enough without seeing
+    # the evaluation it makes.
+    client.force_login(staff("no-evaluations", "view_customerprofile", "request_evaluation"))
+    profile = world[UMBRELLA]
+    body = client.get(url("customerprofile_change", profile.pk)).content.decode()
+    assert "Re-evaluate now" not in body
+    assert client.post(url("customerprofile_reevaluate", profile.pk)).status_code == 403
+    changelist = client.get(url("customerprofile_changelist")).content.decode()
+    assert "reevaluate_selected" not in changelist
     assert not Evaluation.objects.filter(customer_profile=profile).exists()
 
 
@@ -719,3 +743,76 @@ def test_a_staff_user_without_view_permissions_sees_nothing(client, world):
     client.force_login(staff("nobody"))
     assert client.get(url("customerprofile_changelist")).status_code == 403
     assert client.get(url("customerprofile_change", world[ACME].pk)).status_code == 403
+
+
+# --- bad input in the query string ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changelist", "query"),
+    [
+        ("customerprofile_changelist", "?status=%00"),
+        ("customerprofile_changelist", "?compliance=%00"),
+        ("customerprofile_changelist", "?q=%00"),
+        ("customerprofile_changelist", "?policy__id__exact=%00"),
+        ("evaluation_changelist", "?status__exact=%00"),
+        ("evaluation_changelist", "?state__exact=a%00b"),
+        ("evaluation_changelist", "?trigger__exact=%00"),
+        ("evaluation_changelist", "?q=%00"),
+        ("evaluation_changelist", "?q=BU%00"),
+        ("evaluation_changelist", "?requested_at__year=%00"),
+        ("evaluation_changelist", "?customer_profile__id__exact=%00"),
+        ("policy_changelist", "?q=%00"),
+    ],
+)
+def test_a_nul_character_in_a_filter_is_a_clean_answer_not_a_500(
+    admin_client, world, changelist, query
+):
+    # PostgreSQL refuses NUL in text; the admin's answer to a bad filter is its "?e=1" page.
+    response = admin_client.get(url(changelist) + query)
+    assert response.status_code in (200, 302, 400)
+    if response.status_code == 302:
+        assert response["Location"].endswith("?e=1")
+        assert admin_client.get(response["Location"]).status_code == 200
+
+
+# --- throttling ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_trigger_a_minute(settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"trusthub_eval_trigger": "1/minute"},
+    }
+
+
+def test_the_button_and_the_action_are_throttled_like_the_api(client, world, one_trigger_a_minute):
+    from rest_framework.authtoken.models import Token
+
+    user = staff("operator", *VIEW_ALL, "request_evaluation")
+    client.force_login(user)
+    umbrella, initech = world[UMBRELLA], world[INITECH]
+    # The one request of the minute, made through the API.
+    token = Token.objects.create(user=user)
+    api = client.post(
+        f"/api/customer-profiles/{umbrella.sid}/evaluations/",
+        {},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Token {token.key}",
+    )
+    assert api.status_code == 202
+    # The admin counts against the same rate, for the same user.
+    response = client.post(url("customerprofile_reevaluate", initech.pk), follow=True)
+    assert any("Too many evaluation requests" in m for m in message_texts(response))
+    response = client.post(
+        url("customerprofile_changelist"),
+        action_post([initech.pk], confirm="yes", policy=""),
+        follow=True,
+    )
+    assert any("Too many evaluation requests" in m for m in message_texts(response))
+    assert not Evaluation.objects.filter(customer_profile=initech).exists()
+    # Another user has a count of their own.
+    client.force_login(staff("colleague", *VIEW_ALL, "request_evaluation"))
+    client.post(url("customerprofile_reevaluate", initech.pk))
+    assert Evaluation.objects.filter(customer_profile=initech, trigger="admin").count() == 1

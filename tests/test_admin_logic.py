@@ -91,8 +91,12 @@ def test_timeline_links_points_and_escapes_their_tooltips():
     svg = render_timeline(
         [TimelinePoint(T0, "compliant", label='<script>alert("x")</script>', url="/e/1/?a=1&b=2")]
     )
-    assert '<a href="/e/1/?a=1&amp;b=2">' in svg
+    assert (
+        '<a href="/e/1/?a=1&amp;b=2" aria-label="2025-01-01 12:00 · Compliant · &lt;script' in svg
+    )
     assert "<script>" not in svg
+    # A group of links, not an image (whose content assistive technology would skip).
+    assert 'role="group"' in svg and 'role="img"' not in svg
     assert "&lt;script&gt;" in svg
     assert "2025-01-01 12:00" in svg  # the tooltip starts with the date
 

@@ -136,6 +136,29 @@ def test_triggering_needs_the_request_permission(api):
     assert not Evaluation.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "codenames",
+    [
+        (REQUEST,),
+        (REQUEST, "view_customerprofile"),
+        (REQUEST, "view_evaluation"),
+    ],
+)
+def test_triggering_also_needs_to_see_profiles_and_evaluations(django_user_model, codenames):
+    # A trigger answers with the evaluation and tells whether the profile exists: the admin's
+    # rule, and the API's (trusthub_eval.permissions).
+    user = grant(django_user_model.objects.create_user("trigger-only"), *codenames)
+    profile = make_profile()
+    api = client_for(user)
+    assert api.post(evaluations_url(profile.sid), {}, format="json").status_code == 403
+    assert api.post(evaluations_url(sid("BU")), {}, format="json").status_code == 403
+    bulk = {"customer_profiles": [profile.sid]}
+    assert api.post("/api/evaluations/bulk/", bulk, format="json").status_code == 403
+    assert not Evaluation.objects.exists()
+    grant(user, "view_customerprofile", "view_evaluation")
+    assert client_for(user).post(evaluations_url(profile.sid), {}, format="json").status_code == 202
+
+
 def test_refused_before_the_profile_is_looked_up(django_user_model):
     # Someone without the permission learns nothing about which profiles exist.
     nobody = client_for(django_user_model.objects.create_user("nobody"))
@@ -202,7 +225,7 @@ def test_trigger_against_another_policy(trigger_api):
     profile = make_profile()
     Policy.objects.create(sid=STARTER_POLICY)
     response = trigger_api.post(
-        evaluations_url(profile.sid), {"policy_sid": STARTER_POLICY}, format="json"
+        evaluations_url(profile.sid), {"policy": STARTER_POLICY}, format="json"
     )
     assert response.status_code == 202
     assert response.json()["policy"] == STARTER_POLICY
@@ -214,19 +237,41 @@ def test_trigger_against_another_policy(trigger_api):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"policy_sid": "RN123"}, "Enter a valid Policy SID"),
-        ({"policy_sid": sid("BU")}, "Enter a valid Policy SID"),
-        ({"policy_sid": 42}, "Enter a valid Policy SID"),
-        ({"policy_sid": ["RN" + "0" * 32]}, "Not a valid string."),
-        ({"policy_sid": None}, "This field may not be null."),
-        ({"policy_sid": "RN" + "0" * 32}, "Unknown policy RN" + "0" * 32),
+        ({"policy": "RN123"}, "Enter a valid Policy SID"),
+        ({"policy": sid("BU")}, "Enter a valid Policy SID"),
+        ({"policy": 42}, "Enter a valid Policy SID"),
+        ({"policy": ["RN" + "0" * 32]}, "Not a valid string."),
+        ({"policy": None}, "This field may not be null."),
     ],
 )
 def test_trigger_with_a_bad_policy_is_400_with_a_field_message(trigger_api, body, message):
     profile = make_profile()
     response = trigger_api.post(evaluations_url(profile.sid), body, format="json")
     assert response.status_code == 400
-    assert message in response.json()["policy_sid"][0]
+    assert message in response.json()["policy"][0]
+    assert not Evaluation.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "unknown"),
+    [
+        ("trigger", {"policy_sid": STARTER_POLICY}, ["policy_sid"]),
+        ("trigger", {"policy": STARTER_POLICY, "polcy": "x", "wait": True}, ["polcy", "wait"]),
+        ("bulk", {"filter": {"status": "draft"}, "policy_sid": STARTER_POLICY}, ["policy_sid"]),
+        ("bulk", {"filter": {"status": "draft", "state": "queued"}}, ["filter"]),
+    ],
+)
+def test_unknown_body_fields_are_400_naming_each(trigger_api, url, body, unknown):
+    # Ignoring them would quietly do something else than asked (another policy, all profiles).
+    target = evaluations_url(make_profile().sid) if url == "trigger" else "/api/evaluations/bulk/"
+    response = trigger_api.post(target, body, format="json")
+    assert response.status_code == 400
+    errors = response.json()
+    assert sorted(errors) == unknown
+    if url == "bulk" and unknown == ["filter"]:
+        errors = errors["filter"]
+        assert list(errors) == ["state"]
+    assert "Unknown field. Expected: " in json.dumps(errors)
     assert not Evaluation.objects.exists()
 
 
@@ -234,7 +279,7 @@ def test_trigger_of_a_profile_without_a_policy_is_400(trigger_api):
     profile = CustomerProfile.objects.create(sid=sid("BU"))
     response = trigger_api.post(evaluations_url(profile.sid), {}, format="json")
     assert response.status_code == 400
-    assert "no policy" in response.json()["policy_sid"][0]
+    assert "no policy" in response.json()["policy"][0]
 
 
 def test_trigger_of_an_unknown_profile_is_404(trigger_api):
@@ -256,10 +301,10 @@ def test_a_malformed_profile_sid_is_400_naming_the_problem(trigger_api, bad):
 @pytest.mark.parametrize(
     ("payload", "content_type", "status"),
     [
-        (b'{"policy_sid": ', "application/json", 400),
+        (b'{"policy": ', "application/json", 400),
         (b"[1, 2]", "application/json", 400),
         (b'"RN"', "application/json", 400),
-        (b"policy_sid=RN", "application/x-www-form-urlencoded", 415),
+        (b"policy=RN", "application/x-www-form-urlencoded", 415),
     ],
 )
 def test_malformed_bodies_are_4xx_not_500(trigger_api, payload, content_type, status):
@@ -268,6 +313,30 @@ def test_malformed_bodies_are_4xx_not_500(trigger_api, payload, content_type, st
         "POST", evaluations_url(profile.sid), payload, content_type=content_type
     )
     assert response.status_code == status
+    assert not Evaluation.objects.exists()
+
+
+@pytest.mark.parametrize("who", ["session without permission", "operator"])
+@pytest.mark.parametrize("endpoint", ["trigger", "bulk"])
+def test_json_nested_too_deeply_is_a_400_for_anyone(who, endpoint, operator, django_user_model):
+    from django.test import Client
+
+    if who == "operator":
+        caller = client_for(operator)
+    else:
+        # A session's CSRF check reads the body before any permission is checked (once the
+        # browser has a CSRF cookie, from any page with a form).
+        caller = Client(enforce_csrf_checks=True)
+        caller.force_login(django_user_model.objects.create_user("nobody"))
+        caller.get("/admin/login/")
+        assert "csrftoken" in caller.cookies
+    target = (
+        evaluations_url(make_profile().sid) if endpoint == "trigger" else "/api/evaluations/bulk/"
+    )
+    for body in (b"[" * 2000, b'{"a":' * 2000):
+        response = caller.generic("POST", target, body, content_type="application/json")
+        assert response.status_code == 400
+        assert "nested too deeply" in response.json()["detail"]
     assert not Evaluation.objects.exists()
 
 
@@ -330,7 +399,7 @@ def test_triggers_beyond_the_rate_get_429(trigger_api, settings):
 def test_the_throttle_is_per_user(trigger_api, settings, django_user_model):
     with_trigger_rate(settings, "1/minute")
     profile = make_profile()
-    other = client_for(grant(django_user_model.objects.create_user("other"), REQUEST))
+    other = client_for(grant(django_user_model.objects.create_user("other"), *VIEW_ALL, REQUEST))
     assert trigger_api.post(evaluations_url(profile.sid), format="json").status_code == 202
     assert other.post(evaluations_url(profile.sid), format="json").status_code == 202
     assert other.post(evaluations_url(profile.sid), format="json").status_code == 429
@@ -363,7 +432,14 @@ def test_bulk_by_sids_queues_each_and_counts_those_in_flight(trigger_api):
     again = trigger_api.post(
         "/api/evaluations/bulk/", {"customer_profiles": [p.sid for p in profiles]}, format="json"
     ).json()
-    assert again == {"queued": 0, "in_flight": 3, "skipped": 0, "evaluation_ids": []}
+    # Nothing was queued, so no message was sent.
+    assert again == {
+        "queued": 0,
+        "in_flight": 3,
+        "skipped": 0,
+        "evaluation_ids": [],
+        "dispatched": None,
+    }
 
 
 def test_bulk_by_filter_queues_only_the_matching_profiles(trigger_api):
@@ -393,7 +469,7 @@ def test_bulk_against_a_named_policy(trigger_api):
     profile = make_profile()
     response = trigger_api.post(
         "/api/evaluations/bulk/",
-        {"customer_profiles": [profile.sid], "policy_sid": STARTER_POLICY},
+        {"customer_profiles": [profile.sid], "policy": STARTER_POLICY},
         format="json",
     )
     assert response.status_code == 202
@@ -414,7 +490,7 @@ def test_bulk_against_a_named_policy(trigger_api):
         ({"filter": {}}, "filter", "at least one of the filters"),
         ({"filter": {"status": "gone"}}, "filter", "not a valid choice"),
         ({"filter": {"policy": "RN1"}}, "filter", "Enter a valid Policy SID"),
-        ({"filter": {"status": "draft"}, "policy_sid": "RN1"}, "policy_sid", "Policy SID"),
+        ({"filter": {"status": "draft"}, "policy": "RN1"}, "policy", "Policy SID"),
     ],
 )
 def test_bulk_input_errors_are_400_with_field_messages(trigger_api, body, field, message):

@@ -537,7 +537,9 @@ def test_http_errors_after_get(
     assert error.method == "GET"
     assert error.path == f"/v1/CustomerProfiles/{BU}"
     prefix = f"HTTP {status} (code {code})" if code else f"HTTP {status}"
-    assert str(error) == f"{prefix}: {message}"
+    assert str(error).startswith(f"{prefix}: {message}")
+    # A 401 says what to check; the others say nothing more.
+    assert ("Check the credentials" in str(error)) == (status == 401)
 
 
 @pytest.mark.parametrize(
@@ -652,6 +654,43 @@ def test_non_json_2xx_after_post_is_ambiguous(
 
     assert info.value.ambiguous
     assert info.value.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "said"),
+    [
+        ("", "application/json", "got an empty body"),
+        ("  ", "application/json", "got an empty body"),
+        ("<html>portal</html>", "text/html", "got a body that is not JSON (text/html)"),
+        ("[1]", "application/json", "got a JSON array"),
+        ("null", "application/json", "got a JSON null"),
+        ('"ok"', "application/json", "got a JSON string"),
+    ],
+)
+def test_an_invalid_2xx_answer_says_what_came(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient, body, content_type, said
+) -> None:
+    rsps.get(PROFILE_URL, body=body, status=200, content_type=content_type)
+
+    with pytest.raises(InvalidResponse) as info:
+        trusthub.fetch_customer_profile(BU)
+
+    assert f"Expected a JSON object, {said}." in str(info.value)
+
+
+def test_twilio_code_20003_is_an_authentication_failure_whatever_the_status(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    rsps.get(
+        PROFILE_URL, json={"code": 20003, "message": "Authenticate", "status": 403}, status=403
+    )
+
+    with pytest.raises(AuthenticationFailed) as info:
+        trusthub.fetch_customer_profile(BU)
+
+    # Said once, then what to do: no "HTTP 401 (code 20003): HTTP 401 (code 20003): …".
+    assert str(info.value).count("20003") == 1
+    assert "TRUSTHUB_EVAL's ACCOUNT_SID and AUTH_TOKEN" in str(info.value)
 
 
 def test_non_object_json_2xx_after_get_is_retryable(
@@ -807,6 +846,9 @@ def test_real_socket_errors_and_no_secret_in_any_log(
         with pytest.raises(TrustHubConnectionError) as refused:
             trusthub.create_evaluation(BU, RN)
         errors.append(refused.value)
+    # Where it tried, and which setting to look at.
+    assert f"at http://127.0.0.1:{closed_port} (TRUSTHUB_EVAL['BASE_URL'])" in str(refused.value)
+    assert "Connection refused" in str(refused.value)
 
     assert read_timeout.value.retryable
     assert dropped.value.ambiguous

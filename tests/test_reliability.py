@@ -51,6 +51,15 @@ def created_since(sandbox, before: set[str]) -> set[str]:
 
 # --- a failing reconciliation ----------------------------------------------------------------
 
+# A list page that parses but whose items cannot be told apart: reading past them would conclude
+# "TrustHub made none" and post twice.
+_LIST_WITHOUT_SIDS = json.dumps(
+    {
+        "results": [{"customer_profile_sid": UMBRELLA, "date_created": "2030-01-01T00:00:00Z"}],
+        "meta": {"key": "results", "next_page_url": None},
+    }
+)
+
 
 @pytest.mark.parametrize(
     "list_fault",
@@ -61,8 +70,9 @@ def created_since(sandbox, before: set[str]) -> set[str]:
         {"after_processing": True, "body": "<html>Bad gateway</html>"},
         {"after_processing": True, "body": '{"results": "nope", "meta": {}}'},
         {"status": 429, "retry_after": 0},
+        {"after_processing": True, "body": _LIST_WITHOUT_SIDS},
     ],
-    ids=["503", "500", "reset", "html", "broken-envelope", "429"],
+    ids=["503", "500", "reset", "html", "broken-envelope", "429", "items-without-sids"],
 )
 def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, list_fault):
     evaluation, before = requested(sandbox)
@@ -82,8 +92,26 @@ def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, l
     assert posts(sandbox, UMBRELLA) == 1
 
 
-def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(sandbox, settings):
+def test_failed_listings_spend_no_attempts_within_the_reconcile_timeout(sandbox, settings):
     settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 2}
+    evaluation, before = requested(sandbox)
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
+    sandbox.add_fault(method="GET", path=EVALUATIONS, status=503, times=4)
+    for _ in range(5):  # the first attempt, then two past the limit and more
+        with pytest.raises(RetryLater):
+            services.run_evaluation(evaluation.pk)
+    evaluation.refresh_from_db()
+    assert (evaluation.state, evaluation.attempts) == ("queued", 1)
+    assert evaluation.posted_at is not None
+    evaluation = run_until_done(evaluation)
+    assert evaluation.state == "completed"
+    assert {evaluation.sid} == created_since(sandbox, before)
+    assert posts(sandbox, UMBRELLA) == 1
+
+
+def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(sandbox, settings):
+    # Past RECONCILE_TIMEOUT failed listings count: the second attempt is the last.
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 2, "RECONCILE_TIMEOUT": 0}
     evaluation, before = requested(sandbox)
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
     sandbox.add_fault(method="GET", path=EVALUATIONS, status=503)
@@ -288,10 +316,10 @@ def test_a_row_left_running_by_a_database_failure_is_reclaimed_by_its_token(sand
     assert services.run_evaluation(evaluation.pk, token=token) == Outcome.COMPLETED
 
 
-@pytest.mark.postgres
+@pytest.mark.dbserver
 @pytest.mark.django_db(transaction=True)
 def test_losing_the_database_connection_mid_attempt_is_retried_without_a_second_post(sandbox):
-    import psycopg
+    from django.db import connections
 
     profile = sync_world()[UMBRELLA]
     before = upstream_sids(sandbox)
@@ -301,17 +329,21 @@ def test_losing_the_database_connection_mid_attempt_is_retried_without_a_second_
     # The POST is processed, then its answer takes a second: the database goes away meanwhile.
     sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, delay=1.0)
     connection.ensure_connection()
-    backend = connection.connection.info.backend_pid
-    params = {**connection.get_connection_params(), "autocommit": True}
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
+    if connection.vendor == "postgresql":
+        kill = "SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid]
+    else:  # MariaDB, MySQL
+        kill = "KILL %s", [connection.connection.thread_id()]
 
     def kill_when_posted() -> None:
         deadline = time.monotonic() + 5
         while not sandbox.stats["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        with psycopg.connect(**params) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", [backend])
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute(*kill)
+        finally:
+            other.close()
 
     killer = threading.Thread(target=kill_when_posted, daemon=True)
     killer.start()
@@ -421,3 +453,31 @@ def test_the_admin_queue_page_shows_trouble(sandbox, settings, admin_client, dja
     staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
     admin_client.force_login(staff)
     assert admin_client.get(url).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_down_at_request_time_is_said_by_the_api_and_the_admin(admin_client):
+    from django.urls import reverse
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from tests.factories import make_profile
+    from tests.worker import publish_through
+
+    profile, other = make_profile(), make_profile()
+    api = APIClient()
+    admin = admin_client.get(reverse("admin:index")).wsgi_request.user
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin).key}")
+    with publish_through("redis://127.0.0.1:1/0", {"max_retries": 0}):
+        trigger = api.post(f"/api/customer-profiles/{profile.sid}/evaluations/", {}, format="json")
+        bulk = api.post("/api/evaluations/bulk/", {"customer_profiles": [other.sid]}, format="json")
+        page = admin_client.post(
+            reverse("admin:trusthub_eval_customerprofile_reevaluate", args=[make_profile().pk]),
+            follow=True,
+        )
+    assert (trigger.status_code, trigger.json()["dispatched"]) == (202, False)
+    assert bulk.status_code == 202, bulk.json()
+    assert bulk.json()["dispatched"] is False
+    assert "broker could not be reached" in page.content.decode()
+    assert set(Evaluation.objects.values_list("state", flat=True)) == {"queued"}
+    assert Evaluation.objects.count() == 3

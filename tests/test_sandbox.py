@@ -618,6 +618,15 @@ def test_reset_forgets_new_evaluations_and_changes(
     assert logged == {"method": "GET", "path": f"/v1/CustomerProfiles/{ACME}", "status": 200}
 
 
+def test_a_request_is_in_the_log_once_its_answer_has_arrived(
+    client: requests.Session, sandbox: SandboxServer
+) -> None:
+    # Tests count requests right after their calls returned: the log must never lag behind.
+    for number in range(1, 51):
+        client.get(f"{sandbox.url}/v1/Policies/{PRIMARY}")
+        assert len(sandbox.requests_log) == number
+
+
 # --- faults ---------------------------------------------------------------------------------
 
 

@@ -33,8 +33,9 @@ BROKERS = {
 class WorkerProcess:
     """A running worker and what it printed, for assertions and for failure messages."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], queue: str | None = None) -> None:
         self.process = process
+        self.queue = queue
         self.lines: list[str] = []
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -157,7 +158,7 @@ def celery_worker(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    worker = WorkerProcess(process)
+    worker = WorkerProcess(process, queue)
     try:
         if not worker.ready.wait(60):
             pytest.fail(f"celery worker did not become ready:\n{worker.tail}")
@@ -170,13 +171,54 @@ def celery_worker(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if kind == "redis":
-            _purge_redis(queue)
+        if broker_url != "filesystem://":
+            remove_queue(broker_url, queue)
 
 
-def _purge_redis(queue: str) -> None:
-    import redis
+def remove_queue(broker_url: str, queue: str) -> None:
+    """Delete a worker's queue and its exchange from a shared broker, leaving nothing behind.
 
-    client = redis.Redis.from_url(REDIS_URL)
-    client.delete(queue, f"{queue}\x06\x163", f"{queue}\x06\x166", f"{queue}\x06\x169")
-    client.close()
+    Celery declares both on first use (an exchange named after the queue); they would outlive
+    the run as RabbitMQ queues and exchanges, or as Redis lists and ``_kombu.binding.*`` sets.
+    """
+    from kombu import Connection, Exchange, Queue
+
+    with Connection(broker_url) as connection:
+        channel = connection.default_channel
+        if broker_url.startswith(("amqp", "pyamqp")):
+            channel.queue_delete(queue)
+            channel.exchange_delete(queue)
+            return
+        # Redis keeps bindings in sets that a fresh channel does not know about: declaring the
+        # queue as Celery did tells it which member to remove along with the queue's lists.
+        bound = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)(channel)
+        bound.declare()
+        bound.delete()
+
+
+def traces(kind: str, queue: str) -> list[str]:
+    """What a broker still holds of ``queue``: Redis keys, or a RabbitMQ queue or exchange."""
+    if kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            return sorted(key.decode() for key in client.scan_iter(match=f"*{queue}*"))
+        finally:
+            client.close()
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    found = []
+    with Connection(AMQP_URL) as connection:
+        for what in ("queue", "exchange"):
+            channel = connection.channel()
+            try:
+                if what == "queue":
+                    channel.queue_declare(queue, passive=True)
+                else:
+                    channel.exchange_declare(queue, "direct", passive=True)
+                found.append(f"{what} {queue}")
+            except NotFound:
+                pass  # the server closes the channel on NOT_FOUND
+    return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +13,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
@@ -33,9 +35,11 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import services
+from trusthub_eval.api.throttling import trigger_wait
 from trusthub_eval.conf import app_settings
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
+from trusthub_eval.permissions import can_request_evaluations
 from trusthub_eval.sids import SidKind, is_sid
 from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
 
@@ -328,6 +332,13 @@ class LeanChangeList(ChangeList):
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
     ) -> QuerySet[Any]:
+        # PostgreSQL refuses a NUL character in text, which would fail the query as a 500; a
+        # bad filter gets the admin's own answer instead (a redirect to its "?e=1" page).
+        if any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
+            raise IncorrectLookupParameters(gettext("A filter value contains a NUL character."))
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
 
@@ -551,7 +562,21 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
     # --- permissions ---
 
     def has_request_evaluation_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(f"{self.opts.app_label}.request_evaluation")
+        # The API's rule too: the permission, and seeing profiles and evaluations.
+        return can_request_evaluations(request.user)
+
+    def _throttled(self, request: HttpRequest) -> bool:
+        """Whether the API's trigger throttle refuses this request (then say so)."""
+        wait = trigger_wait(request)
+        if wait is None:
+            return False
+        self.message_user(
+            request,
+            gettext("Too many evaluation requests: try again in %(seconds)d seconds.")
+            % {"seconds": math.ceil(wait)},
+            messages.ERROR,
+        )
+        return True
 
     # --- the re-evaluate button ---
 
@@ -579,6 +604,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             and self.has_request_evaluation_permission(request)
         ):
             raise PermissionDenied
+        if self._throttled(request):
+            return HttpResponseRedirect(_change_url(profile))
         try:
             evaluation, created = services.request_evaluation(
                 profile, trigger=Evaluation.Trigger.ADMIN, requested_by=request.user
@@ -597,7 +624,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
                 self.message_user(
                     request,
                     format_html(
-                        gettext("Evaluation {} of “{}” queued. Reload to see TrustHub's answer."),
+                        # The link reads "Evaluation #12" (the evaluation's own name).
+                        gettext("{} of “{}” queued. Reload to see TrustHub's answer."),
                         link,
                         profile,
                     ),
@@ -632,6 +660,8 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         confirmed = "confirm" in request.POST
         form = ReevaluateForm(request.POST if confirmed else None)
         if confirmed and form.is_valid():
+            if self._throttled(request):
+                return None
             # The queryset goes to the service whole: "select all" on 10,000 profiles is a
             # handful of queries, never one per profile.
             result = services.request_evaluations(

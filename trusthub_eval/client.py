@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -188,6 +189,21 @@ def validate_base_url(base_url: str) -> str:
             "TRUSTHUB_EVAL['BASE_URL'] must not contain credentials, a query or a fragment."
         )
     return base_url.rstrip("/")
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _what_came(response: requests.Response) -> str:
+    """What a 2xx answer held instead of a JSON object, for the error message."""
+    if not response.content.strip():
+        return "an empty body"
+    try:
+        value = json.loads(response.content)
+    except ValueError:
+        content_type = response.headers.get("Content-Type") or "no Content-Type"
+        return f"a body that is not JSON ({content_type})"
+    return f"a JSON {_JSON_KINDS.get(type(value), 'null')}"
 
 
 def _validate_page_size(page_size: int) -> int:
@@ -499,8 +515,7 @@ class TrustHubClient:
             body = None
         if not isinstance(body, dict):
             raise InvalidResponse(
-                f"Expected a JSON object, got {response.headers.get('Content-Type') or 'no'} "
-                "content.",
+                f"Expected a JSON object, got {_what_came(response)}.",
                 status=status,
                 method=method,
                 path=path,
@@ -523,20 +538,23 @@ class TrustHubClient:
         ):
             self._session.close()  # the next request opens a fresh connection
 
-    @staticmethod
-    def _transport_error(exc: requests.RequestException, method: str, path: str) -> TrustHubError:
+    def _transport_error(
+        self, exc: requests.RequestException, method: str, path: str
+    ) -> TrustHubError:
         """Classify a requests failure: never sent (retryable) or sent and unanswered."""
         detail = _describe(exc)
+        # Where we tried, and the setting that says so: the usual cause is a BASE_URL pointing
+        # at a sandbox that is not running, or a typo. (BASE_URL never holds credentials.)
+        unreachable = (
+            f"Could not connect to TrustHub at {self.base_url} (TRUSTHUB_EVAL['BASE_URL']): "
+            f"{detail}."
+        )
         if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
-            return TrustHubConnectionError(
-                f"Could not connect to TrustHub ({detail}).", method=method, path=path
-            )
+            return TrustHubConnectionError(unreachable, method=method, path=path)
         if isinstance(exc, requests.ConnectionError):
             chain = list(_exception_chain(exc))
             if any(isinstance(item, _NOT_CONNECTED) for item in chain):
-                return TrustHubConnectionError(
-                    f"Could not connect to TrustHub ({detail}).", method=method, path=path
-                )
+                return TrustHubConnectionError(unreachable, method=method, path=path)
             # Dropped mid-answer, or a cause we cannot place: assume the request was sent.
             return TrustHubTimeout(
                 f"The connection to TrustHub was lost before the answer ({detail}).",

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     # How far TrustHub's date_created may precede our own clock when an ambiguous POST is
     # reconciled by listing the profile's evaluations (TrustHub's timestamps are whole seconds).
     "RECONCILE_CLOCK_SKEW": 120.0,
+    # For this long after a POST whose answer was lost, an attempt whose listing fails (a GET,
+    # safe to repeat) does not count toward MAX_ATTEMPTS: giving up then would leave TrustHub's
+    # evaluation unrecorded. Past it, such attempts count again.
+    "RECONCILE_TIMEOUT": 3600.0,
     # Policy used when a profile's own policy is unknown and none is given.
     "DEFAULT_POLICY_SID": None,
     # Concurrent TrustHub requests allowed across every process (Twilio answers 429 past the
@@ -127,6 +131,10 @@ class AppSettings:
     @property
     def RECONCILE_CLOCK_SKEW(self) -> float:
         return float(self._get("RECONCILE_CLOCK_SKEW"))
+
+    @property
+    def RECONCILE_TIMEOUT(self) -> float:
+        return float(self._get("RECONCILE_TIMEOUT"))
 
     @property
     def DEFAULT_POLICY_SID(self) -> str | None:

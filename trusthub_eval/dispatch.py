@@ -57,13 +57,17 @@ def send_runs(evaluation_ids: Sequence[int], *, fan_out: bool = True) -> bool:
         else:
             for start in range(0, len(evaluation_ids), DISPATCH_CHUNK):
                 send(DISPATCH_EVALUATIONS, (list(evaluation_ids[start : start + DISPATCH_CHUNK]),))
-    except BROKER_ERRORS as error:
+    # Any failure to publish, not only the transports' own errors (kombu's pools raise
+    # RuntimeError, for one): the rows are committed and wait for the sweep either way.
+    except Exception as error:
         logger.warning(
             "Could not reach the Celery broker for %d evaluation(s) (%s: %s); they stay queued "
             "and a worker's sweep sends them once the broker is back.",
             len(evaluation_ids),
             type(error).__name__,
             error,
+            # A broker that is down needs no traceback; anything else does.
+            exc_info=not isinstance(error, BROKER_ERRORS),
         )
         return False
     return True

@@ -48,6 +48,17 @@ class NoPolicy(TrustHubEvalError, ValueError):
         )
 
 
+class UnknownPolicy(TrustHubEvalError, ValueError):
+    """A policy SID that TrustHub does not know (so an evaluation against it could only fail)."""
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        super().__init__(
+            f"TrustHub has no policy {sid}; check the SID (`manage.py trusthub_sync` imports "
+            "the policies TrustHub offers)."
+        )
+
+
 class RetryLater(TrustHubEvalError):
     """A transient failure: the evaluation is queued again and should run after ``countdown``.
 
@@ -86,6 +97,8 @@ class TrustHubError(TrustHubEvalError):
     """Base class of every error raised while talking to TrustHub."""
 
     default_message: ClassVar[str] = "The call to TrustHub failed."
+    #: What to do about it, said after the message.
+    hint: ClassVar[str] = ""
     #: The kind after an idempotent request (GET).
     default_kind: ClassVar[ErrorKind] = ErrorKind.PERMANENT
     #: Whether the error leaves a non-idempotent request (POST) in an unknown state.
@@ -153,7 +166,10 @@ class TrustHubError(TrustHubEvalError):
             prefix.append(f"HTTP {self.status}")
         if self.code is not None:
             prefix.append(f"(code {self.code})")
-        return f"{' '.join(prefix)}: {self.message}" if prefix else self.message
+        text = f"{' '.join(prefix)}: {self.message}" if prefix else self.message
+        if self.hint:
+            text = f"{text.rstrip('.')}. {self.hint}"
+        return text
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -230,6 +246,11 @@ class BadRequest(TrustHubAPIError):
 class AuthenticationFailed(TrustHubAPIError):
     status_code = 401
     default_message = "TrustHub rejected the credentials."
+    hint = (
+        "Check the credentials: TRUSTHUB_EVAL's ACCOUNT_SID and AUTH_TOKEN (or API_KEY_SID and "
+        "API_KEY_SECRET), else the TWILIO_* environment variables, must belong to an account "
+        "that BASE_URL serves."
+    )
 
 
 class PermissionDenied(TrustHubAPIError):
@@ -288,12 +309,16 @@ _ERRORS_BY_STATUS: dict[int, type[TrustHubAPIError]] = {
 
 # Twilio's own code for "too many concurrent requests"; map it even if a proxy rewrote the status.
 TWILIO_TOO_MANY_REQUESTS = 20429
+# Twilio's "Authenticate" (https://www.twilio.com/docs/errors/20003).
+TWILIO_AUTHENTICATE = 20003
 
 
 def error_class_for(status: int, code: int | None = None) -> type[TrustHubAPIError]:
     """The exception class for an HTTP error ``status`` (and Twilio error ``code``)."""
     if code == TWILIO_TOO_MANY_REQUESTS:
         return RateLimited
+    if code == TWILIO_AUTHENTICATE:
+        return AuthenticationFailed
     if status in _ERRORS_BY_STATUS:
         return _ERRORS_BY_STATUS[status]
     if 500 <= status <= 599:
@@ -424,6 +449,7 @@ __all__ = [
     "TrustHubError",
     "TrustHubEvalError",
     "TrustHubTimeout",
+    "UnknownPolicy",
     "error_class_for",
     "error_from_response",
     "parse_retry_after",

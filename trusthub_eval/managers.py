@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connection, models, transaction
@@ -68,6 +68,19 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
                 },
             )
         return profile
+
+    def lock_for_queueing(self) -> None:
+        """Take these profiles' row locks, in key order, before queueing evaluations of them.
+
+        Needed on MySQL and MariaDB only. There, inserting an evaluation takes a shared lock on
+        its profile (the foreign key check) and pointing the profile at the new evaluation then
+        needs an exclusive one: two concurrent requests for one profile deadlock. Waiting for
+        the first request's lock instead, the second meets its evaluation in the in-flight
+        constraint. PostgreSQL's foreign key lock does not conflict with that update, and SQLite
+        writes one transaction at a time. Call inside the transaction that queues.
+        """
+        if connection.vendor == "mysql":
+            list(self.order_by("pk").select_for_update().values_list("pk", flat=True))
 
     def with_latest_evaluation(self) -> CustomerProfileQuerySet:
         """Profiles with their latest evaluation and policy joined in, for lists."""
@@ -134,9 +147,9 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         """Queue an evaluation per (profile id -> policy id) not already in flight.
 
         Returns the new evaluations' ids and points each profile at its new one. Call inside a
-        transaction. On PostgreSQL this is one statement, whatever the number of profiles: the
-        partial unique constraint on in-flight evaluations decides which pairs are busy, so a
-        concurrent request can never make it fail or queue a duplicate.
+        transaction. The unique constraint on in-flight evaluations decides which pairs are busy,
+        so a concurrent request can never make it fail or queue a duplicate. On PostgreSQL this
+        is one statement, whatever the number of profiles; elsewhere a few.
         """
         if not pairs:
             return []
@@ -145,8 +158,10 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             return self._queue_many_postgresql(pairs, now, trigger, requested_by_id)
         from trusthub_eval.models import CustomerProfile
 
-        busy = set(self._busy_profiles(pairs))
-        created = self.bulk_create(
+        CustomerProfile.objects.filter(pk__in=list(pairs)).lock_for_queueing()
+        # INSERT IGNORE (MySQL, MariaDB) or INSERT OR IGNORE (SQLite): a pair already in flight,
+        # even one queued by a concurrent request a moment ago, is skipped by the constraint.
+        self.bulk_create(
             [
                 self.model(
                     customer_profile_id=profile_id,
@@ -156,26 +171,15 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                     requested_at=now,
                 )
                 for profile_id, policy_id in pairs.items()
-                if profile_id not in busy
-            ]
+            ],
+            ignore_conflicts=True,
         )
-        ids = [evaluation.pk for evaluation in created]
-        CustomerProfile.objects.filter(
-            pk__in=self.filter(requested_at=now, trigger=trigger).values("customer_profile_id")
-        ).refresh_latest()
+        # An ignoring insert reports no ids: ours are the rows stamped with this request's
+        # time (to the microsecond), trigger and user.
+        ours = self.filter(requested_at=now, trigger=trigger, requested_by_id=requested_by_id)
+        ids = list(ours.order_by("id").values_list("id", flat=True))
+        CustomerProfile.objects.filter(pk__in=ours.values("customer_profile_id")).refresh_latest()
         return ids
-
-    def _busy_profiles(self, pairs: Mapping[int, int]) -> Iterator[int]:
-        profile_ids = list(pairs)
-        # SQLite allows 32,766 parameters in a statement.
-        for start in range(0, len(profile_ids), 30_000):
-            for profile_id, policy_id in (
-                self.active()
-                .filter(customer_profile_id__in=profile_ids[start : start + 30_000])
-                .values_list("customer_profile_id", "policy_id")
-            ):
-                if pairs.get(profile_id) == policy_id:
-                    yield profile_id
 
     def _queue_many_postgresql(
         self,
@@ -199,9 +203,9 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, ''
                 FROM unnest(%s::bigint[], %s::bigint[]) AS pair(profile_id, policy_id)
                 ORDER BY pair.profile_id
-                ON CONFLICT ({column["customer_profile"]}, {column["policy"]})
-                    WHERE {column["state"]} IN ('queued', 'running')
-                    DO NOTHING
+                ON CONFLICT (
+                    {column["customer_profile"]}, {column["policy"]}, {column["in_flight"]}
+                ) DO NOTHING
                 RETURNING id, {column["customer_profile"]} AS profile_id
             ), latest AS (
                 UPDATE {profile.db_table} AS profile

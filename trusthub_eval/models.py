@@ -241,6 +241,22 @@ class Evaluation(models.Model):
     raw = models.JSONField(
         _("TrustHub payload"), null=True, blank=True, help_text=_("As TrustHub returned it.")
     )
+    # The key of the one-in-flight constraint below. A partial unique index would say it more
+    # directly, but MySQL and MariaDB ignore those (Django's W036); a plain unique constraint over
+    # a column that is TRUE while in flight and NULL otherwise holds on every database, because
+    # NULLs never collide. The database computes it, so no code path can forget to keep it in
+    # step with ``state``.
+    in_flight = models.GeneratedField(
+        expression=models.Case(
+            models.When(state__in=["queued", "running"], then=models.Value(True)),
+            default=None,
+            output_field=models.BooleanField(null=True),
+        ),
+        output_field=models.BooleanField(null=True),
+        db_persist=True,
+        verbose_name=_("in flight"),
+        help_text=_("TRUE while queued or running, NULL otherwise; computed by the database."),
+    )
 
     objects: ClassVar[EvaluationQuerySet] = EvaluationQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -254,9 +270,8 @@ class Evaluation(models.Model):
             # At most one evaluation in flight per profile + policy: a second request while one
             # is queued or running gets that row instead of a duplicate.
             models.UniqueConstraint(
-                fields=["customer_profile", "policy"],
-                condition=models.Q(state__in=["queued", "running"]),
-                name="trusthub_eval_one_active_per_profile_policy",
+                fields=["customer_profile", "policy", "in_flight"],
+                name="trusthub_eval_one_in_flight",
             ),
             models.CheckConstraint(
                 condition=models.Q(state__in=["queued", "running", "completed", "failed"]),

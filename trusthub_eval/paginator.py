@@ -1,9 +1,10 @@
-"""A changelist paginator that estimates big counts on PostgreSQL instead of counting every row."""
+"""A changelist paginator that estimates big counts instead of counting every row."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.core.paginator import Page, Paginator
@@ -36,28 +37,30 @@ class RowCount:
 
 
 def count_rows(queryset: QuerySet[Any], *, exact_limit: int = EXACT_COUNT_LIMIT) -> RowCount:
-    """Count ``queryset`` exactly when that is cheap, else estimate it (PostgreSQL).
+    """Count ``queryset`` exactly when that is cheap, else estimate it (PostgreSQL, MariaDB/MySQL).
 
     A filtered queryset is counted up to ``exact_limit + 1`` rows; past that, the planner's row
     estimate for the query (``EXPLAIN``) stands in. An unfiltered one is answered from the
-    table's statistics (``pg_class.reltuples``) when those put it above ``UNFILTERED_FACTOR``
-    times the limit, and counted up to that otherwise. Other databases have no cheap estimate,
-    so they count exactly: the embedded SQLite setup is a small one.
+    table's statistics (``pg_class.reltuples``, ``information_schema.TABLES.TABLE_ROWS``) when
+    those put it above ``UNFILTERED_FACTOR`` times the limit, and counted up to that otherwise.
+    SQLite has no cheap estimate, so it counts exactly: the embedded setup is a small one.
     """
     connection = connections[queryset.db]
-    if connection.vendor != "postgresql":
+    estimators = _ESTIMATORS.get(connection.vendor)
+    if estimators is None:
         return RowCount(queryset.count(), exact=True)
+    table_estimate, plan_estimate = estimators
     limit = exact_limit
     if _is_unfiltered(queryset):
         limit = exact_limit * UNFILTERED_FACTOR
-        estimate = _table_estimate(queryset, connection)
+        estimate = table_estimate(queryset, connection)
         if estimate is not None and estimate > limit:
             return RowCount(estimate, exact=False)
     # Counting a sliced queryset runs SELECT COUNT(*) FROM (... LIMIT n): bounded work.
     bounded = queryset.order_by()[: limit + 1].count()
     if bounded <= limit:
         return RowCount(bounded, exact=True)
-    return RowCount(max(_plan_estimate(queryset, connection), bounded), exact=False)
+    return RowCount(max(plan_estimate(queryset, connection), bounded), exact=False)
 
 
 def _is_unfiltered(queryset: QuerySet[Any]) -> bool:
@@ -71,7 +74,16 @@ def _is_unfiltered(queryset: QuerySet[Any]) -> bool:
     )
 
 
-def _table_estimate(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> int | None:
+def _keys_sql(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> tuple[str, Any]:
+    # Only the keys: joins added for display (select_related) change no row count.
+    keys = queryset.order_by().values("pk")
+    sql, params = keys.query.get_compiler(connection=connection).as_sql()
+    return str(sql), params
+
+
+def _postgresql_table_estimate(
+    queryset: QuerySet[Any], connection: BaseDatabaseWrapper
+) -> int | None:
     """The table's row count as of its last VACUUM/ANALYZE; None if it was never analysed."""
     table = connection.ops.quote_name(queryset.model._meta.db_table)
     with connection.cursor() as cursor:
@@ -83,17 +95,55 @@ def _table_estimate(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) ->
     return int(row[0])
 
 
-def _plan_estimate(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> int:
+def _postgresql_plan_estimate(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> int:
     """The planner's estimate of the number of rows the queryset returns."""
-    # Only the keys: joins added for display (select_related) change no row count.
-    keys = queryset.order_by().values("pk")
-    sql, params = keys.query.get_compiler(connection=connection).as_sql()
+    sql, params = _keys_sql(queryset, connection)
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
         row = cursor.fetchone()
     assert row is not None
     plan = json.loads(row[0]) if isinstance(row[0], str | bytes) else row[0]
     return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def _mysql_table_estimate(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> int | None:
+    """InnoDB's sampled row count of the table (kept by its persistent statistics)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT table_rows FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = %s",
+            [queryset.model._meta.db_table],
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return int(row[0])
+
+
+def _mysql_plan_estimate(queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> int:
+    """The optimizer's estimate: the rows it expects from each table of the plan, multiplied.
+
+    That is how a nested-loop join's output grows; ``filtered`` (MySQL, MariaDB's EXPLAIN
+    EXTENDED) is the share of those rows that pass the conditions checked after the lookup.
+    """
+    sql, params = _keys_sql(queryset, connection)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        columns = [column[0].lower() for column in cursor.description or ()]
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    estimate = 1.0
+    for row in rows:
+        estimate *= float(row.get("rows") or 1) * float(row.get("filtered") or 100) / 100
+    return round(estimate)
+
+
+_TableEstimate = Callable[[QuerySet[Any], BaseDatabaseWrapper], int | None]
+_PlanEstimate = Callable[[QuerySet[Any], BaseDatabaseWrapper], int]
+# connection.vendor -> (whole-table estimate, query-plan estimate)
+_ESTIMATORS: dict[str, tuple[_TableEstimate, _PlanEstimate]] = {
+    "postgresql": (_postgresql_table_estimate, _postgresql_plan_estimate),
+    "mysql": (_mysql_table_estimate, _mysql_plan_estimate),
+}
 
 
 class EstimatedCountPaginator(PaginatorBase):

@@ -93,6 +93,38 @@ def check_evaluation(
     return payload
 
 
+def identify_evaluation(
+    item: object, *, customer_profile_sid: str, kind: ErrorKind = ErrorKind.RETRYABLE
+) -> tuple[str, str, datetime.datetime]:
+    """``(sid, policy_sid, date_created)`` of an item of a profile's evaluation list.
+
+    Reconciliation decides from these whether TrustHub created an evaluation for a POST, so an
+    item without them makes the whole listing unusable (InvalidResponse of ``kind``): reading
+    past it could conclude "none" and post twice.
+    """
+    problem = None
+    if not isinstance(item, Mapping):
+        problem = "a listed item is not a JSON object"
+    elif not is_sid(item.get("sid"), SidKind.EVALUATION):
+        problem = "a listed evaluation has no Evaluation SID"
+    elif item.get("customer_profile_sid") != customer_profile_sid:
+        problem = f"a listed evaluation is not one of {customer_profile_sid}"
+    elif not is_sid(item.get("policy_sid"), SidKind.POLICY):
+        problem = "a listed evaluation has no Policy SID"
+    elif parse_twilio_datetime(item.get("date_created")) is None:
+        problem = "a listed evaluation has no date_created"
+    if problem is not None:
+        raise InvalidResponse(
+            f"TrustHub's list of evaluations is unusable: {problem}.",
+            kind=kind,
+            body=_json_text(item) if isinstance(item, Mapping) else repr(item),
+        )
+    assert isinstance(item, Mapping)
+    created = parse_twilio_datetime(item["date_created"])
+    assert created is not None
+    return item["sid"], item["policy_sid"], created
+
+
 def _result_problem(item: object) -> str | None:
     if not isinstance(item, Mapping):
         return "not an object"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from trusthub_eval import dispatch, signals
@@ -28,11 +29,13 @@ from trusthub_eval.exceptions import (
     RetryLater,
     SidTaken,
     TrustHubError,
+    UnknownPolicy,
 )
+from trusthub_eval.exceptions import NotFound as TrustHubNotFound
 from trusthub_eval.managers import Recorded
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.payloads import check_evaluation, parse_twilio_datetime, unstorable_problem
-from trusthub_eval.sids import SidKind, check_sid, is_sid
+from trusthub_eval.payloads import check_evaluation, identify_evaluation, unstorable_problem
+from trusthub_eval.sids import SidKind, check_sid
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -44,8 +47,10 @@ __all__ = [
     "NoPolicy",
     "Outcome",
     "RetryLater",
+    "UnknownPolicy",
     "backoff",
     "fetch_customer_profile",
+    "fetch_policy",
     "request_evaluation",
     "request_evaluations",
     "resolve_policy",
@@ -80,17 +85,51 @@ class BulkRequest:
 # --- requesting --------------------------------------------------------------------------------
 
 
-def resolve_policy(profile: CustomerProfile, policy: Policy | None = None) -> Policy:
-    """The policy to evaluate ``profile`` against: the given one, its own, or the default."""
-    if policy is not None:
+def resolve_policy(
+    profile: CustomerProfile,
+    policy: Policy | str | None = None,
+    *,
+    client: TrustHubClient | None = None,
+) -> Policy:
+    """The policy to evaluate ``profile`` against: the given one, its own, or the default.
+
+    ``policy`` may be a SID (RN…), as the API, the command line and ``DEFAULT_POLICY_SID`` name
+    it: see :func:`fetch_policy`. Raises :class:`NoPolicy` when nothing names one, and
+    :class:`UnknownPolicy` for a SID TrustHub does not know.
+    """
+    if isinstance(policy, Policy):
         return policy
+    if policy is not None:
+        return fetch_policy(policy, client=client)
     if profile.policy_id is not None:
         assert profile.policy is not None
         return profile.policy
     default_sid = app_settings.DEFAULT_POLICY_SID
     if default_sid:
-        return Policy.objects.for_sid(check_sid(default_sid, SidKind.POLICY))
+        return fetch_policy(default_sid, client=client)
     raise NoPolicy(profile.sid)
+
+
+def fetch_policy(sid: str, *, client: TrustHubClient | None = None) -> Policy:
+    """The local policy with ``sid``, fetched from TrustHub and stored if it is not here yet.
+
+    Every local policy came from TrustHub (a sync, a profile's payload, an earlier fetch), so
+    only an unknown SID costs a call. One TrustHub does not know raises :class:`UnknownPolicy`
+    and stores nothing: a placeholder would only make its evaluations fail later with a
+    misleading 20404 about the profile. Other TrustHub errors (unreachable, credentials)
+    propagate as :class:`TrustHubError`.
+    """
+    check_sid(sid, SidKind.POLICY)
+    try:
+        return Policy.objects.get(sid=sid)
+    except Policy.DoesNotExist:
+        pass
+    with _client(client) as trusthub:
+        try:
+            payload = trusthub.fetch_policy(sid)
+        except TrustHubNotFound:
+            raise UnknownPolicy(sid) from None
+    return Policy.objects.upsert_from_payload(payload)
 
 
 def _user_id(user: AbstractBaseUser | AnonymousUser | None) -> int | None:
@@ -102,7 +141,7 @@ def _user_id(user: AbstractBaseUser | AnonymousUser | None) -> int | None:
 
 def request_evaluation(
     profile: CustomerProfile,
-    policy: Policy | None = None,
+    policy: Policy | str | None = None,
     *,
     requested_by: AbstractBaseUser | AnonymousUser | None = None,
     trigger: str,
@@ -110,15 +149,19 @@ def request_evaluation(
     """Write a queued evaluation and enqueue it when the transaction commits.
 
     Returns ``(evaluation, created)``. While one is queued or running for the same profile and
-    policy, that one is returned with ``created=False`` instead of a second.
+    policy, that one is returned with ``created=False`` instead of a second. ``policy`` is
+    resolved by :func:`resolve_policy`. A new evaluation's ``sent`` says whether its message
+    reached the broker (None while an outer transaction has not committed); when it did not,
+    the row waits for a worker's sweep.
     """
     policy = resolve_policy(profile, policy)
     user_id = _user_id(requested_by)
-    # The partial unique constraint decides races between concurrent requests; the loop covers
+    # The in-flight unique constraint decides races between concurrent requests; the loop covers
     # the rare case where the active row finished between our insert and our read.
     for _attempt in range(3):
         try:
             with transaction.atomic():
+                CustomerProfile.objects.filter(pk=profile.pk).lock_for_queueing()
                 evaluation = Evaluation.objects.create(
                     customer_profile=profile,
                     policy=policy,
@@ -142,7 +185,7 @@ def request_evaluation(
 
 def request_evaluations(
     profiles: QuerySet[CustomerProfile] | Iterable[CustomerProfile],
-    policy: Policy | None = None,
+    policy: Policy | str | None = None,
     *,
     requested_by: AbstractBaseUser | AnonymousUser | None = None,
     trigger: str,
@@ -150,8 +193,9 @@ def request_evaluations(
     """Queue evaluations of many profiles in a number of queries that does not grow with them.
 
     ``profiles`` is a queryset (or iterable) of profiles, each evaluated against ``policy`` or
-    else its own (or ``DEFAULT_POLICY_SID``). Profiles with an evaluation already in flight for
-    that policy count as ``in_flight``; profiles with no policy at all count as ``skipped``.
+    else its own (or ``DEFAULT_POLICY_SID``), resolved as :func:`resolve_policy` does. Profiles
+    with an evaluation already in flight for that policy count as ``in_flight``; profiles with
+    no policy at all count as ``skipped``.
     """
     pairs, skipped = _profile_policy_pairs(profiles, policy)
     if not pairs:
@@ -173,20 +217,19 @@ def request_evaluations(
 
 
 def _profile_policy_pairs(
-    profiles: QuerySet[CustomerProfile] | Iterable[CustomerProfile], policy: Policy | None
+    profiles: QuerySet[CustomerProfile] | Iterable[CustomerProfile], policy: Policy | str | None
 ) -> tuple[dict[int, int], int]:
     """(profile id -> policy id to evaluate against, how many profiles have no policy)."""
     if isinstance(profiles, QuerySet):
         rows = list(profiles.order_by().values_list("pk", "policy_id"))
     else:
         rows = [(p.pk, p.policy_id) for p in profiles]
+    if isinstance(policy, str):
+        policy = fetch_policy(policy)
     default_id: int | None = None
-    if policy is not None:
-        default_id = policy.pk
-    elif app_settings.DEFAULT_POLICY_SID:
-        default_id = Policy.objects.for_sid(
-            check_sid(app_settings.DEFAULT_POLICY_SID, SidKind.POLICY)
-        ).pk
+    # The default is looked up (maybe in TrustHub) only when a profile needs it.
+    if policy is None and app_settings.DEFAULT_POLICY_SID and not all(p for _, p in rows):
+        default_id = fetch_policy(app_settings.DEFAULT_POLICY_SID).pk
     pairs: dict[int, int] = {}
     for profile_id, own_policy_id in rows:
         chosen = policy.pk if policy is not None else (own_policy_id or default_id)
@@ -342,7 +385,12 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
         # Once a POST may have been processed, only a successful listing clears the mark: an
         # error while reconciling keeps it, and so does an ambiguous answer to the POST.
         posted = attempt.reconciling or (attempt.posting and error.ambiguous)
-        return _record_trusthub_error(evaluation, error, posted=posted)
+        return _record_trusthub_error(
+            evaluation,
+            error,
+            posted=posted,
+            free=attempt.reconciling and _within_reconcile_timeout(evaluation),
+        )
 
 
 def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, Any] | None:
@@ -358,15 +406,9 @@ def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, A
     since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
     candidates = []
     for item in client.list_evaluations(profile.sid):
-        created = parse_twilio_datetime(item.get("date_created"))
-        if (
-            item.get("policy_sid") != policy.sid
-            or not is_sid(item.get("sid"), SidKind.EVALUATION)
-            or created is None
-            or created < since
-        ):
-            continue
-        candidates.append((created, item["sid"], item))
+        sid, policy_sid, created = identify_evaluation(item, customer_profile_sid=profile.sid)
+        if policy_sid == policy.sid and created >= since:
+            candidates.append((created, sid, item))
     if not candidates:
         return None
     held = set(
@@ -408,8 +450,9 @@ def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
 
 
 def _record_trusthub_error(
-    evaluation: Evaluation, error: TrustHubError, *, posted: bool
+    evaluation: Evaluation, error: TrustHubError, *, posted: bool, free: bool = False
 ) -> Outcome:
+    """``free``: a transient failure that does not spend an attempt (a failed reconciliation)."""
     return _record_error(
         evaluation,
         message=str(error),
@@ -418,9 +461,15 @@ def _record_trusthub_error(
         permanent=error.permanent,
         retry_after=error.retry_after,
         # Waiting for one of our own concurrency slots is not an attempt at TrustHub.
-        count_attempt=not isinstance(error, ConcurrencyLimited),
+        count_attempt=not (free or isinstance(error, ConcurrencyLimited)),
         body=error.body,
     )
+
+
+def _within_reconcile_timeout(evaluation: Evaluation) -> bool:
+    assert evaluation.posted_at is not None
+    age = timezone.now() - evaluation.posted_at
+    return age.total_seconds() < app_settings.RECONCILE_TIMEOUT
 
 
 def _record_error(
@@ -434,8 +483,11 @@ def _record_error(
     count_attempt: bool = True,
     body: str | None = None,
 ) -> Outcome:
-    """Record a failed attempt: failed for good, or queued again (raising RetryLater)."""
-    out_of_attempts = evaluation.attempts >= app_settings.MAX_ATTEMPTS
+    """Record a failed attempt: failed for good, or queued again (raising RetryLater).
+
+    ``count_attempt=False``: the attempt is given back, and never the reason to give up.
+    """
+    out_of_attempts = count_attempt and evaluation.attempts >= app_settings.MAX_ATTEMPTS
     if permanent or out_of_attempts:
         if out_of_attempts and not permanent:
             message = f"Gave up after {evaluation.attempts} attempts: {message}"

@@ -19,7 +19,7 @@ FAILED: Final = "failed"
 OUTCOMES: Final = (COMPLIANT, NONCOMPLIANT, FAILED)
 # Fallback colours for the SVG standing alone; the admin's stylesheet overrides them with
 # variables that follow the light/dark theme.
-COLOURS: Final = {COMPLIANT: "#2e8540", NONCOMPLIANT: "#ba2121", FAILED: "#b26b00"}
+COLOURS: Final = {COMPLIANT: "#287a38", NONCOMPLIANT: "#ba2121", FAILED: "#9a5c00"}
 
 WIDTH: Final = 1000
 _LEFT: Final = 112
@@ -68,8 +68,10 @@ def render_timeline(points: Sequence[TimelinePoint], *, width: int = WIDTH) -> S
     else:
         description = _("Compliance timeline: no finished evaluations yet")
 
+    # A group, not an image: an image's content is hidden from assistive technology, and the
+    # dots are links to their evaluations (axe-core's nested-interactive rule).
     svg = format_html(
-        '<svg class="trusthub-timeline" xmlns="http://www.w3.org/2000/svg" role="img" '
+        '<svg class="trusthub-timeline" xmlns="http://www.w3.org/2000/svg" role="group" '
         'viewBox="0 0 {w} {h}" width="{w}" height="{h}" aria-label="{d}"><title>{d}</title>',
         w=width,
         h=height,
@@ -127,6 +129,9 @@ def render_timeline(points: Sequence[TimelinePoint], *, width: int = WIDTH) -> S
             '<path class="tl-line" d="{}" fill="none" stroke="#999" stroke-width="1.5"/>', path
         )
     for point in points:
+        tip = " · ".join(
+            part for part in (_date(point.when), _lane_label(point.outcome), point.label) if part
+        )
         dot = format_html(
             '<circle class="tl-point tl-{o}" cx="{x}" cy="{y}" r="{r}" fill="{c}">'
             "<title>{t}</title></circle>",
@@ -135,14 +140,11 @@ def render_timeline(points: Sequence[TimelinePoint], *, width: int = WIDTH) -> S
             y=lane_y(point.outcome),
             r=_RADIUS,
             c=COLOURS[point.outcome],
-            t=" · ".join(
-                part
-                for part in (_date(point.when), _lane_label(point.outcome), point.label)
-                if part
-            ),
+            t=tip,
         )
         if point.url:
-            dot = format_html('<a href="{}">{}</a>', point.url, dot)
+            # Named for screen readers as the tooltip names it for the mouse.
+            dot = format_html('<a href="{}" aria-label="{}">{}</a>', point.url, tip, dot)
         svg += dot
     # Dated ticks along the axis: a whole-day format unless everything happened within two days.
     ticks = [0.0, 0.25, 0.5, 0.75, 1.0] if span > 0 else [0.5]

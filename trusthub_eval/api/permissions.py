@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from rest_framework.exceptions import MethodNotAllowed
-from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-REQUEST_EVALUATION = "trusthub_eval.request_evaluation"
+from trusthub_eval.permissions import REQUEST_PERMISSIONS
+
+__all__ = ["REQUEST_PERMISSIONS", "ModelPermissions", "SchemaPermission"]
 
 
 class ModelPermissions(BasePermission):
@@ -39,3 +42,18 @@ class ModelPermissions(BasePermission):
 
     def has_object_permission(self, request: Request, view: APIView, obj: Any) -> bool:
         return True
+
+
+class SchemaPermission(BasePermission):
+    """The schema and Swagger UI: for signed-in users who pass the host's default permissions.
+
+    drf-spectacular serves them to anyone by default (its SERVE_PERMISSIONS is AllowAny), which
+    tells strangers every endpoint and filter. The host's DEFAULT_PERMISSION_CLASSES are read on
+    each request, so a stricter host (IsAdminUser, say) keeps its rule here too.
+    """
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        # DRF's settings object has imported the dotted paths into classes by now.
+        defaults = cast("list[type[BasePermission]]", api_settings.DEFAULT_PERMISSION_CLASSES)
+        checks: list[type[BasePermission]] = [IsAuthenticated, *defaults]
+        return all(check().has_permission(request, view) for check in checks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -253,32 +254,36 @@ class EvaluationDetailSerializer(EvaluationSerializer):
         read_only_fields = fields
 
 
-def _policy(sid: str) -> Policy:
-    try:
-        return Policy.objects.get(sid=sid)
-    except Policy.DoesNotExist:
-        # Not created on demand: policies come from TrustHub (trusthub_sync), and a placeholder
-        # for a SID TrustHub does not know would only fail later, in the worker, with 20404.
-        raise serializers.ValidationError(
-            {"policy_sid": [_("Unknown policy %(sid)s.") % {"sid": sid}]}
-        ) from None
+class StrictSerializer(serializers.Serializer[Any]):
+    """A request body that refuses fields it does not know.
+
+    DRF ignores them, so ``{"polcy": "RN…"}`` would quietly evaluate against the profile's own
+    policy: a mistake that must be said, not guessed at.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in data if name not in self.fields)
+            if unknown:
+                expected = ", ".join(self.fields) or "-"
+                message = _("Unknown field. Expected: %(fields)s.") % {"fields": expected}
+                raise serializers.ValidationError({name: [message] for name in unknown})
+        return super().to_internal_value(data)
 
 
-class EvaluationRequestSerializer(serializers.Serializer[Any]):
+class EvaluationRequestSerializer(StrictSerializer):
     """The body of a request to evaluate one profile."""
 
-    policy_sid = PolicySidField(
+    policy = PolicySidField(
         required=False,
-        help_text=_("Evaluate against this policy (RN…); default: the profile's own policy."),
+        help_text=_(
+            "Evaluate against this policy (RN…); default: the profile's own policy, else "
+            "DEFAULT_POLICY_SID. A policy not imported yet is looked up in TrustHub."
+        ),
     )
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        sid = attrs.pop("policy_sid", None)
-        attrs["policy"] = _policy(sid) if sid else None
-        return attrs
 
-
-class ProfileFilterSerializer(serializers.Serializer[Any]):
+class ProfileFilterSerializer(StrictSerializer):
     """Which profiles a bulk request covers: the filters of the profile list."""
 
     policy = PolicySidField(required=False, help_text=_("Every profile of this policy (RN…)."))
@@ -300,7 +305,7 @@ class ProfileFilterSerializer(serializers.Serializer[Any]):
         return attrs
 
 
-class BulkEvaluationRequestSerializer(serializers.Serializer[Any]):
+class BulkEvaluationRequestSerializer(StrictSerializer):
     """The body of a request to re-evaluate many profiles: a list of SIDs or a filter."""
 
     customer_profiles = serializers.ListField(
@@ -313,9 +318,12 @@ class BulkEvaluationRequestSerializer(serializers.Serializer[Any]):
     filter = ProfileFilterSerializer(
         required=False, help_text=_("Or every profile matching all of these filters.")
     )
-    policy_sid = PolicySidField(
+    policy = PolicySidField(
         required=False,
-        help_text=_("Evaluate against this policy (RN…); default: each profile's own policy."),
+        help_text=_(
+            "Evaluate against this policy (RN…); default: each profile's own policy, else "
+            "DEFAULT_POLICY_SID. A policy not imported yet is looked up in TrustHub."
+        ),
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -331,8 +339,6 @@ class BulkEvaluationRequestSerializer(serializers.Serializer[Any]):
             attrs["profiles"] = CustomerProfileFilter(
                 data=criteria, queryset=CustomerProfile.objects.all()
             ).qs
-        sid = attrs.pop("policy_sid", None)
-        attrs["policy"] = _policy(sid) if sid else None
         return attrs
 
 
@@ -351,10 +357,27 @@ def _profiles_by_sid(sids: list[str]) -> QuerySet[CustomerProfile]:
     return CustomerProfile.objects.filter(pk__in=found.values())
 
 
-class BulkEvaluationRequestSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+class StrictSerializerSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """Describe in the schema that a request body with an unknown field is refused."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
+        # The serializer itself, not target_class: this extension serves its subclasses.
+        schema: dict[str, Any] = auto_schema._map_serializer(
+            self.target, direction, bypass_extensions=True
+        )
+        schema["additionalProperties"] = False
+        return schema
+
+
+class BulkEvaluationRequestSchema(StrictSerializerSchema):  # type: ignore[no-untyped-call]
     """Describe in the schema what validate() insists on: exactly one way to name profiles."""
 
     target_class = BulkEvaluationRequestSerializer
+    match_subclasses = False
+    priority = 1
 
     def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
         schema: dict[str, Any] = super().map_serializer(auto_schema, direction)
@@ -362,15 +385,36 @@ class BulkEvaluationRequestSchema(OpenApiSerializerExtension):  # type: ignore[n
         return schema
 
 
-class ProfileFilterSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+class ProfileFilterSchema(StrictSerializerSchema):  # type: ignore[no-untyped-call]
     """Describe in the schema that a filter needs at least one criterion."""
 
     target_class = ProfileFilterSerializer
+    match_subclasses = False
+    priority = 1
 
     def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
         schema: dict[str, Any] = super().map_serializer(auto_schema, direction)
         schema["minProperties"] = 1
         return schema
+
+
+_DISPATCHED_HELP = _(
+    "Whether the task broker took the wake-up message: false if it could not be reached (the "
+    "evaluation is saved and runs once the broker is back), null if nothing was sent."
+)
+
+
+class AcceptedEvaluationSerializer(EvaluationSerializer):
+    """A trigger's answer: the evaluation, and whether its message reached the broker."""
+
+    dispatched = serializers.SerializerMethodField(help_text=_DISPATCHED_HELP)
+
+    class Meta(EvaluationSerializer.Meta):
+        fields = [*EvaluationSerializer.Meta.fields, "dispatched"]
+        read_only_fields = fields
+
+    def get_dispatched(self, evaluation: Evaluation) -> bool | None:
+        return evaluation.sent
 
 
 class BulkEvaluationResultSerializer(serializers.Serializer[Any]):
@@ -388,4 +432,7 @@ class BulkEvaluationResultSerializer(serializers.Serializer[Any]):
     )
     evaluation_ids = serializers.ListField(
         child=serializers.IntegerField(), help_text=_("The ids of the evaluations queued.")
+    )
+    dispatched = serializers.BooleanField(
+        source="sent", allow_null=True, help_text=_DISPATCHED_HELP
     )

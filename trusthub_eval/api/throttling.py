@@ -1,9 +1,10 @@
-"""The throttle on triggering evaluations, a no-op when the host sets no rate for it."""
+"""The throttle on requesting evaluations (API and admin), a no-op when the host sets no rate."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.http import HttpRequest
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
@@ -36,3 +37,17 @@ class TriggerRateThrottle(SimpleRateThrottle):
         user = request.user
         ident = user.pk if user is not None and user.is_authenticated else self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def trigger_wait(request: HttpRequest) -> float | None:
+    """Count one request of evaluations by ``request.user`` outside the API (the admin).
+
+    The same throttle, rate and per-user count as the API's triggers, so that neither door is a
+    way around the other. None when allowed; else the seconds to wait.
+    """
+    throttle = TriggerRateThrottle()
+    # It reads only the method, the user and REMOTE_ADDR, which a Django request has too.
+    drf_request = cast(Request, request)
+    if throttle.allow_request(drf_request, cast(APIView, None)):
+        return None
+    return throttle.wait() or 1.0

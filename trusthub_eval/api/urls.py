@@ -10,6 +10,7 @@ from rest_framework.routers import SimpleRouter
 
 from trusthub_eval.api import views
 from trusthub_eval.api.pagination import KeysetPagination
+from trusthub_eval.api.permissions import SchemaPermission
 from trusthub_eval.api.serializers import NAMESPACE
 
 app_name = NAMESPACE
@@ -68,12 +69,16 @@ urlpatterns = [
     # DEFAULT_SCHEMA_CLASS.
     path(
         "schema/",
-        SpectacularAPIView.as_view(custom_settings=SCHEMA_SETTINGS, schema=None),
+        SpectacularAPIView.as_view(
+            custom_settings=SCHEMA_SETTINGS, schema=None, permission_classes=[SchemaPermission]
+        ),
         name="schema",
     ),
     path(
         "docs/",
-        SpectacularSwaggerView.as_view(url_name=f"{NAMESPACE}:schema", schema=None),
+        SpectacularSwaggerView.as_view(
+            url_name=f"{NAMESPACE}:schema", schema=None, permission_classes=[SchemaPermission]
+        ),
         name="docs",
     ),
 ]

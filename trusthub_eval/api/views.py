@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
@@ -12,8 +13,8 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_view
 from rest_framework import generics, mixins, status, viewsets
-from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -23,9 +24,11 @@ from trusthub_eval import services
 from trusthub_eval.api import serializers
 from trusthub_eval.api.filters import CustomerProfileFilter, EvaluationFilter
 from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
-from trusthub_eval.api.permissions import REQUEST_EVALUATION, ModelPermissions
+from trusthub_eval.api.parsers import JSONParser
+from trusthub_eval.api.permissions import REQUEST_PERMISSIONS, ModelPermissions
 from trusthub_eval.api.schema import SpectacularSchema, extend_schema
 from trusthub_eval.api.throttling import TriggerRateThrottle
+from trusthub_eval.exceptions import TrustHubError
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 from trusthub_eval.sids import SidKind, is_sid
 
@@ -57,6 +60,7 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
         404: _("No such record."),
         415: _("The body is not JSON."),
         429: _("Too many triggers; retry after Retry-After seconds."),
+        503: _("A policy not imported yet could not be looked up in TrustHub."),
     }
     return {
         code: OpenApiResponse(
@@ -106,11 +110,34 @@ def _evaluation_list_queryset() -> QuerySet[Evaluation]:
     )
 
 
+class TrustHubUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = _("TrustHub could not be asked; try again later.")
+    default_code = "trusthub_unavailable"
+
+
+@contextlib.contextmanager
+def policy_errors() -> Iterator[None]:
+    """The service's answers about the policy to evaluate against, as API errors."""
+    try:
+        yield
+    except services.NoPolicy:
+        raise ValidationError({"policy": [_("This profile has no policy: name one.")]}) from None
+    except services.UnknownPolicy as error:
+        raise ValidationError({"policy": [str(error)]}) from None
+    except TrustHubError as error:
+        # Only a policy not imported yet makes a trigger call TrustHub (to look it up).
+        raise TrustHubUnavailable(
+            _("TrustHub could not be asked about the policy: %(error)s") % {"error": error}
+        ) from None
+
+
 class TriggerMixin:
     """POSTs that queue evaluations: JSON bodies, the request permission, the trigger throttle."""
 
     parser_classes: Sequence[type[BaseParser]] = [JSONParser]
-    write_permissions = {"POST": (REQUEST_EVALUATION,)}
+    # The same rule as the admin's (trusthub_eval.permissions).
+    write_permissions = {"POST": REQUEST_PERMISSIONS}
 
     def get_throttles(self) -> list[BaseThrottle]:
         # Keep whatever the host throttles everything with, and add ours.
@@ -211,10 +238,10 @@ _profile_sid = _sid_parameter(SidKind.CUSTOMER_PROFILE, _("Customer Profile SID 
         request=serializers.EvaluationRequestSerializer,
         responses={
             202: OpenApiResponse(
-                serializers.EvaluationSerializer,
+                serializers.AcceptedEvaluationSerializer,
                 description=_("Queued (or already queued or running)."),
             ),
-            **_errors(400, 401, 403, 404, 415, 429),
+            **_errors(400, 401, 403, 404, 415, 429, 503),
         },
     ),
 )
@@ -250,18 +277,14 @@ class CustomerProfileEvaluationsView(
         profile = self._profile(sid)
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
+        with policy_errors():
             evaluation, _created = services.request_evaluation(
                 profile,
-                body.validated_data["policy"],
+                body.validated_data.get("policy"),
                 requested_by=request.user,
                 trigger=Evaluation.Trigger.API,
             )
-        except services.NoPolicy:
-            raise ValidationError(
-                {"policy_sid": [_("This profile has no policy: name one.")]}
-            ) from None
-        data = serializers.EvaluationSerializer(
+        data = serializers.AcceptedEvaluationSerializer(
             evaluation, context=self.get_serializer_context()
         ).data
         # 202 both for a new evaluation and for the one already in flight: either way the
@@ -338,17 +361,18 @@ class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[CustomerProfile])
         request=serializers.BulkEvaluationRequestSerializer,
         responses={
             202: serializers.BulkEvaluationResultSerializer,
-            **_errors(400, 401, 403, 415, 429),
+            **_errors(400, 401, 403, 415, 429, 503),
         },
     )
     def post(self, request: Request) -> Response:
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
-        result = services.request_evaluations(
-            body.validated_data["profiles"],
-            body.validated_data["policy"],
-            requested_by=request.user,
-            trigger=Evaluation.Trigger.API,
-        )
+        with policy_errors():
+            result = services.request_evaluations(
+                body.validated_data["profiles"],
+                body.validated_data.get("policy"),
+                requested_by=request.user,
+                trigger=Evaluation.Trigger.API,
+            )
         data = serializers.BulkEvaluationResultSerializer(result).data
         return Response(data, status=status.HTTP_202_ACCEPTED)

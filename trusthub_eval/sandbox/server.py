@@ -159,6 +159,8 @@ class RawBody(str):
 
 
 Response = tuple[int, "JSON | RawBody", dict[str, str]]
+#: What a reset fault answers: nothing (logged as status 0).
+RESET: Response = (0, {}, {})
 
 
 class SandboxServer:
@@ -403,12 +405,15 @@ class SandboxServer:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
-    def _end(self, method: str, path: str, status: int, client_port: int) -> None:
+    def _record(self, method: str, path: str, status: int, client_port: int) -> None:
         with self._lock:
-            self._in_flight -= 1
             self._log.append(
                 {"method": method, "path": path, "status": status, "client_port": client_port}
             )
+
+    def _end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -531,23 +536,35 @@ class _Handler(BaseHTTPRequestHandler):
 
         sandbox = self.sandbox
         sandbox._begin()
-        status = 500
+        recorded = False
         try:
-            status = self._v1(path, query, body)
+            response = self._v1(path, query, body)
+            # Logged, and no longer in flight, before the answer is written: a client holding
+            # its answer finds its request in the log, and its next request never overlaps it
+            # in the count (a test counting right after its calls returned).
+            sandbox._record(self.command, path, response[0], self.client_address[1])
+            sandbox._end()
+            recorded = True
+            if response is RESET:
+                self._reset()
+            else:
+                self._send(*response)
         finally:
-            sandbox._end(self.command, path, status, self.client_address[1])
+            if not recorded:
+                sandbox._record(self.command, path, 500, self.client_address[1])
+                sandbox._end()
 
-    def _v1(self, path: str, query: dict[str, list[str]], body: bytes) -> int:
+    def _v1(self, path: str, query: dict[str, list[str]], body: bytes) -> Response:
         sandbox = self.sandbox
         if not sandbox._authenticates(self.headers.get("Authorization")):
-            return self._send(*_unauthorized())
+            return _unauthorized()
         fault = sandbox._take_fault(self.command, path)
         if fault is not None and not fault.after_processing:
-            return self._reset() if fault.reset else self._send(*fault.error())
+            return RESET if fault.reset else fault.error()
         if sandbox._over_concurrency_limit():
             # Twilio answers 20429 when an account has too many requests in flight at once;
             # the request was not processed.
-            return self._send(
+            return (
                 429,
                 twilio_error(429, TOO_MANY_REQUESTS, "Too Many Requests"),
                 {"Retry-After": "1"},
@@ -557,19 +574,18 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.delay:
                 time.sleep(fault.delay)
             if fault.reset:
-                return self._reset()
+                return RESET
             if fault.status is not None or fault.body is not None:
                 response = fault.error(real_status=response[0])
-        return self._send(*response)
+        return response
 
-    def _reset(self) -> int:
-        """Drop the connection with a TCP reset and no answer; logged as status 0."""
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset and no answer."""
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
         self.wfile.close()
         self.rfile.close()
         self.connection.close()
-        return 0
 
     def _control(self, path: str, query: dict[str, list[str]], body: bytes) -> Response:
         if not self.sandbox._authenticates(self.headers.get("Authorization")):

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from trusthub_eval import services
 from trusthub_eval.exceptions import TrustHubError
-from trusthub_eval.models import Evaluation, Policy
+from trusthub_eval.models import Evaluation
 from trusthub_eval.sids import InvalidSid, SidKind, check_sid
 
 
@@ -38,11 +38,10 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         try:
             profile = services.fetch_customer_profile(sid)
-            policy = Policy.objects.for_sid(policy_sid) if policy_sid else None
             evaluation, created = services.request_evaluation(
-                profile, policy, trigger=Evaluation.Trigger.CLI
+                profile, policy_sid, trigger=Evaluation.Trigger.CLI
             )
-        except (TrustHubError, services.NoPolicy) as error:
+        except (TrustHubError, services.NoPolicy, services.UnknownPolicy) as error:
             raise CommandError(str(error)) from error
         verb = "Queued" if created else "Already in flight:"
         self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
@@ -73,10 +72,9 @@ class Command(BaseCommand):
 
     def _print_outcome(self, evaluation: Evaluation) -> None:
         if evaluation.state == Evaluation.State.FAILED:
-            raise CommandError(
-                f"Evaluation #{evaluation.pk} failed"
-                f" (code {evaluation.error_code}): {evaluation.error_message}"
-            )
+            # The message names TrustHub's status and code already ("HTTP 401 (code 20003): …").
+            detail = evaluation.error_message or f"code {evaluation.error_code}"
+            raise CommandError(f"Evaluation #{evaluation.pk} failed: {detail}")
         style = self.style.SUCCESS if evaluation.status == "compliant" else self.style.ERROR
         self.stdout.write(style(f"{evaluation.sid}: {evaluation.status}"))
         for result in evaluation.requirement_results.order_by("position"):

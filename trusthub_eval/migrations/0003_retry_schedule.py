@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('trusthub_eval', '0001_initial'),
+        ('trusthub_eval', '0002_evaluation_in_flight'),
     ]
 
     operations = [

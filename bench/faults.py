@@ -1,0 +1,827 @@
+"""Fault benchmark: is an evaluation ever lost or duplicated under real faults?
+
+    make bench-faults                                   # 1,000 evaluations, every scenario
+    .venv/bin/python bench/faults.py --evaluations 200 --scenarios faults,redis-restart
+
+Celery workers run as separate processes (``celery -A project worker``) on a private Redis and
+a private PostgreSQL cluster, both started here on free ports of 127.0.0.1 and removed at the
+end (the shared servers on 5432/6379 are never touched). TrustHub is the sandbox behind
+bench/faultproxy.py, which breaks a share of every kind of request. Each scenario requests one
+evaluation per profile, disturbs the system, waits until every row is final (or until nothing
+has moved for --idle seconds, or the deadline), then compares the database with the sandbox's
+own record of every evaluation it created. RELIABILITY.md explains the columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import copy
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.faultproxy import BROKEN_BODIES, KINDS, FaultProxy  # noqa: E402
+
+SCENARIOS = {
+    "faults": "faults only",
+    "worker-kill": "a worker SIGKILLed mid-run (restarted 3 s later)",
+    "postgres-restart": "PostgreSQL stopped mid-run for 5 s",
+    "redis-restart": "Redis restarted mid-run (no persistence: its messages are gone)",
+    "broker-down": "every request made while Redis is down, Redis started after",
+}
+# "Mid-run": when this share of the rows is final.
+DISRUPT_AT = 0.3
+# Requests come from this many threads, like as many web processes; each waits ~0.6 s for
+# Celery's publish retries while the broker is down.
+REQUEST_THREADS = 16
+TRIGGER = "schedule"
+
+log = logging.getLogger("bench.faults")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--evaluations", type=int, default=1000, help="per scenario")
+    parser.add_argument("--fault-rate", type=float, default=0.3, help="share of /v1 requests")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4, help="per worker")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
+    parser.add_argument("--beat", action="store_true", help="also run `celery -A project beat`")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=90.0,
+        help="stop waiting when no row changed and no request reached TrustHub for this long "
+        "(keep it above the longer of RUNNING_TIMEOUT and SWEEP_AFTER, plus SWEEP_INTERVAL)",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=480.0, help="seconds after the last request"
+    )
+    parser.add_argument(
+        "--faults", default=",".join(KINDS), help=f"kinds to inject: {', '.join(KINDS)}"
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra TRUSTHUB_EVAL setting for the workers, e.g. RUNNING_TIMEOUT=30",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--output", type=Path, help="also write the markdown table here")
+    parser.add_argument("--keep", action="store_true", help="keep the databases' directory")
+    args = parser.parse_args()
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    args.faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    if set(args.faults) - set(KINDS):
+        parser.error(f"unknown fault kinds: {', '.join(sorted(set(args.faults) - set(KINDS)))}")
+    args.extra_settings = {}
+    for item in args.setting:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--setting {item!r}: expected KEY=VALUE")
+        try:
+            args.extra_settings[key] = json.loads(value)
+        except ValueError:
+            args.extra_settings[key] = value
+
+    run_dir = ROOT / "var" / "bench-faults" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.info("logs and results in %s", run_dir.relative_to(ROOT))
+    started = time.monotonic()
+    with Bench(args, run_dir) as bench:
+        results = [bench.run_scenario(name) for name in args.scenarios]
+    table = render(results, args, time.monotonic() - started)
+    print("\n" + table)
+    (run_dir / "results.md").write_text(table)
+    (run_dir / "results.json").write_text(
+        json.dumps([dataclasses.asdict(r) for r in results], indent=2, default=str)
+    )
+    if args.output:
+        args.output.write_text(table)
+
+
+# --- private servers ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _postgres_bindir() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if candidates:
+        return candidates[-1]
+    found = shutil.which("pg_ctl")
+    if found is None:
+        sys.exit("PostgreSQL's server binaries (initdb, pg_ctl) are needed.")
+    return Path(found).resolve().parent
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster on a free port of 127.0.0.1."""
+
+    def __init__(self, root: Path) -> None:
+        self.bindir = _postgres_bindir()
+        self.home = root / "postgres"
+        self.data = self.home / "data"
+        self.port = free_port()
+        self.home.mkdir()
+        # PostgreSQL refuses to run as root: use the postgres account, as its packages do.
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.home, "postgres", "postgres")
+
+    def _run(self, *command: str, check: bool = True) -> None:
+        argv = [str(self.bindir / command[0]), *command[1:]]
+        if self.as_postgres:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        subprocess.run(argv, check=check, capture_output=True, cwd=self.home)
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.home / "log"), "-o", options, "-w",
+            "start",
+        )  # fmt: skip
+
+    def stop(self, *, check: bool = True) -> None:
+        # -m fast: connections are cut, as on a restart in production.
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=check)
+
+    def url(self, database: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+
+
+class PrivateRedis:
+    """A throwaway redis-server on a free port of 127.0.0.1, without persistence (like ours)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "redis"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "log")],
+            start_new_session=True,
+        )  # fmt: skip
+        until(self._answers, 10, "redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushall()
+
+
+def until(predicate: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(message)
+        time.sleep(0.2)
+
+
+class Workers:
+    """``celery -A project worker`` processes, each in its own process group."""
+
+    def __init__(self, args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts = 0
+
+    def start(self) -> None:
+        for index in range(1, self.args.workers + 1):
+            self.start_one(f"worker{index}")
+        if self.args.beat:
+            self._spawn("beat", ["beat", "-l", "INFO", "-s", str(self.log_dir / "beat-schedule")])
+
+    def start_one(self, name: str) -> None:
+        command = [
+            "worker", "-P", self.args.pool, "-c", str(self.args.concurrency), "-n",
+            f"{name}@%h", "-l", "INFO",
+        ]  # fmt: skip
+        log_file = self._spawn(name, command)
+        until(lambda: b" ready." in log_file.read_bytes(), 90, f"{name} did not start")
+
+    def _spawn(self, name: str, command: list[str]) -> Path:
+        self.starts += 1
+        log_file = self.log_dir / f"{name}.{self.starts}.log"
+        with log_file.open("wb") as out:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "project", *command],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return log_file
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the worker and its pool processes at once, as the OOM killer would."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+
+# --- the sandbox's world -----------------------------------------------------------------------
+
+
+def write_world(path: Path, profiles: int, seed: int) -> dict[str, Any]:
+    """A world of ``profiles`` copies of the packaged profiles (a third compliant)."""
+    from trusthub_eval.sandbox.world import DEFAULT_WORLD_PATH
+
+    base = json.loads(DEFAULT_WORLD_PATH.read_text())
+    rng = random.Random(seed)
+    made = []
+    for index in range(profiles):
+        profile = copy.deepcopy(base["customer_profiles"][index % len(base["customer_profiles"])])
+        digest = hashlib.sha256(f"bench-faults-{seed}-{index}".encode()).hexdigest()
+        profile["sid"] = "BU" + digest[:32]
+        profile["friendly_name"] = f"Fault bench {index:05d}"
+        end_users = profile.get("end_users") or []
+        if end_users and rng.random() < 0.3:
+            attributes = rng.choice(end_users).get("attributes") or {}
+            if attributes:
+                attributes.pop(rng.choice(sorted(attributes)))
+        made.append(profile)
+    world = {key: base[key] for key in ("account_sid", "auth_token", "policies")}
+    world["customer_profiles"] = made
+    path.write_text(json.dumps(world))
+    return world
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    scenario: str
+    requested: int
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    active: int = 0
+    duplicate_sids: int = 0
+    created_unrecorded: int = 0
+    failed_but_created: int = 0
+    completed_wrong: int = 0
+    posts: int = 0
+    gets: int = 0
+    created_upstream: int = 0
+    final_after: float | None = None
+    ended: str = ""
+    disruption: str = ""
+    request_seconds: float = 0.0
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    # For results.json: each unrecorded evaluation with its profile's rows, to trace the cause.
+    unrecorded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, run_dir: Path) -> None:
+        self.args = args
+        self.run_dir = run_dir
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Bench:
+        try:
+            self._setup()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stack.close()
+
+    def _setup(self) -> None:
+        args = self.args
+        scratch = Path(tempfile.mkdtemp(prefix="trusthub-faults-"))
+        scratch.chmod(0o755)
+        if not args.keep:
+            self.stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        self.postgres = PrivatePostgres(scratch)
+        self.postgres.init()
+        self.stack.callback(self.postgres.stop, check=False)
+        log.info("private PostgreSQL on 127.0.0.1:%s", self.postgres.port)
+        self.postgres.create_database("trusthub_faults")
+        self.redis = PrivateRedis(scratch)
+        self.redis.start()
+        self.stack.callback(self.redis.stop)
+        log.info("private Redis on 127.0.0.1:%s", self.redis.port)
+
+        world_path = scratch / "world.json"
+        self.world = write_world(world_path, args.evaluations, args.seed)
+        from trusthub_eval.sandbox import SandboxServer
+
+        self.sandbox = SandboxServer(world_path).start()
+        self.stack.callback(self.sandbox.stop)
+        self.proxy = FaultProxy(
+            self.sandbox.url,
+            fault_rate=args.fault_rate,
+            kinds=args.faults,
+            broken_bodies=BROKEN_BODIES,
+            # Past the workers' read timeout (bench/settings.py: 2 s).
+            stall=3.0,
+            seed=args.seed,
+            # Far above what a sane run needs (a few requests per evaluation): bounds a runaway.
+            max_requests=50 * args.evaluations,
+        ).start()
+        self.stack.callback(self.proxy.stop)
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+        env.update(
+            DJANGO_SETTINGS_MODULE="bench.settings",
+            DATABASE_URL=self.postgres.url("trusthub_faults"),
+            CELERY_BROKER_URL=self.redis.url,
+            TRUSTHUB_BASE_URL=self.proxy.url,
+            TRUSTHUB_SANDBOX_WORLD=str(world_path),
+            TRUSTHUB_VAR_DIR=str(scratch / "var"),
+            BENCH_TRUSTHUB_EVAL=json.dumps(args.extra_settings),
+            PYTHONUNBUFFERED="1",
+        )
+        env.pop("TRUSTHUB_DEFAULT_POLICY_SID", None)
+        self.env = env
+        os.environ.update(env)
+        for key in [k for k in os.environ if k.startswith("TWILIO_")]:
+            del os.environ[key]
+        self._setup_django()
+
+    def _setup_django(self) -> None:
+        import django
+
+        django.setup()
+        import project.celery  # noqa: F401  (the app request_evaluation sends through)
+
+        # The app's log in this process (e.g. a send that failed while the broker was down)
+        # goes to a file; the console shows the bench's progress only.
+        handler = logging.FileHandler(self.run_dir / "driver.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger().handlers = [handler]
+        for name in ("django", "trusthub_eval", "celery", "kombu"):
+            logging.getLogger(name).handlers = [handler]
+            logging.getLogger(name).propagate = False
+        from django.core.management import call_command
+
+        from trusthub_eval.models import CustomerProfile, Policy
+
+        call_command("migrate", verbosity=0)
+        policies = {
+            raw["sid"]: Policy.objects.create(sid=raw["sid"], friendly_name=raw["friendly_name"])
+            for raw in self.world["policies"]
+        }
+        CustomerProfile.objects.bulk_create(
+            CustomerProfile(
+                sid=raw["sid"],
+                friendly_name=raw["friendly_name"],
+                policy=policies[raw["policy_sid"]],
+            )
+            for raw in self.world["customer_profiles"]
+        )
+
+    # --- a scenario ----------------------------------------------------------------------------
+
+    def run_scenario(self, name: str) -> Result:
+        from django.db import connection
+
+        from trusthub_eval.models import CustomerProfile, Evaluation
+
+        log.info("== %s: %s", name, SCENARIOS[name])
+        result = Result(scenario=name, requested=self.args.evaluations)
+        log_dir = self.run_dir / name
+        log_dir.mkdir()
+        Evaluation.objects.all().delete()
+        self.redis.flush()
+        self.sandbox.reset()
+        self.proxy.reset()
+        workers = Workers(self.args, self.env, log_dir)
+        try:
+            workers.start()
+            profiles = list(CustomerProfile.objects.select_related("policy").order_by("pk"))
+            if name == "broker-down":
+                self.redis.stop()
+                result.disruption = "Redis stopped before the requests"
+            t0 = time.monotonic()
+            created, errors = self._request(profiles)
+            last_request = time.monotonic()
+            result.request_seconds = last_request - t0
+            if len(created) != len(profiles):
+                result.notes.append(f"{len(profiles) - len(created)} requests made no new row")
+            result.notes += [f"request_evaluation raised {n}x {what}" for what, n in errors.items()]
+            if name == "broker-down":
+                self.redis.start()
+                result.disruption += f", started {last_request - t0:.0f} s later"
+            log.info("%d requested in %.1fs", len(created), last_request - t0)
+            self._wait(name, result, workers, last_request)
+        finally:
+            workers.stop()
+            connection.close()
+        with (log_dir / "requests.jsonl").open("w") as out:
+            out.writelines(json.dumps(entry) + "\n" for entry in self.proxy.log)
+        self._measure(result)
+        log.info(
+            "%s: %d completed, %d failed, %d active; %d unrecorded, %d failed-but-created",
+            name, result.completed, result.failed, result.active, result.created_unrecorded,
+            result.failed_but_created,
+        )  # fmt: skip
+        return result
+
+    def _request(self, profiles: list[Any]) -> tuple[list[int], collections.Counter[str]]:
+        """request_evaluation() for each profile, from threads like several web processes.
+
+        Returns the new rows' ids and the errors raised, by type and message (a version may
+        refuse requests while the broker is down: that is counted, not fatal).
+        """
+        from django.db import connection
+
+        from trusthub_eval.services import request_evaluation
+
+        created: list[int] = []
+        errors: collections.Counter[str] = collections.Counter()
+        lock = threading.Lock()
+
+        def work(chunk: list[Any]) -> None:
+            try:
+                for profile in chunk:
+                    try:
+                        evaluation, is_new = request_evaluation(profile, trigger=TRIGGER)
+                    except Exception as error:  # noqa: BLE001 (counted and reported)
+                        with lock:
+                            errors[f"{type(error).__name__}: {str(error)[:80]}"] += 1
+                        continue
+                    if is_new:
+                        with lock:
+                            created.append(evaluation.pk)
+            finally:
+                connection.close()
+
+        threads = [
+            threading.Thread(target=work, args=(profiles[i::REQUEST_THREADS],))
+            for i in range(REQUEST_THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return created, errors
+
+    def _disrupt(self, name: str, workers: Workers) -> str:
+        if name == "worker-kill":
+            workers.kill("worker1")
+            time.sleep(3)
+            workers.start_one("worker1")
+            return "worker1 SIGKILLed, restarted 3 s later"
+        if name == "postgres-restart":
+            self.postgres.stop()
+            time.sleep(5)
+            self.postgres.start()
+            return "PostgreSQL stopped (-m fast), started 5 s later"
+        if name == "redis-restart":
+            self.redis.stop()
+            time.sleep(5)
+            self.redis.start()
+            return "Redis stopped, started empty 5 s later"
+        return ""
+
+    def _wait(self, name: str, result: Result, workers: Workers, last_request: float) -> None:
+        """Poll until every row is final, nothing moves for --idle seconds, or the deadline."""
+        args = self.args
+        pending = name in ("worker-kill", "postgres-restart", "redis-restart")
+        last_signature: tuple[Any, ...] = ()
+        last_change = time.monotonic()
+        while True:
+            now = time.monotonic()
+            counts = self._counts()
+            if counts is None:  # the database is restarting under us
+                time.sleep(1)
+                continue
+            final = counts["completed"] + counts["failed"]
+            if pending and (final >= DISRUPT_AT * result.requested or now - last_change > 10):
+                log.info("%s at %d final", name, final)
+                result.disruption = self._disrupt(name, workers) + f" (at {final} final)"
+                pending = False
+                last_change = time.monotonic()
+                continue
+            active = counts["queued"] + counts["running"]
+            if active == 0 and not pending:
+                result.final_after = round(now - last_request, 1)
+                result.ended = "all final"
+                return
+            signature = (*counts.values(), self.proxy.total_requests)
+            if signature != last_signature:
+                last_signature, last_change = signature, now
+            if now - last_change > args.idle:
+                result.ended = f"nothing moved for {args.idle:.0f} s"
+                return
+            if now - last_request > args.deadline:
+                result.ended = f"deadline ({args.deadline:.0f} s)"
+                return
+            if self.proxy.capped:
+                result.ended = "request cap reached"
+                return
+            time.sleep(1)
+
+    def _counts(self) -> dict[str, int] | None:
+        from django.db import DatabaseError, connection
+        from django.db.models import Count, Sum
+
+        from trusthub_eval.models import Evaluation
+
+        try:
+            states = dict(
+                Evaluation.objects.order_by()
+                .values_list("state")
+                .annotate(n=Count("id"))
+                .values_list("state", "n")
+            )
+            attempts = Evaluation.objects.aggregate(n=Sum("attempts"))["n"] or 0
+        except DatabaseError:
+            connection.close()
+            return None
+        counts = {state: states.get(state, 0) for state in Evaluation.State.values}
+        counts["attempts"] = attempts
+        return counts
+
+    # --- comparing with TrustHub's record ------------------------------------------------------
+
+    def _sandbox_evaluations(self) -> list[dict[str, Any]]:
+        """Every evaluation the sandbox holds, read from its own list API (no proxy)."""
+        import requests
+
+        items: list[dict[str, Any]] = []
+        with requests.Session() as session:
+            session.auth = (self.sandbox.account_sid, self.sandbox.auth_token)
+            for profile in self.world["customer_profiles"]:
+                url: str | None = (
+                    f"{self.sandbox.url}/v1/CustomerProfiles/{profile['sid']}/Evaluations"
+                    "?PageSize=1000"
+                )
+                while url:
+                    page = session.get(url, timeout=30)
+                    page.raise_for_status()
+                    body = page.json()
+                    items.extend(body["results"])
+                    url = body["meta"]["next_page_url"]
+        return items
+
+    def _measure(self, result: Result) -> None:
+        from trusthub_eval.models import Evaluation
+
+        upstream = {item["sid"]: item for item in self._sandbox_evaluations()}
+        proxied = {created.sid for created in self.proxy.created}
+        if proxied != set(upstream):
+            result.notes.append(
+                f"the proxy saw {len(proxied)} creations, the sandbox holds {len(upstream)}"
+            )
+        rows = list(
+            Evaluation.objects.values(
+                "id", "sid", "state", "status", "attempts", "requested_at", "completed_at",
+                "posted_at", "error_code", "error_message", "customer_profile__sid", "policy__sid",
+            )
+        )  # fmt: skip
+        held = collections.Counter(row["sid"] for row in rows if row["sid"])
+        by_pair: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+        for item in upstream.values():
+            by_pair[item["customer_profile_sid"], item["policy_sid"]].append(item)
+        completed_ids = [row["id"] for row in rows if row["state"] == "completed"]
+        passed = self._stored_passed_flags(completed_ids)
+
+        result.total = len(rows)
+        states = collections.Counter(row["state"] for row in rows)
+        result.completed, result.failed = states["completed"], states["failed"]
+        result.active = states["queued"] + states["running"]
+        result.duplicate_sids = sum(1 for count in held.values() if count > 1)
+        result.created_upstream = len(upstream)
+        result.created_unrecorded = sum(1 for sid in upstream if sid not in held)
+        for row in rows:
+            pair = (row["customer_profile__sid"], row["policy__sid"])
+            if row["state"] == "failed":
+                since = row["requested_at"].replace(microsecond=0)
+                if any(
+                    item["sid"] not in held and _date(item["date_created"]) >= since
+                    for item in by_pair[pair]
+                ):
+                    result.failed_but_created += 1
+            elif row["state"] == "completed":
+                item = upstream.get(row["sid"] or "")
+                wrong = (
+                    item is None
+                    or (item["customer_profile_sid"], item["policy_sid"]) != pair
+                    or item["status"] != row["status"]
+                    or (
+                        passed is not None
+                        and passed.get(row["id"]) != [bool(r["passed"]) for r in item["results"]]
+                    )
+                )
+                result.completed_wrong += wrong
+        counts = self.proxy.counts
+        result.posts = counts.get("route:POST evaluations", 0)
+        result.gets = counts.get("route:GET evaluations", 0)
+        result.faults = {k[6:]: v for k, v in sorted(counts.items()) if k.startswith("fault:")}
+        stuck = collections.Counter(
+            f"{row['state']}: {(row['error_message'] or '(no error message)')[:90]}"
+            for row in rows
+            if row["state"] in ("queued", "running")
+        )
+        gave_up = collections.Counter(
+            (row["error_message"] or "(no error message)")[:90]
+            for row in rows
+            if row["state"] == "failed"
+        )
+        shown_for = {created.sid: created.fault for created in self.proxy.created}
+        rows_of: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for row in rows:
+            rows_of[row["customer_profile__sid"]].append(row)
+        result.unrecorded = [
+            {
+                "sid": item["sid"],
+                "date_created": item["date_created"],
+                "shown": shown_for.get(item["sid"]),
+                "rows": rows_of[item["customer_profile_sid"]],
+            }
+            for item in upstream.values()
+            if item["sid"] not in held
+        ]
+        shown = collections.Counter(
+            created.fault or "a clean 201"
+            for created in self.proxy.created
+            if created.sid not in held
+        )
+        if shown:
+            result.notes.append(
+                "created-but-unrecorded, by what the worker was shown for that POST: "
+                + ", ".join(f"{what} {n}" for what, n in shown.most_common())
+            )
+        result.notes += [f"still active: {_rows(n)}, {what}" for what, n in stuck.most_common(6)]
+        result.notes += [f"failed: {_rows(n)}, {what}" for what, n in gave_up.most_common(4)]
+
+    @staticmethod
+    def _stored_passed_flags(ids: list[int]) -> dict[int, list[bool]] | None:
+        """Per completed row, its requirements' passed flags in order; None if not stored."""
+        from django.core.exceptions import FieldDoesNotExist
+
+        from trusthub_eval.models import Evaluation
+
+        try:
+            relation = Evaluation._meta.get_field("requirement_results")
+        except FieldDoesNotExist:
+            return None
+        model = relation.related_model
+        flags: dict[int, list[bool]] = {i: [] for i in ids}
+        for evaluation_id, flag in (
+            model.objects.filter(evaluation_id__in=ids)
+            .order_by("evaluation_id", "position")
+            .values_list("evaluation_id", "passed")
+        ):
+            flags[evaluation_id].append(bool(flag))
+        return flags
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def _date(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("scenario", lambda r: f"`{r.scenario}`"),
+    ("total", lambda r: f"{r.total:,}"),
+    ("completed", lambda r: f"{r.completed:,}"),
+    ("failed", lambda r: f"{r.failed:,}"),
+    ("still active", lambda r: f"**{r.active}**" if r.active else "0"),
+    ("duplicate SIDs", lambda r: _bold(r.duplicate_sids)),
+    ("created-but-unrecorded", lambda r: _bold(r.created_unrecorded)),
+    ("failed-but-created", lambda r: _bold(r.failed_but_created)),
+    ("completed-but-wrong", lambda r: _bold(r.completed_wrong)),
+    ("POSTs/eval", lambda r: f"{r.posts / r.total:.2f}" if r.total else "-"),
+    ("GETs/eval", lambda r: f"{r.gets / r.total:.2f}" if r.total else "-"),
+    (
+        "s until all final",
+        lambda r: f"{r.final_after:.0f}" if r.final_after is not None else f"never ({r.ended})",
+    ),
+]
+
+
+def _bold(value: int) -> str:
+    return f"**{value}**" if value else "0"
+
+
+def render(results: list[Result], args: argparse.Namespace, seconds: float) -> str:
+    lines = [
+        f"{args.evaluations:,} evaluations per scenario; {args.workers} workers, "
+        f"concurrency {args.concurrency} ({args.pool}); faults on {args.fault_rate:.0%} of "
+        f"TrustHub requests ({', '.join(args.faults)}); whole run {seconds / 60:.1f} min.",
+        "",
+        "| " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if i == 0 else "--:" for i in range(len(COLUMNS))) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in results]
+    lines.append("")
+    for r in results:
+        faults = ", ".join(f"{kind} {n}" for kind, n in r.faults.items())
+        details = [
+            f"requests took {r.request_seconds:.0f} s",
+            f"TrustHub created {r.created_upstream:,}",
+            f"faults injected: {faults or 'none'}",
+        ]
+        if r.disruption:
+            details.insert(0, r.disruption)
+        lines.append(f"- `{r.scenario}`: " + "; ".join(details) + ".")
+        lines += [f"  - {note}" for note in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
