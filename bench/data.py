@@ -10,6 +10,10 @@ Shared by the benchmarks (``bench/rest.py``, ``bench/admin.py``)::
 The rows are generated inside PostgreSQL (``INSERT … SELECT … generate_series``), so a million
 evaluations with four requirement rows each load in a few minutes, not hours. The dataset is
 deterministic: the same sizes always give the same rows, ids and SIDs.
+
+``python bench/data.py --fresh`` loads the dataset into a database of its own, prints how long
+each step took (creating and migrating the database, generating the rows, ``VACUUM ANALYZE``),
+and drops the database: the figure ``BENCHMARKS.md`` quotes.
 """
 
 from __future__ import annotations
@@ -192,6 +196,10 @@ def dataset_database_url(
     return parts._replace(path=f"/{name}_{evaluations}_{profiles}").geturl()
 
 
+#: Seconds each step of this process's setup and load took, in order, for the record.
+TIMINGS: dict[str, float] = {}
+
+
 def setup_django(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = True) -> None:
     """Configure Django with the example project's settings on ``database_url``, for a bench run.
 
@@ -207,6 +215,7 @@ def setup_django(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = Tr
         return
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    started = time.monotonic()
     _create_database(database_url)
     os.environ["DATABASE_URL"] = database_url
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
@@ -230,6 +239,7 @@ def setup_django(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = Tr
                 call_command("migrate", interactive=False, verbosity=0)
             finally:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATE_LOCK])
+    TIMINGS["create and migrate the database"] = time.monotonic() - started
 
 
 def _create_database(database_url: str) -> None:
@@ -297,9 +307,17 @@ def _ensure_locked(evaluations: int, profiles: int) -> None:
             " evaluations bigint NOT NULL, profiles integer NOT NULL,"
             " loaded_at timestamptz NOT NULL, seconds double precision NOT NULL)"
         )
-        cursor.execute(f"SELECT version, evaluations, profiles FROM {MARKER_TABLE}")
-        marker = cursor.fetchone()
-        if marker == (DATASET_VERSION, evaluations, profiles):
+        cursor.execute(
+            f"SELECT version, evaluations, profiles, loaded_at, seconds FROM {MARKER_TABLE}"
+        )
+        row = cursor.fetchone()
+        marker = row[:3] if row else None
+        if row is not None and marker == (DATASET_VERSION, evaluations, profiles):
+            print(
+                f"bench dataset: already loaded ({row[3]:%Y-%m-%d %H:%M}, "
+                f"loading took {row[4]:.0f}s)",
+                flush=True,
+            )
             with transaction.atomic():
                 removed = _remove_extras(cursor, t, evaluations, profiles)
             if removed:
@@ -324,15 +342,25 @@ def _ensure_locked(evaluations: int, profiles: int) -> None:
     )
     with transaction.atomic(), connection.cursor() as cursor:
         _load(cursor, t, evaluations, profiles)
-        seconds = time.monotonic() - started
         cursor.execute(f"DELETE FROM {MARKER_TABLE}")
         cursor.execute(
-            f"INSERT INTO {MARKER_TABLE} VALUES (1, %s, %s, %s, now(), %s)",
-            [DATASET_VERSION, evaluations, profiles, seconds],
+            f"INSERT INTO {MARKER_TABLE} VALUES (1, %s, %s, %s, now(), 0)",
+            [DATASET_VERSION, evaluations, profiles],
         )
+    TIMINGS["generate the rows (one transaction)"] = time.monotonic() - started
+    vacuumed = time.monotonic()
     with connection.cursor() as cursor:
         _vacuum(cursor, t)
-    print(f"bench dataset: loaded in {time.monotonic() - started:.1f}s", flush=True)
+        TIMINGS["VACUUM ANALYZE"] = time.monotonic() - vacuumed
+        # The whole load, VACUUM included: what a run that finds no dataset waits for.
+        seconds = time.monotonic() - started
+        cursor.execute(f"UPDATE {MARKER_TABLE} SET seconds = %s", [seconds])
+    print(
+        f"bench dataset: loaded in {seconds:.1f}s (rows "
+        f"{TIMINGS['generate the rows (one transaction)']:.1f}s, VACUUM ANALYZE "
+        f"{TIMINGS['VACUUM ANALYZE']:.1f}s)",
+        flush=True,
+    )
 
 
 def _vacuum(cursor: Any, t: dict[str, str]) -> None:
@@ -545,3 +573,59 @@ def _load(cursor: Any, t: dict[str, str], evaluations: int, profiles: int) -> No
             f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)",
             [table],
         )
+
+
+def main() -> int:
+    """Load a dataset (into a throwaway database with ``--fresh``) and say how long it took."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Load the bench dataset and time it.")
+    parser.add_argument("--evaluations", type=int, default=1_000_000)
+    parser.add_argument("--profiles", type=int, default=10_000)
+    parser.add_argument("--database-url", help="default: the benchmarks' database for the sizes")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="load into a new database of its own and drop it afterwards (to time a load)",
+    )
+    args = parser.parse_args()
+    url = args.database_url or dataset_database_url(
+        evaluations=args.evaluations, profiles=args.profiles
+    )
+    if args.fresh:
+        parts = urllib.parse.urlsplit(url)
+        name = f"trusthub_bench_fresh_{secrets.token_hex(4)}"
+        url = parts._replace(path=f"/{name}").geturl()
+    started = time.monotonic()
+    try:
+        setup_django(url)
+        ensure_dataset(evaluations=args.evaluations, profiles=args.profiles)
+    finally:
+        if args.fresh:
+            from django.db import connections
+
+            connections.close_all()
+            _drop_database(url)
+    print(
+        f"bench dataset: {args.evaluations:,} evaluations, {args.profiles:,} profiles: "
+        f"{time.monotonic() - started:.1f}s in all ("
+        + ", ".join(f"{step} {value:.1f}s" for step, value in TIMINGS.items())
+        + ")",
+        flush=True,
+    )
+    return 0
+
+
+def _drop_database(database_url: str) -> None:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = str(conninfo_to_dict(database_url).get("dbname"))
+    with psycopg.connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

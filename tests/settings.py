@@ -30,9 +30,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
     # Four-byte UTF-8 (names with emoji), whatever the server's default character set.
     DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
     DATABASES["default"]["TEST"].update({"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"})
-# A worker process started by the suite connects straight to the suite's test database.
+# A worker process started by the suite connects straight to the suite's test database, and
+# keeps its connections as the example project's workers do.
 if os.environ.get("TRUSTHUB_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["TRUSTHUB_TEST_DB_NAME"]
+    DATABASES["default"]["CONN_MAX_AGE"] = 600
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # In-process tests run tasks eagerly; tests/worker.py starts real workers with this off.

@@ -439,6 +439,34 @@ def test_action_select_all_queues_every_matching_profile_in_a_few_queries(admin_
     assert "Queued 300 evaluations." in text(follow)
 
 
+def test_a_page_never_lists_more_rows_than_its_form_can_send_back(
+    admin_client, world, settings, monkeypatch
+):
+    from django.contrib import admin
+
+    # A host that shows long pages, and a low limit so that the test stays small.
+    profile_admin = admin.site._registry[CustomerProfile]
+    monkeypatch.setattr(profile_admin, "list_per_page", 5000)
+    monkeypatch.setattr(profile_admin, "list_max_show_all", 5000)
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 60
+    for i in range(100):
+        make_profile(friendly_name=f"Many {i:03}")
+    changelist = url("customerprofile_changelist") + "?q=Many"
+    shown = list(admin_client.get(changelist).context["cl"].result_list)
+    assert len(shown) == 40  # the limit, less room for the form's other fields
+    ids = [profile.pk for profile in shown]
+    # Every row of the page selected by hand: the confirmation, then the evaluations.
+    response = admin_client.post(changelist, action_post(ids, index="0"))
+    assert response.status_code == 200
+    assert "Ask TrustHub to evaluate these 40 customer profiles?" in text(response)
+    response = admin_client.post(changelist, action_post(ids, confirm="yes", policy=""))
+    assert response.status_code == 302
+    assert Evaluation.objects.filter(trigger="admin").count() == 40
+    # A page of 60 would have been refused by Django itself, before any view ran.
+    all_ids = CustomerProfile.objects.values_list("pk", flat=True)[:60]
+    assert admin_client.post(changelist, action_post(all_ids, index="0")).status_code == 400
+
+
 def test_action_is_offered_only_with_the_permission(client, world):
     client.force_login(staff("viewer", *VIEW_ALL))
     response = client.get(url("customerprofile_changelist"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from contextlib import ExitStack
 
@@ -23,9 +24,11 @@ from trusthub_eval.sandbox import SandboxServer
 pytestmark = pytest.mark.redis
 
 
-def limiter(limit: int, *, lease: float = 30, wait: float = 0.3) -> RedisConcurrencyLimiter:
+def limiter(
+    limit: int, *, lease: float = 30, wait: float = 0.3, poll: float = 0.1
+) -> RedisConcurrencyLimiter:
     return RedisConcurrencyLimiter(
-        REDIS_URL, limit, account=f"test-{uuid.uuid4().hex}", lease=lease, wait=wait
+        REDIS_URL, limit, account=f"test-{uuid.uuid4().hex}", lease=lease, wait=wait, poll=poll
     )
 
 
@@ -40,6 +43,40 @@ def test_slots_are_capped_and_given_back():
     assert cap.in_use() == 0
     with cap.slot():
         assert cap.in_use() == 1
+
+
+def test_a_freed_slot_wakes_a_waiter_at_once():
+    # A waiter that only polled would wait out its 60 s poll; the release wakes it instead.
+    cap = RedisConcurrencyLimiter(
+        REDIS_URL,
+        1,
+        account=f"test-{uuid.uuid4().hex}",
+        lease=30,
+        wait=120,
+        poll=60,
+        client=redis.Redis.from_url(REDIS_URL, socket_timeout=None),
+    )
+    took: list[float] = []
+    held = cap.slot()
+    held.__enter__()
+
+    def wait_for_it() -> None:
+        with cap.slot():
+            took.append(time.monotonic())
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    # Wait until it blocks on the wake-up list (only this test's waiter uses BLPOP here).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+        client.get("cmd") == "blpop" for client in cap._redis.client_list()
+    ):
+        time.sleep(0.01)
+    released = time.monotonic()
+    held.__exit__(None, None, None)
+    waiter.join(60)
+    assert took and took[0] - released < 10
+    assert cap.in_use() == 0
 
 
 def test_a_dead_holders_slot_is_reclaimed_after_its_lease():
@@ -99,7 +136,7 @@ def test_a_fleet_under_the_shared_cap_never_trips_20429(busy_sandbox):
     # Several clients, one per thread as workers would be, share the cap only through Redis.
     cap = limiter(3, wait=30)
     assert hammer(busy_sandbox, cap) == []
-    assert busy_sandbox.stats["max_in_flight"] <= 3
+    assert busy_sandbox.stats["max_in_flight"] == 3  # exactly the cap: every slot is used
     assert not [r for r in busy_sandbox.requests_log if r["status"] == 429]
     assert len([r for r in busy_sandbox.requests_log if r["method"] == "POST"]) == 12
 

@@ -21,3 +21,13 @@ def test_wheel_contains_only_the_app(wheel):
     )
     for requirement in ("django>=5.2", "djangorestframework", "requests", "celery"):
         assert f"Requires-Dist: {requirement}" in metadata
+
+
+def test_the_redis_extra_brings_what_a_redis_broker_needs(wheel):
+    # kombu's Redis transport imports more than redis-py (packaging, for one): its own extra
+    # says what, through Celery's.
+    names = zipfile.ZipFile(wheel).namelist()
+    metadata = (
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    )
+    assert "Requires-Dist: celery[redis]>=5.4; extra == 'redis'" in metadata

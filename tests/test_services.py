@@ -175,9 +175,11 @@ def test_an_outcome_is_not_stored_by_a_worker_that_lost_its_claim(sandbox):
     mine = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
     # Another worker reclaims it as stale meanwhile.
     Evaluation.objects.filter(pk=evaluation.pk).update(started_at=timezone.now())
-    assert not Evaluation.objects.record_result(mine, {"sid": "EL" + "0" * 32, "status": "x"})
+    answer = {"sid": "EL" + "0" * 32, "status": "compliant", "results": [{"passed": True}]}
+    assert Evaluation.objects.record_result(mine, answer) is None
     evaluation.refresh_from_db()
     assert evaluation.sid is None and evaluation.state == "running"
+    assert not evaluation.requirement_results.exists()
 
 
 def test_429_is_retried_with_retry_after_and_then_completes(sandbox):

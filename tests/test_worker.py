@@ -7,9 +7,10 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
-from tests.factories import ACME, INITECH, UMBRELLA, make_profile, sync_world
+from tests.factories import ACME, INITECH, STARK, UMBRELLA, make_profile, sync_world
 from tests.worker import BROKERS, celery_worker, publish_through, traces
 from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation
@@ -149,3 +150,56 @@ def test_broker_down_at_request_time_is_said_and_the_evaluation_runs_later(
     other.refresh_from_db()
     assert (evaluation.state, other.state) == ("completed", "completed")
     assert len([r for r in sandbox.requests_log if r["method"] == "POST"]) == 2
+
+
+def _worker_backends() -> list[tuple[int, object]]:
+    """(pid, backend_start) of the other sessions on the test database: the worker's."""
+    if connection.vendor != "postgresql":
+        pytest.skip("reads PostgreSQL's pg_stat_activity")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.dbserver
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_a_worker_keeps_its_connections_across_evaluations(pool, sandbox, settings, tmp_path):
+    profiles = sync_world()
+    sids = [ACME, INITECH, UMBRELLA, STARK]
+    sandbox.reset()
+    with celery_worker(
+        "filesystem", sandbox=sandbox, settings=settings, tmp_path=tmp_path, pool=pool
+    ) as w:
+        first, _ = services.request_evaluation(profiles[sids[0]], trigger="cli")
+        w.wait_until(lambda: finished(first), what="the first evaluation")
+        before = dict(_worker_backends())
+        rest = [services.request_evaluation(profiles[sid], trigger="cli")[0] for sid in sids[1:]]
+        w.wait_until(lambda: finished(*rest), what="the other evaluations")
+        after = dict(_worker_backends())
+    # Two slots: at most two database sessions, the same ones before and after.
+    assert 1 <= len(after) <= 2
+    assert set(before) <= set(after)
+    assert all(after[pid] == start for pid, start in before.items())
+    # And at most one TrustHub connection per slot.
+    ports = {r["client_port"] for r in sandbox.requests_log if r["method"] == "POST"}
+    assert len([r for r in sandbox.requests_log if r["method"] == "POST"]) == 4
+    assert len(ports) <= 2
+
+
+@pytest.mark.dbserver
+def test_a_gevent_worker_closes_each_tasks_connection(sandbox, settings, tmp_path):
+    pytest.importorskip("gevent")
+    profiles = sync_world()
+    with celery_worker(
+        "filesystem", sandbox=sandbox, settings=settings, tmp_path=tmp_path, pool="gevent"
+    ) as w:
+        evaluations = [
+            services.request_evaluation(profiles[sid], trigger="cli")[0]
+            for sid in (ACME, INITECH, UMBRELLA, STARK)
+        ]
+        w.wait_until(lambda: finished(*evaluations), what="the evaluations")
+        w.wait_until(lambda: not _worker_backends(), what="the worker's sessions to close")
+    assert Evaluation.objects.filter(state="completed").count() >= 4

@@ -119,6 +119,7 @@ def celery_worker(
     settings: Any,
     tmp_path: Path,
     concurrency: int = 2,
+    pool: str = "threads",
     trusthub_eval: dict[str, Any] | None = None,
 ) -> Iterator[WorkerProcess]:
     """Start a worker on broker ``kind`` serving a queue of its own; stop it afterwards.
@@ -145,7 +146,7 @@ def celery_worker(
     }
     command = [
         sys.executable, "-m", "celery", "-A", "project", "worker",
-        "--queues", queue, "--concurrency", str(concurrency), "--pool", "threads",
+        "--queues", queue, "--concurrency", str(concurrency), "--pool", pool,
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"{queue}@%h",
     ]  # fmt: skip

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -302,8 +303,31 @@ def invalid_fields(value: object) -> list[Mapping[str, Any]]:
 # --- shared admin plumbing ---------------------------------------------------------------------
 
 
+def max_rows_per_form() -> int | None:
+    """The most rows an admin form may select, leaving room for its other fields (the CSRF
+    token, the action, "select all", the policy); None when Django sets no limit."""
+    limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+    return None if limit is None else max(limit - _FORM_FIELDS, 1)
+
+
+# Fields of the changelist's action form and of the confirmation page besides the rows.
+_FORM_FIELDS = 20
+
+
 class LeanChangeList(ChangeList):
-    """A changelist that leaves TrustHub's JSON payloads in the database: no column shows them."""
+    """A changelist that leaves TrustHub's JSON payloads in the database: no column shows them,
+    and whose pages never hold more rows than its action form can send back."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        # Each selected row is one POST field, and Django refuses a form with more fields than
+        # DATA_UPLOAD_MAX_NUMBER_FIELDS with a bare 400 before any view runs. So a page (or
+        # "Show all") never lists more rows than that; "Select all" covers larger selections
+        # with a single field.
+        limit = max_rows_per_form()
+        if limit is not None:
+            self.list_per_page = min(self.list_per_page, limit)
+            self.list_max_show_all = min(self.list_max_show_all, limit)
+        super().get_results(request)
 
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None

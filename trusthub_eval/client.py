@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import platform
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -40,6 +43,10 @@ JSONObject = dict[str, Any]
 
 # Twilio's list endpoints accept PageSize 1..1000.
 MAX_PAGE_SIZE = 1000
+
+# Seconds a kept-alive connection may sit unused before we open a new one instead: below the
+# idle timeouts of common load balancers (60 s and more).
+IDLE_CONNECTION_TIMEOUT = 30.0
 
 USER_AGENT = (
     f"trusthub-eval/{__version__} python-requests/{requests.__version__} "
@@ -248,6 +255,8 @@ class TrustHubClient:
             session.mount("http://", adapter)
         self._session = session
         self._limiter = limiter
+        # When our own session last finished a request (see _drop_idle_connections).
+        self._idle_since: float | None = None
 
     @classmethod
     def from_settings(cls, *, session: requests.Session | None = None) -> Self:
@@ -454,6 +463,7 @@ class TrustHubClient:
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
         path = urlsplit(url).path
         started = time.monotonic()
+        self._drop_idle_connections(started)
         response: requests.Response | None = None
         failure: TrustHubError | None = None
         try:
@@ -470,7 +480,9 @@ class TrustHubClient:
                 )
         except requests.RequestException as exc:
             failure = self._transport_error(exc, method, path)
-        elapsed_ms = (time.monotonic() - started) * 1000
+        finished = time.monotonic()
+        self._idle_since = finished
+        elapsed_ms = (finished - started) * 1000
         # Raised outside the except block so the requests exception (whose .request holds the
         # Authorization header) is not chained onto ours as __context__.
         if failure is not None:
@@ -511,6 +523,21 @@ class TrustHubClient:
             )
         return body
 
+    def _drop_idle_connections(self, now: float) -> None:
+        """Close our pooled connections when they sat idle past IDLE_CONNECTION_TIMEOUT.
+
+        A server closes idle keep-alive connections after a while; a POST sent on one it is
+        closing at that very moment fails without an answer, which counts as ambiguous and costs
+        a reconciliation. Reconnecting after a pause avoids the race; under load the
+        connection is never idle that long and is reused.
+        """
+        if (
+            self._owns_session
+            and self._idle_since is not None
+            and now - self._idle_since > IDLE_CONNECTION_TIMEOUT
+        ):
+            self._session.close()  # the next request opens a fresh connection
+
     def _transport_error(
         self, exc: requests.RequestException, method: str, path: str
     ) -> TrustHubError:
@@ -549,4 +576,46 @@ class TrustHubClient:
         return TrustHubError(f"Could not call TrustHub ({detail}).", method=method, path=path)
 
 
-__all__ = ["TrustHubClient", "credential_problem"]
+_kept = threading.local()
+
+
+def shared_client() -> TrustHubClient:
+    """This thread's client for the current settings, kept for the next call.
+
+    A worker reuses it across tasks, so its connection to TrustHub stays open (keep-alive): one
+    connection per thread, hence at most one per concurrent slot of a prefork or threads pool,
+    instead of a TCP (and TLS) handshake per evaluation. Never shared: each thread has its own
+    session, and a process made by fork (a prefork pool's child) makes its own on first use
+    instead of using its parent's sockets. A change of settings (credentials, BASE_URL,
+    timeouts, the concurrency cap) makes a new one.
+    """
+    key = (os.getpid(), _settings_fingerprint())
+    kept: tuple[tuple[int, str], TrustHubClient] | None = getattr(_kept, "client", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    client = TrustHubClient.from_settings()
+    if kept is not None and kept[0][0] == key[0]:
+        kept[1].close()  # settings changed; a client inherited through fork is just dropped
+    _kept.client = (key, client)
+    return client
+
+
+def _settings_fingerprint() -> str:
+    """A digest of every setting a client is made from (the secrets only as part of it)."""
+    values = (
+        app_settings.ACCOUNT_SID,
+        app_settings.AUTH_TOKEN,
+        app_settings.API_KEY_SID,
+        app_settings.API_KEY_SECRET,
+        app_settings.BASE_URL,
+        app_settings.CONNECT_TIMEOUT,
+        app_settings.READ_TIMEOUT,
+        app_settings.PAGE_SIZE,
+        app_settings.CONCURRENCY_LIMIT,
+        app_settings.CONCURRENCY_REDIS_URL,
+        app_settings.CONCURRENCY_WAIT,
+    )
+    return hashlib.sha256(repr(values).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+__all__ = ["TrustHubClient", "credential_problem", "shared_client"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from django.db.models import Count, F, Min, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from trusthub_eval import statements
 from trusthub_eval.payloads import parse_twilio_datetime
 
 if TYPE_CHECKING:
@@ -109,6 +111,29 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
                 Value(0),
             ),
         )
+
+    def record_compliance(self, evaluation: Evaluation, *, failing: int) -> Recorded:
+        """Make a just completed ``evaluation`` its profile's compliance, unless the profile
+        shows a newer one; ``failing`` is its number of failed requirements.
+
+        What :meth:`refresh_compliance` would compute for that one profile, from the values at
+        hand: the profile's ``compliance_checked_at`` is the completion time of the evaluation it
+        shows. Call inside the transaction that completed it: the profile's row is locked
+        first, so the compliance read before the change is exact and a concurrent completion
+        is ordered by its time, whichever commits last. Two queries.
+        """
+        profiles = self.filter(pk=evaluation.customer_profile_id)
+        previous = profiles.select_for_update().values_list("compliance_status", flat=True).get()
+        assert evaluation.completed_at is not None
+        not_newer = Q(compliance_checked_at__isnull=True) | Q(
+            compliance_checked_at__lte=evaluation.completed_at
+        )
+        changed = profiles.filter(not_newer).update(
+            compliance_status=evaluation.status or "",
+            compliance_checked_at=evaluation.completed_at,
+            failing_requirements=failing,
+        )
+        return Recorded(previous=previous, applied=bool(changed))
 
 
 class EvaluationQuerySet(models.QuerySet["Evaluation"]):
@@ -223,20 +248,38 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         claimed again, and so may a row still running under ``token``: the fencing token of an
         attempt that could not put it back in the queue. ``started_at`` is that token: whoever
         stores the outcome must still hold the same value.
+
+        The same statement sets the posting mark (``posted_at``) unless an earlier attempt's is
+        still there, so the mark is committed before any POST without a write of its own. A
+        mark equal to ``started_at`` is this claim's; any other predates it
+        (``Evaluation.awaits_reconciliation``). An attempt that ends without sending its POST
+        clears it again; a worker that dies first leaves it, which costs its successor one
+        listing.
         """
         now = timezone.now()
         stale = now - datetime.timedelta(seconds=running_timeout)
+        if statements.supported(self.db):
+            return statements.claim(
+                self.model, self.db, evaluation_id, now=now, stale=stale, token=token
+            )
         claimable = Q(state=self.model.State.QUEUED) | Q(
             state=self.model.State.RUNNING, started_at__lt=stale
         )
         if token is not None:
             claimable |= Q(state=self.model.State.RUNNING, started_at=token)
         claimed = self.filter(claimable, pk=evaluation_id).update(
-            state=self.model.State.RUNNING, started_at=now, attempts=F("attempts") + 1
+            state=self.model.State.RUNNING,
+            started_at=now,
+            attempts=F("attempts") + 1,
+            posted_at=Coalesce("posted_at", Value(now, output_field=models.DateTimeField())),
         )
         if not claimed:
             return None
-        return self.select_related("customer_profile", "policy").get(pk=evaluation_id)
+        return (
+            self.select_related("customer_profile", "policy")
+            .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+            .get(pk=evaluation_id)
+        )
 
     def _held(self, evaluation: Evaluation) -> EvaluationQuerySet:
         return self.filter(
@@ -244,7 +287,8 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         )
 
     def mark_posting(self, evaluation: Evaluation) -> bool:
-        """Note that a POST is about to be sent; False if the claim was lost meanwhile."""
+        """Move the posting mark to now, before a POST sent after a listing that showed none
+        for the earlier one; False if the claim was lost meanwhile."""
         evaluation.posted_at = timezone.now()
         return bool(self._held(evaluation).update(posted_at=evaluation.posted_at))
 
@@ -308,15 +352,16 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 setattr(evaluation, name, value)
         return bool(updated)
 
-    def record_result(self, evaluation: Evaluation, payload: Mapping[str, Any]) -> bool:
-        """Store TrustHub's (checked) answer on a running evaluation, one row per requirement.
+    def record_result(self, evaluation: Evaluation, payload: Mapping[str, Any]) -> Recorded | None:
+        """Store TrustHub's (checked) answer on a running evaluation, one row per requirement,
+        and make it the profile's compliance if it is the newest; one transaction.
 
-        Returns False (and stores nothing) if the claim was lost meanwhile. An evaluation SID
+        Returns None (and stores nothing) if the claim was lost meanwhile. An evaluation SID
         already stored by an import (``trusthub_sync --evaluations``) is this same evaluation:
         the import is replaced by this row. One stored by another request raises
         :class:`~trusthub_eval.exceptions.SidTaken`.
         """
-        from trusthub_eval.models import CustomerProfile, RequirementResult
+        from trusthub_eval.models import CustomerProfile
 
         fields = {
             "sid": payload["sid"],
@@ -330,28 +375,49 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             "error_code": None,
             "error_message": "",
         }
-        profiles = CustomerProfile.objects.filter(pk=evaluation.customer_profile_id)
+        # No savepoint: the row's UPDATE comes first, so a conflict on its SID leaves nothing to
+        # keep and the whole transaction is rolled back. On PostgreSQL it is one statement,
+        # atomic by itself, unless a caller's transaction needs a savepoint around it.
+        single = (
+            statements.supported(self.db)
+            and not transaction.get_connection(self.db).in_atomic_block
+        )
+        try:
+            with contextlib.nullcontext() if single else transaction.atomic(using=self.db):
+                return self._complete(evaluation, payload, fields)
+        except IntegrityError as error:
+            conflict = error
         with transaction.atomic():
-            try:
-                with transaction.atomic():
-                    updated = self._held(evaluation).update(**fields)
-            except IntegrityError:
-                adopted = self._adopt_import_of(evaluation, payload["sid"])
-                if adopted is None:
-                    raise  # not the SID: some other constraint
-                if not adopted:
-                    return False
-                updated = self._held(evaluation).update(**fields)
-                profiles.refresh_latest()
-            if not updated:
-                return False
-            for name, value in fields.items():
-                setattr(evaluation, name, value)
-            RequirementResult.objects.bulk_create(
-                RequirementResult.objects.build_from_payload(evaluation, payload)
-            )
-            profiles.refresh_compliance()
-        return True
+            adopted = self._adopt_import_of(evaluation, payload["sid"])
+            if adopted is None:
+                raise conflict  # not the SID: some other constraint
+            if not adopted:
+                return None
+            recorded = self._complete(evaluation, payload, fields)
+            CustomerProfile.objects.filter(pk=evaluation.customer_profile_id).refresh_latest()
+            return recorded
+
+    def _complete(
+        self, evaluation: Evaluation, payload: Mapping[str, Any], fields: dict[str, Any]
+    ) -> Recorded | None:
+        from trusthub_eval.models import CustomerProfile, RequirementResult
+
+        rows = RequirementResult.objects.rows_from_payload(payload)
+        failing = sum(not row["passed"] for row in rows)
+        if statements.supported(self.db):
+            recorded = statements.complete(evaluation, self.db, fields, rows, failing=failing)
+            if recorded is not None:
+                for name, value in fields.items():
+                    setattr(evaluation, name, value)
+            return recorded
+        if not self._held(evaluation).update(**fields):
+            return None
+        for name, value in fields.items():
+            setattr(evaluation, name, value)
+        RequirementResult.objects.bulk_create(
+            RequirementResult(evaluation_id=evaluation.pk, **row) for row in rows
+        )
+        return CustomerProfile.objects.record_compliance(evaluation, failing=failing)
 
     def _adopt_import_of(self, evaluation: Evaluation, sid: str) -> bool | None:
         """Delete the import holding ``sid`` so ``evaluation`` can take it; call in a transaction.
@@ -528,6 +594,16 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
 
 
 @dataclasses.dataclass(frozen=True)
+class Recorded:
+    """What storing an evaluation's answer did to its profile's compliance."""
+
+    #: The profile's compliance before (as locked in the same transaction).
+    previous: str
+    #: Whether the evaluation became the profile's compliance (it is the newest completed).
+    applied: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class QueueHealth:
     """A snapshot of the evaluation queue for operators (``trusthub_status``, the admin)."""
 
@@ -563,19 +639,23 @@ class RequirementResultQuerySet(models.QuerySet["RequirementResult"]):
 
         ``payload`` has passed :func:`trusthub_eval.payloads.check_evaluation`.
         """
+        return [self.model(evaluation=evaluation, **row) for row in self.rows_from_payload(payload)]
+
+    @staticmethod
+    def rows_from_payload(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The field values of each requirement row of a checked evaluation, by field name."""
         return [
-            self.model(
-                evaluation=evaluation,
-                position=position,
-                requirement_name=_text(item.get("requirement_name")),
-                requirement_friendly_name=_text(item.get("requirement_friendly_name")),
-                friendly_name=_text(item.get("friendly_name")),
-                object_type=_text(item.get("object_type")),
-                passed=item["passed"],
-                failure_reason=_text(item.get("failure_reason")),
-                error_code=item.get("error_code"),
-                valid=item.get("valid") or [],
-                invalid=item.get("invalid") or [],
-            )
+            {
+                "position": position,
+                "requirement_name": _text(item.get("requirement_name")),
+                "requirement_friendly_name": _text(item.get("requirement_friendly_name")),
+                "friendly_name": _text(item.get("friendly_name")),
+                "object_type": _text(item.get("object_type")),
+                "passed": item["passed"],
+                "failure_reason": _text(item.get("failure_reason")),
+                "error_code": item.get("error_code"),
+                "valid": item.get("valid") or [],
+                "invalid": item.get("invalid") or [],
+            }
             for position, item in enumerate(payload["results"])
         ]

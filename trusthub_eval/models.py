@@ -304,6 +304,12 @@ class Evaluation(models.Model):
         return self.state in self.ACTIVE_STATES
 
     @property
+    def awaits_reconciliation(self) -> bool:
+        """While running: an earlier attempt's POST may have been processed. Its mark predates
+        this attempt's claim, which sets one equal to ``started_at`` when there is none."""
+        return self.posted_at is not None and self.posted_at != self.started_at
+
+    @property
     def may_exist_upstream(self) -> bool:
         """Failed while a POST was unresolved: TrustHub may hold an evaluation made for it."""
         return self.state == self.State.FAILED and self.posted_at is not None

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from trusthub_eval import dispatch, signals
-from trusthub_eval.client import TrustHubClient
+from trusthub_eval.client import TrustHubClient, shared_client
 from trusthub_eval.conf import app_settings
 from trusthub_eval.exceptions import (
     ConcurrencyLimited,
@@ -32,6 +32,7 @@ from trusthub_eval.exceptions import (
     UnknownPolicy,
 )
 from trusthub_eval.exceptions import NotFound as TrustHubNotFound
+from trusthub_eval.managers import Recorded
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.payloads import check_evaluation, identify_evaluation, unstorable_problem
 from trusthub_eval.sids import SidKind, check_sid
@@ -305,29 +306,51 @@ def run_evaluation(
     written, the error carries the claim's ``token`` for the next delivery. Permanent errors,
     and transient ones past ``MAX_ATTEMPTS``, are recorded as failed. No exception leaves the
     row running with nothing to move it on.
+
+    The common path is two database writes: the claim, which also sets the posting mark before
+    the POST is sent, and one transaction that stores the answer.
     """
     evaluation = Evaluation.objects.claim(
         evaluation_id, running_timeout=app_settings.RUNNING_TIMEOUT, token=_parse_token(token)
     )
     if evaluation is None:
         return Outcome.SKIPPED
+    attempt = _Attempt(evaluation, reconciling=evaluation.awaits_reconciliation)
     try:
-        return _run_claimed(evaluation, client)
+        return _run_claimed(attempt, client)
     except DatabaseError as error:
-        return _after_database_error(evaluation, error)
+        return _after_database_error(attempt, error)
 
 
-def _run_claimed(evaluation: Evaluation, client: TrustHubClient | None) -> Outcome:
+@dataclasses.dataclass
+class _Attempt:
+    """One claimed attempt, and what it knows of what TrustHub may hold for the row."""
+
+    evaluation: Evaluation
+    #: An earlier attempt's POST may have been processed and no listing has cleared it yet.
+    reconciling: bool
+    #: This attempt has begun sending its POST.
+    posting: bool = False
+
+    @property
+    def unresolved(self) -> bool:
+        """Whether TrustHub may hold an evaluation for the row that we have not seen: the row
+        keeps its mark however the attempt ends."""
+        return self.reconciling or self.posting
+
+
+def _run_claimed(attempt: _Attempt, client: TrustHubClient | None) -> Outcome:
+    evaluation = attempt.evaluation
     try:
         with _client(client) as trusthub:
-            return _attempt(evaluation, trusthub)
+            return _attempt(attempt, trusthub)
     except (RetryLater, DatabaseError):
         raise
     except TrustHubError as error:  # building the client: credentials
-        return _record_trusthub_error(evaluation, error, posted=evaluation.posted_at is not None)
+        return _record_trusthub_error(evaluation, error, posted=attempt.unresolved)
     except ImproperlyConfigured as error:
         return _record_error(
-            evaluation, message=str(error), posted=evaluation.posted_at is not None, permanent=True
+            evaluation, message=str(error), posted=attempt.unresolved, permanent=True
         )
     except Exception as error:  # the guarantee: no exception strands a row
         logger.error(
@@ -336,19 +359,22 @@ def _run_claimed(evaluation: Evaluation, client: TrustHubClient | None) -> Outco
         return _record_error(
             evaluation,
             message=f"Unexpected {type(error).__name__} (the worker's log has the traceback).",
-            posted=evaluation.posted_at is not None,
+            posted=attempt.unresolved,
         )
 
 
-def _attempt(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
+def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
+    evaluation = attempt.evaluation
     profile, policy = evaluation.customer_profile, evaluation.policy
-    reconciling = evaluation.posted_at is not None
     try:
-        payload = _reconcile(evaluation, client) if reconciling else None
+        payload = _reconcile(evaluation, client) if attempt.reconciling else None
         if payload is None:
-            if not Evaluation.objects.mark_posting(evaluation):
+            # Read to its end, the listing shows none for the earlier POST: post again, under
+            # a mark moved to now. Without an earlier POST the claim's mark is already there.
+            if attempt.reconciling and not Evaluation.objects.mark_posting(evaluation):
                 return Outcome.SKIPPED
-            reconciling = False
+            attempt.reconciling = False
+            attempt.posting = True
             payload = check_evaluation(
                 client.create_evaluation(profile.sid, policy.sid),
                 customer_profile_sid=profile.sid,
@@ -358,12 +384,12 @@ def _attempt(evaluation: Evaluation, client: TrustHubClient) -> Outcome:
     except TrustHubError as error:
         # Once a POST may have been processed, only a successful listing clears the mark: an
         # error while reconciling keeps it, and so does an ambiguous answer to the POST.
-        posted = evaluation.posted_at is not None and (reconciling or error.ambiguous)
+        posted = attempt.reconciling or (attempt.posting and error.ambiguous)
         return _record_trusthub_error(
             evaluation,
             error,
             posted=posted,
-            free=reconciling and _within_reconcile_timeout(evaluation),
+            free=attempt.reconciling and _within_reconcile_timeout(evaluation),
         )
 
 
@@ -405,13 +431,12 @@ def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, A
 
 def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
     profile, policy = evaluation.customer_profile, evaluation.policy
-    previous = _compliance_of(profile.pk)
     try:
-        stored = Evaluation.objects.record_result(evaluation, payload)
+        recorded = Evaluation.objects.record_result(evaluation, payload)
     except SidTaken as taken:
         # Not an answer about this request: whether TrustHub made one for it is unknown.
         raise InvalidResponse(str(taken), kind=ErrorKind.AMBIGUOUS) from None
-    if not stored:
+    if recorded is None:
         return Outcome.SKIPPED
     logger.info(
         "Evaluation %s of %s against %s: %s",
@@ -420,7 +445,7 @@ def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
         policy.sid,
         evaluation.status,
     )
-    _send_completed_signals(evaluation, previous)
+    _send_completed_signals(evaluation, recorded)
     return Outcome.COMPLETED
 
 
@@ -491,9 +516,10 @@ def _record_error(
     raise RetryLater(evaluation.pk, countdown, message)
 
 
-def _after_database_error(evaluation: Evaluation, error: DatabaseError) -> Outcome:
+def _after_database_error(attempt: _Attempt, error: DatabaseError) -> Outcome:
     """The database failed mid-attempt: retry, or fail if the data itself does not fit."""
-    posted = evaluation.posted_at is not None
+    evaluation = attempt.evaluation
+    posted = attempt.unresolved
     description = f"{type(error).__name__}: {error}".strip()
     if isinstance(error, DataError | IntegrityError):
         # TrustHub's answer (or our record of it) does not fit the database: it never will.
@@ -537,26 +563,22 @@ def _raw(body: str | None) -> Any:
     return body if unstorable_problem(parsed) else parsed
 
 
-def _compliance_of(profile_id: int) -> str:
-    return (
-        CustomerProfile.objects.filter(pk=profile_id)
-        .values_list("compliance_status", flat=True)
-        .get()
-    )
+def _send_completed_signals(evaluation: Evaluation, recorded: Recorded) -> None:
+    profile = evaluation.customer_profile
+    changed = recorded.applied and recorded.previous != evaluation.status
+    if recorded.applied:
+        # What the same transaction wrote to the profile's row.
+        profile.compliance_status = evaluation.status or ""
+        profile.compliance_checked_at = evaluation.completed_at
 
-
-def _send_completed_signals(evaluation: Evaluation, previous: str) -> None:
     def send() -> None:
         signals.evaluation_completed.send(sender=Evaluation, evaluation=evaluation)
-        if (
-            previous != evaluation.status
-            and _compliance_of(evaluation.customer_profile_id) == evaluation.status
-        ):
+        if changed:
             signals.compliance_changed.send(
                 sender=CustomerProfile,
-                customer_profile=evaluation.customer_profile,
+                customer_profile=profile,
                 evaluation=evaluation,
-                previous=previous,
+                previous=recorded.previous,
                 current=evaluation.status,
             )
 
@@ -630,9 +652,5 @@ def fetch_customer_profile(sid: str, *, client: TrustHubClient | None = None) ->
 
 @contextlib.contextmanager
 def _client(client: TrustHubClient | None) -> Iterator[TrustHubClient]:
-    """Use the caller's client, or make one from settings and close it afterwards."""
-    if client is not None:
-        yield client
-        return
-    with TrustHubClient.from_settings() as own:
-        yield own
+    """Use the caller's client, or this thread's kept one (its connection stays open)."""
+    yield client if client is not None else shared_client()

@@ -10,6 +10,7 @@ from django.db import DatabaseError
 from trusthub_eval import dispatch, services
 from trusthub_eval.exceptions import RetryLater
 from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.worker import task_connections
 
 # Retries of a delivery that could not even claim its row (the database was down). Past them
 # the message is dropped: the row is untouched, still queued, and a worker's sweep sends it.
@@ -30,7 +31,8 @@ _UNCLAIMED_RETRIES = 5
 )
 def run_evaluation_task(self: Any, evaluation_id: int, token: str | None = None) -> str:
     try:
-        return services.run_evaluation(evaluation_id, token=token).value
+        with task_connections(self.request):
+            return services.run_evaluation(evaluation_id, token=token).value
     except RetryLater as retry:
         raise self.retry(
             args=(evaluation_id,),
@@ -49,10 +51,11 @@ def dispatch_evaluations_task(evaluation_ids: list[int]) -> None:
     dispatch.send_runs(evaluation_ids, fan_out=False)
 
 
-@shared_task(name=dispatch.RESUME_QUEUED, ignore_result=True)
-def resume_queued_task(older_than: float | None = None) -> int:
+@shared_task(bind=True, name=dispatch.RESUME_QUEUED, ignore_result=True)
+def resume_queued_task(self: Any, older_than: float | None = None) -> int:
     """The sweep; every worker sends it every SWEEP_INTERVAL seconds (see trusthub_eval.worker)."""
-    return services.resume_queued(older_than=older_than)
+    with task_connections(self.request):
+        return services.resume_queued(older_than=older_than)
 
 
 @shared_task(name="trusthub_eval.evaluate_all", ignore_result=True)

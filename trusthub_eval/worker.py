@@ -1,4 +1,5 @@
-"""What the app does inside every Celery worker: sweep for evaluations whose message was lost.
+"""What the app does inside every Celery worker: keep its connections healthy, and sweep for
+evaluations whose message was lost.
 
 A message can be lost (the broker restarted, a worker was killed under Redis' one-hour
 visibility timeout, the broker was down at request time, a retry could not be published). The
@@ -8,8 +9,13 @@ row is the record, so every worker sends the sweep task when it is ready and the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
 from typing import Any
+
+from django.db import close_old_connections, connections
 
 from trusthub_eval import dispatch
 from trusthub_eval.conf import app_settings
@@ -30,3 +36,41 @@ def start_sweeping(sender: Any = None, **kwargs: Any) -> None:
     dispatch.send_sweep()
     timer.call_repeatedly(interval, dispatch.send_sweep)
     logger.info("TrustHub sweep every %.0fs", interval)
+
+
+@contextlib.contextmanager
+def task_connections(request: Any) -> Iterator[None]:
+    """Around one task, what Django does around a request: close the database connections that
+    are past ``CONN_MAX_AGE`` or broken, before and after.
+
+    Celery's Django fixup closes every connection before and after each task unless
+    ``CELERY_DB_REUSE_MAX`` is set, so a worker opens a connection (a PostgreSQL backend) per
+    evaluation. With it set, connections are kept and this is what still honours
+    ``CONN_MAX_AGE`` and ``CONN_HEALTH_CHECKS``, and drops a connection that broke (a database
+    restart) instead of failing every later task with it. Skipped when the task runs eagerly,
+    inside the caller's transaction.
+
+    In a gevent or eventlet pool every task runs in a greenlet of its own, so Django's
+    per-thread connections are per task: they are closed after it, or they would pile up.
+    """
+    if getattr(request, "is_eager", False):
+        yield
+        return
+    close_old_connections()
+    try:
+        yield
+    finally:
+        if _greenlet_per_task():
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+        else:
+            close_old_connections()
+
+
+def _greenlet_per_task() -> bool:
+    """Whether threads are greenlets here (a gevent or eventlet pool's monkey-patching)."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("threading"):
+        return True
+    eventlet = sys.modules.get("eventlet.patcher")
+    return bool(eventlet is not None and eventlet.is_monkey_patched("thread"))

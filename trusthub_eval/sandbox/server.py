@@ -335,7 +335,8 @@ class SandboxServer:
 
     @property
     def requests_log(self) -> list[JSON]:
-        """``{"method", "path", "status"}`` of every request handled outside /_sandbox/."""
+        """``{"method", "path", "status", "client_port"}`` of every request handled outside
+        /_sandbox/; the client's TCP port tells which connection carried it."""
         with self._lock:
             return [dict(entry) for entry in self._log]
 
@@ -404,9 +405,11 @@ class SandboxServer:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
-    def _record(self, method: str, path: str, status: int) -> None:
+    def _record(self, method: str, path: str, status: int, client_port: int) -> None:
         with self._lock:
-            self._log.append({"method": method, "path": path, "status": status})
+            self._log.append(
+                {"method": method, "path": path, "status": status, "client_port": client_port}
+            )
 
     def _end(self) -> None:
         with self._lock:
@@ -489,6 +492,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     # HTTP/1.1 keeps connections alive for requests.Session; every response sets Content-Length.
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes: without TCP_NODELAY the body waits for the
+    # client's delayed ACK of the headers (40 ms) on a kept-alive connection.
+    disable_nagle_algorithm = True
     server_version = "TrustHubSandbox/1.0"
 
     def do_GET(self) -> None:
@@ -533,9 +539,11 @@ class _Handler(BaseHTTPRequestHandler):
         recorded = False
         try:
             response = self._v1(path, query, body)
-            # Logged before the answer is written: a client holding its answer finds its
-            # request in the log (a test counting requests right after its calls returned).
-            sandbox._record(self.command, path, response[0])
+            # Logged, and no longer in flight, before the answer is written: a client holding
+            # its answer finds its request in the log, and its next request never overlaps it
+            # in the count (a test counting right after its calls returned).
+            sandbox._record(self.command, path, response[0], self.client_address[1])
+            sandbox._end()
             recorded = True
             if response is RESET:
                 self._reset()
@@ -543,8 +551,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(*response)
         finally:
             if not recorded:
-                sandbox._record(self.command, path, 500)
-            sandbox._end()
+                sandbox._record(self.command, path, 500, self.client_address[1])
+                sandbox._end()
 
     def _v1(self, path: str, query: dict[str, list[str]], body: bytes) -> Response:
         sandbox = self.sandbox
