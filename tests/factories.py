@@ -5,6 +5,9 @@ from __future__ import annotations
 import secrets
 import time
 
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
 from trusthub_eval import services
 from trusthub_eval.exceptions import RetryLater
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
@@ -57,3 +60,11 @@ def run_until_done(evaluation: Evaluation) -> Evaluation:
         break
     evaluation.refresh_from_db()
     return evaluation
+
+
+def client_for(user) -> APIClient:
+    """A client authenticated as the API's consumers are: with a token."""
+    token, _ = Token.objects.get_or_create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client

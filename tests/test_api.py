@@ -14,7 +14,15 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.factories import INITECH, PRIMARY_POLICY, STARTER_POLICY, make_profile, sid, sync_world
+from tests.factories import (
+    INITECH,
+    PRIMARY_POLICY,
+    STARTER_POLICY,
+    client_for,
+    make_profile,
+    sid,
+    sync_world,
+)
 from trusthub_eval import services
 from trusthub_eval.api import views
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
@@ -41,14 +49,6 @@ def grant(user, *codenames: str):
     assert perms.count() == len(codenames)
     user.user_permissions.add(*perms)
     return user
-
-
-def client_for(user) -> APIClient:
-    """A client authenticated as the API's consumers are: with a token."""
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
-from tests.factories import PRIMARY_POLICY, STARTER_POLICY, make_profile, sid
+from tests.factories import PRIMARY_POLICY, STARTER_POLICY, client_for, make_profile, sid
 from trusthub_eval.api import serializers
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.permissions import preload_permissions
@@ -37,13 +36,6 @@ def permissions(*codenames: str) -> list[Permission]:
     )
     assert len(found) == len(codenames)
     return found
-
-
-def client_for(user) -> APIClient:
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
 
 
 @pytest.fixture
