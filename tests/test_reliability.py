@@ -49,6 +49,15 @@ def created_since(sandbox, before: set[str]) -> set[str]:
     return upstream_sids(sandbox) - before
 
 
+def finishes_as_the_one_evaluation_trusthub_made(sandbox, evaluation, before) -> None:
+    """Run the row to its end: it completes holding the only evaluation TrustHub created since
+    ``before``, after exactly one POST."""
+    evaluation = run_until_done(evaluation)
+    assert evaluation.state == "completed"
+    assert {evaluation.sid} == created_since(sandbox, before)
+    assert posts(sandbox, UMBRELLA) == 1
+
+
 # --- a failing reconciliation ----------------------------------------------------------------
 
 # A list page that parses but whose items cannot be told apart: reading past them would conclude
@@ -86,10 +95,7 @@ def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, l
         evaluation.refresh_from_db()
         assert evaluation.state == "queued"
         assert evaluation.posted_at is not None  # still "TrustHub may hold one"
-    evaluation = run_until_done(evaluation)
-    assert evaluation.state == "completed"
-    assert {evaluation.sid} == created_since(sandbox, before)
-    assert posts(sandbox, UMBRELLA) == 1
+    finishes_as_the_one_evaluation_trusthub_made(sandbox, evaluation, before)
 
 
 def test_failed_listings_spend_no_attempts_within_the_reconcile_timeout(sandbox, settings):
@@ -103,10 +109,7 @@ def test_failed_listings_spend_no_attempts_within_the_reconcile_timeout(sandbox,
     evaluation.refresh_from_db()
     assert (evaluation.state, evaluation.attempts) == ("queued", 1)
     assert evaluation.posted_at is not None
-    evaluation = run_until_done(evaluation)
-    assert evaluation.state == "completed"
-    assert {evaluation.sid} == created_since(sandbox, before)
-    assert posts(sandbox, UMBRELLA) == 1
+    finishes_as_the_one_evaluation_trusthub_made(sandbox, evaluation, before)
 
 
 def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(sandbox, settings):
@@ -203,10 +206,7 @@ def test_an_unusable_answer_is_never_completed_and_the_real_one_is_adopted(sandb
     assert (evaluation.state, evaluation.sid, evaluation.status) == ("queued", None, None)
     assert evaluation.posted_at is not None  # TrustHub did process it
     assert not evaluation.requirement_results.exists()
-    evaluation = run_until_done(evaluation)
-    assert evaluation.state == "completed"
-    assert {evaluation.sid} == created_since(sandbox, before)
-    assert posts(sandbox, UMBRELLA) == 1
+    finishes_as_the_one_evaluation_trusthub_made(sandbox, evaluation, before)
 
 
 def test_a_failed_row_keeps_what_trusthub_answered(sandbox, settings):
@@ -355,10 +355,7 @@ def test_losing_the_database_connection_mid_attempt_is_retried_without_a_second_
     assert evaluation.state == "queued"
     assert evaluation.posted_at is not None
     assert "Database error" in evaluation.error_message
-    evaluation = run_until_done(evaluation)
-    assert evaluation.state == "completed"
-    assert {evaluation.sid} == created_since(sandbox, before)
-    assert posts(sandbox, UMBRELLA) == 1
+    finishes_as_the_one_evaluation_trusthub_made(sandbox, evaluation, before)
 
 
 @pytest.mark.redis
