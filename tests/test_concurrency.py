@@ -45,6 +45,67 @@ def test_slots_are_capped_and_given_back():
         assert cap.in_use() == 1
 
 
+def test_work_done_while_redis_answers_is_handed_to_the_block():
+    cap = limiter(1)
+    calls: list[int] = []
+
+    def prepare() -> str:
+        calls.append(cap._redis.zcard(cap.key))  # another connection than the slot's
+        return "prepared"
+
+    with cap.slot(prepare) as prepared:
+        assert prepared == "prepared"
+        assert cap.in_use() == 1
+    assert calls == [1]  # Redis had the request for the slot before the work began
+    assert cap.in_use() == 0
+
+    def broken() -> str:
+        raise ValueError("could not prepare")
+
+    with pytest.raises(ValueError, match="could not prepare"), cap.slot(broken):
+        pass
+    assert cap.in_use() == 0  # the slot it was given went back
+    with cap.slot(prepare) as prepared:  # and the line is still in step with Redis
+        assert prepared == "prepared"
+
+    # With no slot free, the work runs once and the caller waits, then gives up as before.
+    with cap.slot():
+        calls.clear()
+        with pytest.raises(ConcurrencyLimited), cap.slot(prepare):
+            pass
+        assert len(calls) == 1
+    assert cap.in_use() == 0
+
+
+def test_slots_survive_redis_forgetting_its_scripts():
+    cap = limiter(1)
+    with cap.slot():
+        pass
+    cap._redis.script_flush()
+    with cap.slot(lambda: "prepared") as prepared:  # the acquiring script, written ahead
+        assert prepared == "prepared"
+        assert cap.in_use() == 1
+        cap._redis.script_flush()  # the releasing script, written without waiting
+    with cap.slot():
+        assert cap.in_use() == 1
+    assert cap.in_use() == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "a" * 40, 1, "trusthub_eval:concurrency:AC", "token", 5, 60000),
+        ("BLPOP", "key:freed", 0.1),
+        ("SCRIPT", "LOAD", "return 'é ✓'"),
+        ("ZCARD", ""),
+    ],
+)
+def test_commands_are_written_as_redis_py_writes_them(args):
+    from trusthub_eval.concurrency import _pack
+
+    assert _pack(args) == b"".join(redis.Connection().pack_command(*args))
+
+
 def test_a_freed_slot_wakes_a_waiter_at_once():
     # A waiter that only polled would wait out its 60 s poll; the release wakes it instead.
     cap = RedisConcurrencyLimiter(
