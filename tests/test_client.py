@@ -821,6 +821,26 @@ def local_server() -> Iterator[str]:
         server.server_close()
 
 
+def test_the_environments_proxy_is_used_and_read_once_per_client(
+    local_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trusthub.invalid cannot resolve: an answer can only come through the proxy.
+    monkeypatch.setenv("HTTP_PROXY", local_server)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with TrustHubClient(
+        account_sid=AC, auth_token=TOKEN, base_url="http://trusthub.invalid", timeout=(1.0, 1.0)
+    ) as trusthub:
+        assert trusthub.fetch_customer_profile(BU) == load("customer_profile_fetch.json")
+        # Read when the client first called: a worker's kept client sees a change on restart.
+        monkeypatch.setenv("NO_PROXY", "trusthub.invalid")
+        assert trusthub.fetch_customer_profile(BU) == load("customer_profile_fetch.json")
+    with TrustHubClient(
+        account_sid=AC, auth_token=TOKEN, base_url="http://trusthub.invalid", timeout=(1.0, 1.0)
+    ) as trusthub, pytest.raises(TrustHubConnectionError):
+        trusthub.fetch_customer_profile(BU)  # NO_PROXY: straight to a host that does not resolve
+
+
 def test_real_socket_errors_and_no_secret_in_any_log(
     local_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:

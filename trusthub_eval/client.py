@@ -255,6 +255,7 @@ class TrustHubClient:
             session.mount("http://", adapter)
         self._session = session
         self._limiter = limiter
+        self._environment_settings: dict[str, Any] | None = None
         # When our own session last finished a request (see _drop_idle_connections).
         self._idle_since: float | None = None
 
@@ -466,17 +467,25 @@ class TrustHubClient:
         self._drop_idle_connections(started)
         response: requests.Response | None = None
         failure: TrustHubError | None = None
+        request = requests.Request(
+            method,
+            url,
+            params=params,
+            data=data,
+            auth=_Auth(self._credentials),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
         try:
-            with self._limiter.slot() if self._limiter else contextlib.nullcontext():
-                response = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    auth=_Auth(self._credentials),
-                    headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                    timeout=self.timeout,
-                    allow_redirects=False,
+            # What Session.request does, in two steps: the request is prepared while the
+            # limiter waits for Redis' answer.
+            with (
+                self._limiter.slot(lambda: self._session.prepare_request(request))
+                if self._limiter
+                else contextlib.nullcontext(self._session.prepare_request(request))
+            ) as prepared:
+                assert prepared is not None
+                response = self._session.send(
+                    prepared, timeout=self.timeout, allow_redirects=False, **self._environment()
                 )
         except requests.RequestException as exc:
             failure = self._transport_error(exc, method, path)
@@ -522,6 +531,21 @@ class TrustHubClient:
                 body=response.content,
             )
         return body
+
+    def _environment(self) -> dict[str, Any]:
+        """The proxies, CA bundle and certificate the environment sets for ``base_url``
+        (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``...), merged with the session's.
+
+        requests reads them again for every request, a good part of its own cost per call.
+        Every request of a client goes to ``base_url``'s host, so they are read once per client,
+        when it first calls: a worker keeps a client per thread, so it sees a change of them
+        when it is restarted.
+        """
+        if self._environment_settings is None:
+            self._environment_settings = dict(
+                self._session.merge_environment_settings(self.base_url, {}, None, None, None)
+            )
+        return self._environment_settings
 
     def _drop_idle_connections(self, now: float) -> None:
         """Close our pooled connections when they sat idle past IDLE_CONNECTION_TIMEOUT.
