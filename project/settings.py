@@ -146,7 +146,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's default prefetch (4) is kept: see the README, "Running workers".
 # Celery's Django fixup closes every database connection around every task unless this is
 # set; trusthub_eval's tasks close the expired (CONN_MAX_AGE) and broken ones themselves.
 CELERY_DB_REUSE_MAX = 1000
