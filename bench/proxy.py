@@ -7,7 +7,9 @@ kept as long as the client keeps them, so keep-alive works through it. It prints
 accepted connection (``conn <client port>``), so that a bench can count the TCP connections its
 clients opened, and one line whenever the number of requests in flight reaches a new high
 (``inflight <n>``; a request is in flight from its first byte to the delivery of the answer's
-first chunk; ``reset`` on its standard input starts counting again).
+first chunk; ``reset`` on its standard input starts counting again), and one line per answered
+request with the round trip it took as seen here (``rtt <ms>``: from the request's first byte to
+the delivery of the answer's first chunk, i.e. the upstream's own time plus ``--delay``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
+from typing import Any
 
 
 class _InFlight:
@@ -26,18 +30,21 @@ class _InFlight:
         self.now = 0
         self.high = 0
 
-    def begin(self, busy: list[bool]) -> None:
+    def begin(self, busy: list[Any]) -> None:
         if not busy[0]:
             busy[0] = True
+            busy[1] = time.monotonic()
             self.now += 1
             if self.now > self.high:
                 self.high = self.now
                 print(f"inflight {self.high}", flush=True)
 
-    def end(self, busy: list[bool]) -> None:
+    def end(self, busy: list[Any], *, answered: bool = False) -> None:
         if busy[0]:
             busy[0] = False
             self.now -= 1
+            if answered:
+                print(f"rtt {(time.monotonic() - busy[1]) * 1000:.2f}", flush=True)
 
 
 IN_FLIGHT = _InFlight()
@@ -47,7 +54,7 @@ async def _forward(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     delay: float,
-    busy: list[bool],
+    busy: list[Any],
     *,
     answers: bool,
 ) -> None:
@@ -63,7 +70,7 @@ async def _forward(
             if wait > 0:
                 await asyncio.sleep(wait)
             if answers:
-                IN_FLIGHT.end(busy)
+                IN_FLIGHT.end(busy, answered=True)
             writer.write(data)
             await writer.drain()
 
@@ -95,7 +102,7 @@ async def _serve(listen: int, upstream_host: str, upstream_port: int, delay: flo
         except OSError:
             writer.close()
             return
-        busy = [False]
+        busy: list[Any] = [False, 0.0]  # a request in flight; since when
         await asyncio.gather(
             _forward(reader, up_writer, 0.0, busy, answers=False),
             _forward(up_reader, writer, delay, busy, answers=True),

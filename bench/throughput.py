@@ -33,7 +33,9 @@ postmaster's children (their command line names the database) and sampled every 
 that exits (one per task when connections are not kept) is counted up to its last sample, plus
 its share of what the postmaster reaped beyond the last samples of every backend that exited.
 The machine is shared: the CPU others used meanwhile is printed too, and "ratio (left)" divides
-by the CPU limit of what they left.
+by the CPU limit of what they left. "round trip ms" is the median round trip the proxy saw
+(``--latency`` plus the sandbox's own time), and "ratio (round trip)" the throughput against the
+latency limit it sets (and the CPU limit).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -562,6 +565,12 @@ class Bench:
             for line in self.proxy.lines[proxy_lines:]
             if line.startswith("inflight ")
         ]
+        round_trips = [
+            float(line.split()[1])
+            for line in self.proxy.lines[proxy_lines:]
+            if line.startswith("rtt ")
+        ]
+        round_trip = statistics.median(round_trips) / 1000 if round_trips else self.args.latency
         posts = sum(
             1 for r in self.sandbox_call("/_sandbox/requests")["requests"] if r["method"] == "POST"
         )
@@ -605,6 +614,10 @@ class Bench:
             "cpu_limit_left": cpu_limit_left,
             "ratio": throughput / min(latency_limit, cpu_limit),
             "ratio_left": throughput / min(latency_limit, cpu_limit_left),
+            # TrustHub's round trip as the proxy saw it: the added latency plus the sandbox's
+            # own time; the throughput against the limit it sets (and the CPU limit).
+            "round_trip_ms": round_trip * 1000,
+            "ratio_round_trip": throughput / min(config.slots / round_trip, cpu_limit),
             "ms": {name: 1000 * value / n for name, value in ours.items()},
             "others_busy": max(machine - total, 0.0) / elapsed,
             "pg_backends_exited": pg["exited"],
@@ -668,6 +681,8 @@ COLUMNS = [
     ("CPU limit", lambda r: f"{r['cpu_limit']:.0f}", ">"),
     ("ratio", lambda r: f"{r['ratio']:.2f}", ">"),
     ("ratio (left)", lambda r: f"{r['ratio_left']:.2f}", ">"),
+    ("round trip ms", lambda r: f"{r.get('round_trip_ms', 0):.1f}", ">"),
+    ("ratio (round trip)", lambda r: f"{r.get('ratio_round_trip', 0):.2f}", ">"),
     ("worker ms", lambda r: f"{r['ms']['worker']:.1f}", ">"),
     ("PG ms", lambda r: f"{r['ms']['postgres']:.1f}", ">"),
     ("worker+PG ms", lambda r: f"{r['ms']['worker'] + r['ms']['postgres']:.1f}", ">"),
