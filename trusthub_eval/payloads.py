@@ -155,6 +155,17 @@ def _result_problem(item: object) -> str | None:
 
 def unstorable_problem(payload: object) -> str | None:
     """A problem with any string (or key) in the payload that a database cannot store."""
+    # One pass in C for the usual answer, which has none: JSON text escapes every NUL as
+    # \u0000 and keeps an unpaired surrogate, which UTF-8 cannot encode. The walk below, which
+    # names the problem, is for the rest (and for text that merely quotes "\u0000").
+    try:
+        text = json.dumps(payload, ensure_ascii=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        pass
+    else:
+        if "\\u0000" not in text:
+            return None
     pending: list[object] = [payload]
     while pending:
         value = pending.pop()
