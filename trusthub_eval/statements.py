@@ -10,6 +10,7 @@ models' metadata; every value is a parameter.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,21 +56,38 @@ def _loaded_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return [f for f in model._meta.concrete_fields if not isinstance(f, models.JSONField)]
 
 
-def _instance(
-    using: str, model: type[models.Model], fields: Sequence[models.Field[Any, Any]], values: Any
-) -> Any:
-    """A model instance from raw column values, converted as the ORM would convert them."""
+@functools.cache
+def _reader(
+    using: str, model: type[models.Model]
+) -> tuple[list[models.Field[Any, Any]], list[str], list[int]]:
+    """The columns an instance of ``model`` is read from, their attribute names, and which of
+    them the database's values need converting for (none, for this app's models on
+    PostgreSQL). Model metadata does not change while a process runs."""
+    fields = _loaded_fields(model)
     connection = connections[using]
-    converted = []
-    for field, value in zip(fields, values, strict=True):
-        column = Col(model._meta.db_table, field)
-        for converter in [
-            *connection.ops.get_db_converters(column),
-            *column.get_db_converters(connection),
-        ]:
-            value = converter(value, column, connection)
-        converted.append(value)
-    return model.from_db(using, [f.attname for f in fields], converted)
+    converting = [
+        index
+        for index, field in enumerate(fields)
+        if _converters(connection, Col(model._meta.db_table, field))
+    ]
+    return fields, [f.attname for f in fields], converting
+
+
+def _converters(connection: Any, column: Col) -> list[Any]:
+    return [*connection.ops.get_db_converters(column), *column.get_db_converters(connection)]
+
+
+def _instance(using: str, model: type[models.Model], values: Sequence[Any]) -> Any:
+    """A model instance from raw column values, converted as the ORM would convert them."""
+    fields, attnames, converting = _reader(using, model)
+    converted = list(values)
+    if converting:
+        connection = connections[using]  # this thread's: converters may be bound to it
+        for index in converting:
+            column = Col(model._meta.db_table, fields[index])
+            for converter in _converters(connection, column):
+                converted[index] = converter(converted[index], column, connection)
+    return model.from_db(using, attnames, converted)
 
 
 def claim(
@@ -83,19 +101,7 @@ def claim(
 ) -> Evaluation | None:
     """:meth:`EvaluationQuerySet.claim <trusthub_eval.managers.EvaluationQuerySet.claim>` in one
     statement; the evaluation comes with its profile and policy, payloads deferred."""
-    profile_model = model._meta.get_field("customer_profile").related_model
-    policy_model = model._meta.get_field("policy").related_model
-    assert isinstance(profile_model, type)
-    assert isinstance(policy_model, type)
-    c = _quoted(using)
-    fields = {m: _loaded_fields(m) for m in (model, profile_model, policy_model)}
-    quote = connections[using].ops.quote_name
-
-    def select(alias: str, m: type[models.Model]) -> str:
-        return ", ".join(f"{alias}.{quote(str(f.column))}" for f in fields[m])
-
-    state, started = c(model, "state"), c(model, "started_at")
-    claimable = f"{state} = %s OR ({state} = %s AND {started} < %s)"
+    sql, models_read = _claim_sql(using, model, with_token=token is not None)
     params: list[Any] = [
         model.State.RUNNING,
         now,
@@ -106,8 +112,42 @@ def claim(
         stale,
     ]
     if token is not None:
-        claimable += f" OR ({state} = %s AND {started} = %s)"
         params += [model.State.RUNNING, token]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instances = []
+    start = 0
+    for read in models_read:
+        size = len(_reader(using, read)[0])
+        instances.append(_instance(using, read, row[start : start + size]))
+        start += size
+    evaluation: Evaluation = instances[0]
+    evaluation.customer_profile, evaluation.policy = instances[1:]
+    return evaluation
+
+
+@functools.cache
+def _claim_sql(
+    using: str, model: type[Evaluation], *, with_token: bool
+) -> tuple[str, tuple[type[models.Model], ...]]:
+    """The claim's statement, and the models whose columns its row holds, in order."""
+    profile_model = model._meta.get_field("customer_profile").related_model
+    policy_model = model._meta.get_field("policy").related_model
+    assert isinstance(profile_model, type)
+    assert isinstance(policy_model, type)
+    c = _quoted(using)
+    quote = connections[using].ops.quote_name
+
+    def select(alias: str, m: type[models.Model]) -> str:
+        return ", ".join(f"{alias}.{quote(str(f.column))}" for f in _reader(using, m)[0])
+
+    state, started = c(model, "state"), c(model, "started_at")
+    claimable = f"{state} = %s OR ({state} = %s AND {started} < %s)"
+    if with_token:
+        claimable += f" OR ({state} = %s AND {started} = %s)"
     sql = f"""
         WITH claimed AS (
             UPDATE {_table(using, model)}
@@ -124,20 +164,7 @@ def claim(
         JOIN {_table(using, policy_model)} AS o
             ON o.{c(policy_model, "pk")} = claimed.{c(model, "policy")}
     """  # noqa: S608 (identifiers from the models' metadata, values are parameters)
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    sizes = [len(fields[m]) for m in (model, profile_model, policy_model)]
-    evaluation: Evaluation = _instance(using, model, fields[model], row[: sizes[0]])
-    evaluation.customer_profile = _instance(
-        using, profile_model, fields[profile_model], row[sizes[0] : sizes[0] + sizes[1]]
-    )
-    evaluation.policy = _instance(
-        using, policy_model, fields[policy_model], row[sizes[0] + sizes[1] :]
-    )
-    return evaluation
+    return sql, (model, profile_model, policy_model)
 
 
 def complete(
@@ -158,6 +185,32 @@ def complete(
     from trusthub_eval.managers import Recorded
 
     model = type(evaluation)
+    connection = connections[using]
+    sql = _complete_sql(using, model, tuple(fields), tuple(rows[0]) if rows else None)
+    values = [
+        _field(model, name).get_db_prep_save(value, connection) for name, value in fields.items()
+    ]
+    params: list[Any] = [*values, evaluation.pk, model.State.RUNNING, evaluation.started_at]
+    if rows:
+        params.append(json.dumps(list(rows)))
+    params += [fields["status"], fields["completed_at"], failing, fields["completed_at"]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        done, previous, applied = cursor.fetchone()
+    if not done:
+        return None
+    return Recorded(previous=previous, applied=applied)
+
+
+@functools.cache
+def _complete_sql(
+    using: str,
+    model: type[Evaluation],
+    names: tuple[str, ...],
+    result_names: tuple[str, ...] | None,
+) -> str:
+    """The statement of :func:`complete` setting the row's ``names`` and inserting requirement
+    rows of ``result_names`` (None: no requirement rows)."""
     profile_model = model._meta.get_field("customer_profile").related_model
     result_model = model._meta.get_field("requirement_results").related_model
     assert isinstance(profile_model, type)
@@ -166,11 +219,8 @@ def complete(
     c = _quoted(using)
     quote = connection.ops.quote_name
     pk = c(profile_model, "pk")
-    sets = ", ".join(f"{c(model, name)} = %s" for name in fields)
-    values = [
-        _field(model, name).get_db_prep_save(value, connection) for name, value in fields.items()
-    ]
-    result_fields = [_field(result_model, name) for name in rows[0]] if rows else []
+    sets = ", ".join(f"{c(model, name)} = %s" for name in names)
+    result_fields = [_field(result_model, name) for name in result_names or ()]
     columns = ", ".join(quote(str(f.column)) for f in result_fields)
     record_types = ", ".join(
         f"{quote(f.attname)} {_record_type(f, connection)}" for f in result_fields
@@ -182,11 +232,11 @@ def complete(
             SELECT done.id, {selected}
             FROM done CROSS JOIN jsonb_to_recordset(%s::jsonb) AS r({record_types})
         ),"""  # noqa: S608 (identifiers from the models' metadata)
-        if rows
+        if result_names is not None
         else ""
     )
     checked = c(profile_model, "compliance_checked_at")
-    sql = f"""
+    return f"""
         WITH done AS (
             UPDATE {_table(using, model)} SET {sets}
             WHERE {c(model, "id")} = %s AND {c(model, "state")} = %s
@@ -207,16 +257,6 @@ def complete(
         SELECT EXISTS (SELECT 1 FROM done), (SELECT previous FROM locked),
             EXISTS (SELECT 1 FROM applied)
     """  # noqa: S608 (identifiers from the models' metadata, values are parameters)
-    params: list[Any] = [*values, evaluation.pk, model.State.RUNNING, evaluation.started_at]
-    if rows:
-        params.append(json.dumps(list(rows)))
-    params += [fields["status"], fields["completed_at"], failing, fields["completed_at"]]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        done, previous, applied = cursor.fetchone()
-    if not done:
-        return None
-    return Recorded(previous=previous, applied=applied)
 
 
 def _record_type(field: models.Field[Any, Any], connection: Any) -> str:
