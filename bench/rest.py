@@ -140,7 +140,10 @@ class Bench:
         self.policy = Policy.objects.get(pk=PRIMARY_POLICY_ID)
         # A profile in the middle of the dataset, with its full share of history.
         self.profile = CustomerProfile.objects.get(pk=args.profiles // 2)
-        self.other = Other(args) if getattr(args, "compare", None) else None
+        compare = getattr(args, "compare", None)
+        # With --compare, this checkout's API is served by a child too (see Other).
+        self.mine = Other(args, None) if compare else None
+        self.other = Other(args, compare) if compare else None
         self.other_ratios: list[float] = []
         self.blank = ("",) * 3 if self.other is not None else ()
 
@@ -298,6 +301,9 @@ class Bench:
         key = floor.shape.key
         assert [row[key] for row in ours] == [row[key] for row in expected], page.label
         calls: list[Callable[[], Any]] = [lambda: self.get(url), floor, prepared_floor]
+        if self.mine is not None:
+            mine = self.mine
+            calls[0] = lambda: Measured(mine.call("time", url))
         if self.other is not None:
             other = self.other
             theirs = other.call("results", url)
@@ -725,37 +731,45 @@ class Measured:
 
 
 class Other:
-    """Another commit's API, served by this script in a second process (``--serve``).
+    """An API served by this script in a child process (``--serve``), for ``--compare``.
 
-    Its tree is extracted with ``git archive``; the second process imports ``trusthub_eval``
-    and the example project from it, and everything else (Django, DRF, this bench's data and
-    floor) as this one does. It answers one request at a time, so the two APIs and the floor
+    The child imports ``trusthub_eval`` and the example project from ``tree`` (this checkout,
+    or another commit's tree extracted with ``git archive``) and everything else (Django, DRF,
+    this bench's data) as this process does. With --compare both APIs are served this way, by
+    children set up alike, and each child times its own requests: an API timed in this process,
+    which also runs the floor and holds the results, measured a few per cent slower than the
+    same code in a child. Each answers one request at a time, so the two APIs and the floor
     take turns request by request.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, revision: str | None) -> None:
         root = Path(__file__).resolve().parent.parent
-        self.commit = subprocess.run(
-            ["git", "rev-parse", "--short", args.compare],
-            cwd=root,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        self.tmp = tempfile.TemporaryDirectory(prefix="rest-bench-")
-        archive = subprocess.run(
-            ["git", "archive", "--format=tar", self.commit],
-            cwd=root,
-            check=True,
-            capture_output=True,
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(self.tmp.name, filter="data")
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        if revision is None:
+            self.commit, tree = "this checkout", str(root)
+        else:
+            self.commit = subprocess.run(
+                ["git", "rev-parse", "--short", revision],
+                cwd=root,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            self.tmp = tempfile.TemporaryDirectory(prefix="rest-bench-")
+            tree = self.tmp.name
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", self.commit],
+                cwd=root,
+                check=True,
+                capture_output=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(tree, filter="data")
         command = [
             sys.executable,
             str(Path(__file__).resolve()),
             "--serve",
-            self.tmp.name,
+            tree,
             "--database-url",
             args.database_url,
             "--evaluations",
