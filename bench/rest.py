@@ -779,8 +779,9 @@ class Other:
         ]
         if args.prepared:
             command.append("--prepared")
+        # In the tree: Celery's Django fixup puts the working directory first on sys.path.
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            command, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
 
     def call(self, what: str, url: str) -> Any:
