@@ -3,13 +3,16 @@
     python bench/rest.py                                      # 1,000,000 evaluations
     python bench/rest.py --evaluations 20000 --profiles 200   # quick mode
     python bench/rest.py --pages-only                         # without the bulk triggers
+    python bench/rest.py --pages-only --compare 566c9de       # and that commit's API, in turns
 
 Each page is fetched through Django's full stack (middleware, token authentication, permission
 checks, the view, JSON rendering) in this process, without a network, at several cursor depths
 and page sizes. Beside it, the floor: the same request's work written by hand over a plain
 psycopg connection (the token joined to its user, the user's and groups' permissions, the page's
 rows with the same keys and links, json.dumps), and for the evaluation lists the same page from a
-plain DRF ModelViewSet with PageNumberPagination (what a user would write first). The bulk
+plain DRF ModelViewSet with PageNumberPagination (what a user would write first). With
+--compare, another commit's API serves the same pages from a second process, taking turns with
+this one and the floor request by request. The bulk
 trigger really enqueues: Celery is not eager and the broker is kombu's filesystem transport in a
 temporary directory, so messages are written and nothing runs them.
 """
@@ -18,11 +21,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
+import io
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -62,22 +70,39 @@ def main() -> None:
         help="let Django's connection prepare statements (OPTIONS server_side_binding and "
         "prepare_threshold), as a host may",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="COMMIT",
+        help="also time that commit's API on the same pages, taking turns (pages only)",
+    )
+    parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    replies = sys.stdout
+    if args.serve:
+        # The other side of --compare: the API (trusthub_eval, project) of the tree in DIR.
+        # Its answers go to stdout, and nothing else may.
+        sys.path.insert(0, args.serve)
+        sys.stdout = sys.stderr
 
     args.database_url = args.database_url or dataset_database_url(
         evaluations=args.evaluations, profiles=args.profiles
     )
-    setup_django(args.database_url)
-    started = time.monotonic()
-    ensure_dataset(evaluations=args.evaluations, profiles=args.profiles)
-    print(f"dataset ready in {time.monotonic() - started:.1f}s", flush=True)
+    # The other side of --compare finds the database loaded and migrated.
+    setup_django(args.database_url, migrate=not args.serve)
+    if not args.serve:
+        started = time.monotonic()
+        ensure_dataset(evaluations=args.evaluations, profiles=args.profiles)
+        print(f"dataset ready in {time.monotonic() - started:.1f}s", flush=True)
     if args.prepared:
         from django.db import connection
 
         connection.close()
         options = connection.settings_dict.setdefault("OPTIONS", {})
         options.update(server_side_binding=True, prepare_threshold=5)
-    Bench(args).run()
+    if args.serve:
+        serve(args, replies)
+    else:
+        Bench(args).run()
 
 
 @dataclass
@@ -115,6 +140,12 @@ class Bench:
         self.policy = Policy.objects.get(pk=PRIMARY_POLICY_ID)
         # A profile in the middle of the dataset, with its full share of history.
         self.profile = CustomerProfile.objects.get(pk=args.profiles // 2)
+        compare = getattr(args, "compare", None)
+        # With --compare, this checkout's API is served by a child too (see Other).
+        self.mine = Other(args, None) if compare else None
+        self.other = Other(args, compare) if compare else None
+        self.other_ratios: list[float] = []
+        self.blank = ("",) * 3 if self.other is not None else ()
 
     def run(self) -> None:
         import psycopg
@@ -124,10 +155,17 @@ class Bench:
         # prepares statements exactly when Django's connection does (by default it does not,
         # so every query is planned each time on both sides); the prepared floor always does,
         # as psycopg does by default from a query's fifth run.
-        prepare = connection.get_connection_params().get("prepare_threshold")
+        # It also binds parameters where Django's connection does: in the client (Django's
+        # default, a psycopg ClientCursor) unless OPTIONS has server_side_binding.
+        params = connection.get_connection_params()
+        prepare = params.get("prepare_threshold")
+        client_side = issubclass(params.get("cursor_factory", object), psycopg.ClientCursor)
+        factory: Any = psycopg.ClientCursor if client_side else psycopg.Cursor
         url = self.args.database_url
         with (
-            psycopg.connect(url, autocommit=True, prepare_threshold=prepare) as raw,
+            psycopg.connect(
+                url, autocommit=True, prepare_threshold=prepare, cursor_factory=factory
+            ) as raw,
             psycopg.connect(url, autocommit=True, prepare_threshold=5) as prepared,
         ):
             for page in self.pages():
@@ -262,13 +300,31 @@ class Bench:
         assert ours, (page.label, url)
         key = floor.shape.key
         assert [row[key] for row in ours] == [row[key] for row in expected], page.label
-        calls = [lambda: self.get(url), floor, prepared_floor]
+        calls: list[Callable[[], Any]] = [lambda: self.get(url), floor, prepared_floor]
+        if self.mine is not None:
+            mine = self.mine
+            calls[0] = lambda: Measured(mine.call("time", url))
+        if self.other is not None:
+            other = self.other
+            theirs = other.call("results", url)
+            assert [row[key] for row in theirs] == [row[key] for row in ours], page.label
+            calls.append(lambda: Measured(other.call("time", url)))
         if naive_url:
             naive = self.get(naive_url).json()["results"]
             assert [row["id"] for row in naive] == [row["id"] for row in expected], page.label
             calls.append(lambda: self.get(naive_url))
         # Interleaved, so that a noisy neighbour on a shared machine slows all of them alike.
-        ours_ms, floor_ms, prepared_ms, *naive_ms = _medians_ms(calls, self.args.repeat)
+        ours_ms, floor_ms, prepared_ms, *more_ms = _medians_ms(calls, self.args.repeat)
+        other_columns: tuple[str, ...] = ()
+        if self.other is not None:
+            other_ms = more_ms.pop(0)
+            self.other_ratios.append(other_ms / floor_ms)
+            other_columns = (
+                f"{other_ms:.1f}",
+                str(self.other.call("queries", url)),
+                f"{other_ms / floor_ms:.1f}x",
+            )
+        naive_ms = more_ms
         ours_q = _queries(lambda: self.get(url))
         naive_q = _queries(lambda: self.get(naive_url)) if naive_url else None
         ratio = ours_ms / floor_ms
@@ -286,6 +342,7 @@ class Bench:
                 f"{ours_ms / prepared_ms:.1f}x",
                 f"{naive_ms[0]:.1f}" if naive_ms else "",
                 "" if naive_q is None else str(naive_q),
+                *other_columns,
             )
         )
         print(
@@ -323,7 +380,7 @@ class Bench:
             f"{result['in_flight']:,} in flight"
         )
         median = statistics.median(times)
-        self.rows.append((label, "", f"{median:.0f}", str(max(counts)), *[""] * 6))
+        self.rows.append((label, "", f"{median:.0f}", str(max(counts)), *[""] * 6, *self.blank))
         print(f"  {label}: {median:.0f} ms, {max(counts)} queries", flush=True)
 
     def report(self, connection: Any) -> None:
@@ -355,7 +412,7 @@ class Bench:
                 else "no prepared statements (Django's default)"
             )
         )
-        header = (
+        header: tuple[str, ...] = (
             "page, page_size",
             "rows",
             "ours ms",
@@ -367,6 +424,9 @@ class Bench:
             "naive DRF ms",
             "naive queries",
         )
+        if self.other is not None:
+            commit = self.other.commit
+            header += (f"{commit} ms", f"{commit} queries", f"{commit}/floor")
         widths = [max(len(str(row[i])) for row in [header, *self.rows]) for i in range(len(header))]
         line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
         print(line)
@@ -378,6 +438,12 @@ class Bench:
             f"(median {statistics.median(self.ratios):.1f}x); queries per page: "
             f"{', '.join(map(str, sorted(self.query_counts)))}"
         )
+        if self.other is not None:
+            ratios = self.other_ratios
+            print(
+                f"pages of {self.other.commit}: its/floor {min(ratios):.1f}x to {max(ratios):.1f}x "
+                f"(median {statistics.median(ratios):.1f}x)"
+            )
 
 
 # --- the floor: the same request's work by hand, over psycopg -------------------------------
@@ -454,12 +520,12 @@ class Floor:
     def __init__(self, raw: Any, token: str, page: Page, size: int) -> None:
         self.raw, self.token, self.page, self.size = raw, token, page, size
         self.shape = shape = _SHAPES[page.list]
-        conditions, self.params = [page.where] if page.where else [], list(page.params)
+        # The SQL of the page's shape is written once, as the API compiles its own once; the
+        # cursor's values are read from it on every call, as the API reads them.
+        conditions = [page.where] if page.where else []
         if page.cursor is not None:
-            reverse, position = json.loads(_uncursor(page.cursor))
-            after = ">" if shape.descending == bool(reverse) else "<"
+            after = ">" if shape.descending == page.reverse else "<"
             conditions.append(f"{shape.position} {after} (%s, %s)")
-            self.params += position
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         direction = "DESC" if shape.descending != page.reverse else "ASC"
         self.sql = shape.sql.format(where=where, direction=direction)
@@ -473,17 +539,23 @@ class Floor:
             rows = raw.execute(_PERMISSIONS_SQL, [user[0], user[0]]).fetchall()
             if self.shape.permission not in {f"{app}.{codename}" for app, codename in rows}:
                 raise PermissionError(self.shape.permission)
-        rows = raw.execute(self.sql, [*self.params, self.size + 1]).fetchall()
+        position = []
+        if self.page.cursor is not None:
+            _reverse, position = json.loads(_uncursor(self.page.cursor))
+        rows = raw.execute(self.sql, [*self.page.params, *position, self.size + 1]).fetchall()
         more = len(rows) > self.size
         rows = rows[: self.size]
-        if self.page.reverse:
+        reverse = self.page.reverse
+        if reverse:
             rows.reverse()
         results = [self.shape.write(row) for row in rows]
         link = f"{_HOST}{self.page.url[4:]}page_size={self.size}&cursor="
+        first = [str(value) for value in rows[0][:2]] if rows else []
         last = [str(value) for value in rows[-1][:2]] if rows else []
+        has_previous = more if reverse else self.page.cursor is not None
         body = {
-            "next": link + _cursor(False, last) if more else None,
-            "previous": None,
+            "next": link + _cursor(False, last) if reverse or more else None,
+            "previous": link + _cursor(True, first) if has_previous else None,
             "results": results,
         }
         json.dumps(body, default=_iso, separators=(",", ":")).encode()
@@ -648,6 +720,97 @@ def _urlconf() -> str:
     return module.__name__
 
 
+# --- --compare: another commit's API in a second process ------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A time the other process measured itself, in milliseconds."""
+
+    ms: float
+
+
+class Other:
+    """An API served by this script in a child process (``--serve``), for ``--compare``.
+
+    The child imports ``trusthub_eval`` and the example project from ``tree`` (this checkout,
+    or another commit's tree extracted with ``git archive``) and everything else (Django, DRF,
+    this bench's data) as this process does. With --compare both APIs are served this way, by
+    children set up alike, and each child times its own requests: an API timed in this process,
+    which also runs the floor and holds the results, measured a few per cent slower than the
+    same code in a child. Each answers one request at a time, so the two APIs and the floor
+    take turns request by request.
+    """
+
+    def __init__(self, args: argparse.Namespace, revision: str | None) -> None:
+        root = Path(__file__).resolve().parent.parent
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        if revision is None:
+            self.commit, tree = "this checkout", str(root)
+        else:
+            self.commit = subprocess.run(
+                ["git", "rev-parse", "--short", revision],
+                cwd=root,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            self.tmp = tempfile.TemporaryDirectory(prefix="rest-bench-")
+            tree = self.tmp.name
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", self.commit],
+                cwd=root,
+                check=True,
+                capture_output=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(tree, filter="data")
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve",
+            tree,
+            "--database-url",
+            args.database_url,
+            "--evaluations",
+            str(args.evaluations),
+            "--profiles",
+            str(args.profiles),
+        ]
+        if args.prepared:
+            command.append("--prepared")
+        # In the tree: Celery's Django fixup puts the working directory first on sys.path.
+        self.process = subprocess.Popen(
+            command, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+
+    def call(self, what: str, url: str) -> Any:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps([what, url]) + "\n")
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the API of {self.commit} stopped answering")
+        return json.loads(answer)
+
+
+def serve(args: argparse.Namespace, replies: Any) -> None:
+    """Answer ``[what, url]`` lines from stdin: a page's results, its time, its queries."""
+    bench = Bench(args)
+    for line in sys.stdin:
+        what, url = json.loads(line)
+        if what == "results":
+            answer: Any = bench.get(url).json()["results"]
+        elif what == "time":
+            start = time.perf_counter()
+            bench.get(url)
+            answer = (time.perf_counter() - start) * 1000
+        else:
+            answer = _queries(functools.partial(bench.get, url))
+        replies.write(json.dumps(answer) + "\n")
+        replies.flush()
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -669,8 +832,10 @@ def _medians_ms(calls: list[Callable[[], Any]], repeat: int) -> list[float]:
     for _ in range(repeat):
         for call, spent in zip(calls, times, strict=True):
             start = time.perf_counter()
-            call()
-            spent.append((time.perf_counter() - start) * 1000)
+            result = call()
+            elapsed = (time.perf_counter() - start) * 1000
+            # The other process times its own request, without the round trip to it.
+            spent.append(result.ms if isinstance(result, Measured) else elapsed)
     return [statistics.median(spent) for spent in times]
 
 

@@ -20,6 +20,8 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView
 
+from trusthub_eval.api import compiled
+
 
 class KeysetPagination(BasePagination):
     """Cursor pagination on a unique ordering, compared as a tuple.
@@ -55,13 +57,8 @@ class KeysetPagination(BasePagination):
         page_size = self.get_page_size(request)
         model = queryset.model
         cursor = self.decode_cursor(request, model)
-        fields = [(name.lstrip("-"), name.startswith("-")) for name in self.ordering]
-        reverse = False
-        if cursor is not None:
-            reverse, position = cursor
-            queryset = queryset.filter(_beyond(fields, position, reverse=reverse))
-        order = [f"-{name}" if (desc != reverse) else name for name, desc in fields]
-        rows: list[Any] = list(queryset.order_by(*order)[: page_size + 1])
+        rows = self._rows(queryset, cursor, page_size + 1)
+        reverse = cursor is not None and cursor[0]
         more = len(rows) > page_size
         rows = rows[:page_size]
         if reverse:
@@ -173,6 +170,40 @@ class KeysetPagination(BasePagination):
                 {self.cursor_query_param: [self.invalid_cursor_message]}
             ) from None
         return bool(reverse), position
+
+    def _rows(
+        self, queryset: QuerySet[Any, Any], cursor: tuple[bool, list[Any]] | None, limit: int
+    ) -> list[Any]:
+        """Up to ``limit`` rows from the cursor on, in the page's order (reversed backwards)."""
+        fields = [(name.lstrip("-"), name.startswith("-")) for name in self.ordering]
+        reverse, position = cursor if cursor is not None else (False, [])
+        order = [f"-{name}" if (desc != reverse) else name for name, desc in fields]
+
+        def build(values: Sequence[Any], base: QuerySet[Any, Any] = queryset) -> Any:
+            if cursor is not None:
+                base = base.filter(_beyond(fields, list(values), reverse=reverse))
+            return base.order_by(*order)[:limit]
+
+        marked = compiled.template_of(queryset)
+        if marked is not None and None not in marked[1]:
+            # A list's template: its SQL is compiled once for this shape (see compiled.py).
+            template, values = marked
+            model = queryset.model
+            keys = [compiled.field_of(model, name) for name, _ in fields] if cursor else []
+
+            def build_template(values: Sequence[Any]) -> Any:
+                count = len(template.names)
+                return build(values[count:], template.build(values[:count]))
+
+            statement = compiled.statement(
+                (template, tuple(self.ordering), cursor is not None, reverse, limit),
+                build_template,
+                [*template.fields(), *keys],
+                queryset.db,
+            )
+            if statement is not None:
+                return statement.rows([*values, *position])
+        return list(build(position))
 
     @staticmethod
     def _clean(model: type[Model], name: str, value: Any) -> Any:

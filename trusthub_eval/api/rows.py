@@ -20,6 +20,7 @@ from rest_framework import ISO_8601, serializers
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
+from trusthub_eval.api import compiled
 from trusthub_eval.api.serializers import NAMESPACE, url_writer
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
@@ -80,6 +81,15 @@ class Rows:
             cached = cls.model._default_manager.values_list(*cls.columns(), named=True)
             _querysets[cls] = cached
         return cached
+
+    @classmethod
+    def where(cls, **conditions: Any) -> QuerySet[Any, Any]:
+        """The rows matching the exact ``conditions``, as a list's pages read them.
+
+        A copy of :meth:`queryset`, filtered, which the pagination may run from SQL compiled
+        once for the list (see trusthub_eval.api.compiled) as long as nothing else filters it.
+        """
+        return compiled.mark(cls.queryset(), **conditions)
 
     def url(self, basename: str, lookup_url_kwarg: str) -> Writer:
         return url_writer(f"{NAMESPACE}:{basename}", lookup_url_kwarg, self.request, self.format)

@@ -137,7 +137,7 @@ class RowsListMixin:
 
     def get_queryset(self) -> QuerySet[Any, Any]:
         if getattr(self, "action", None) == "list":
-            return self.rows_class.queryset().all()
+            return self.rows_class.where()
         return super().get_queryset()  # type: ignore[misc, no-any-return]
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -264,7 +264,7 @@ class CustomerProfileEvaluationsView(
 
     def get_queryset(self) -> QuerySet[Any, Any]:
         sid = _check_sid(self.kwargs["sid"], SidKind.CUSTOMER_PROFILE)
-        return self.rows_class.queryset().filter(customer_profile__sid=sid)
+        return self.rows_class.where(customer_profile__sid=sid)
 
     def paginate_queryset(self, queryset: Any) -> list[Any] | None:
         page = super().paginate_queryset(queryset)
