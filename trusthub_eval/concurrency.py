@@ -7,8 +7,8 @@ set scored by Redis' own clock; a slot whose holder died is reclaimed once its l
 
 Taking a slot is a script Redis keeps by its hash (EVALSHA). Its round trip is spent on the
 caller's own work: ``slot(meanwhile)`` writes the request for a slot, runs ``meanwhile`` (the
-client prepares its HTTP request there) while Redis answers, then reads the answer, so a call
-under the cap rarely waits for Redis at all. Giving the slot back is another script, written
+client prepares its HTTP request there) while Redis answers, then reads the answer, so the
+round trip overlaps work the call does anyway. Giving the slot back is another script, written
 without waiting for its answer (see ``_Line``); it also pushes a wake-up on a list on which
 callers waiting for a slot block (BLPOP), so a freed slot is taken at once rather than at the
 next poll.
