@@ -835,9 +835,12 @@ def test_the_environments_proxy_is_used_and_read_once_per_client(
         # Read when the client first called: a worker's kept client sees a change on restart.
         monkeypatch.setenv("NO_PROXY", "trusthub.invalid")
         assert trusthub.fetch_customer_profile(BU) == load("customer_profile_fetch.json")
-    with TrustHubClient(
-        account_sid=AC, auth_token=TOKEN, base_url="http://trusthub.invalid", timeout=(1.0, 1.0)
-    ) as trusthub, pytest.raises(TrustHubConnectionError):
+    with (
+        TrustHubClient(
+            account_sid=AC, auth_token=TOKEN, base_url="http://trusthub.invalid", timeout=(1.0, 1.0)
+        ) as trusthub,
+        pytest.raises(TrustHubConnectionError),
+    ):
         trusthub.fetch_customer_profile(BU)  # NO_PROXY: straight to a host that does not resolve
 
 
