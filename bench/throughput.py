@@ -159,6 +159,11 @@ class BackendSampler:
                     cmdline = file.read().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 return False
+            if not cmdline.startswith("postgres: "):
+                # Just forked: the backend still has the postmaster's command line until it
+                # has read the connection's database and set its title. Asked again next time
+                # (many backends are born in the same 20 ms when a fleet starts).
+                return False
             self._names[pid] = self.token in f"{cmdline} " and pid not in self.exclude
         return self._names[pid]
 
