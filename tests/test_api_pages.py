@@ -12,7 +12,8 @@ from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.test import override_settings
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, override_script_prefix
+from django.urls import include, path
 from django.utils import timezone
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -183,6 +184,38 @@ def test_a_host_datetime_format_is_followed_as_the_serializer_follows_it(api, va
         expected = serialized(serializers.EvaluationSerializer, evaluations, "/api/evaluations/")
         assert_same_rows(api.get("/api/evaluations/"), expected)
         assert "/" in expected[0]["requested_at"]
+
+
+@override_settings(ALLOWED_HOSTS=["testserver", "other.example"])
+def test_each_request_gets_urls_under_its_own_host_script_prefix_and_format(api, varied):
+    # The path part of a list's URLs is reversed once and kept: what a request brings (its
+    # host, the prefix it is mounted under, DRF's ?format=) must still be its own.
+    def urls(path: str, **extra: str) -> list[str]:
+        response = api.get(path, **extra)
+        assert response.status_code == 200, response.content
+        return [row["url"] for row in response.json()["results"]]
+
+    plain = urls("/api/policies/")
+    sids = [url.rstrip("/").rsplit("/", 1)[1] for url in plain]
+    assert plain == [f"http://testserver/api/policies/{sid}/" for sid in sids]
+    # What Django's WSGI handler does for a request under SCRIPT_NAME (the test client does not).
+    with override_script_prefix("/compliance/"):
+        mounted = urls("/api/policies/", HTTP_HOST="other.example")
+        history = urls(f"/api/customer-profiles/{varied.sid}/evaluations/")
+    assert mounted == [f"http://other.example/compliance/api/policies/{sid}/" for sid in sids]
+    assert history
+    assert all(url.startswith("http://testserver/compliance/api/evaluations/") for url in history)
+    assert urls("/api/policies/?format=json") == [f"{url}?format=json" for url in plain]
+    assert urls("/api/policies/") == plain
+    with override_settings(ROOT_URLCONF=THIS_MODULE):  # a host that mounts the API elsewhere
+        assert urls("/compliance/api/policies/") == [
+            f"http://testserver/compliance/api/policies/{sid}/" for sid in sids
+        ]
+    assert urls("/api/policies/") == plain
+
+
+# A host's URLconf for the test above.
+urlpatterns = [path("compliance/api/", include("trusthub_eval.api.urls"))]
 
 
 # --- a query budget that does not grow --------------------------------------------------------

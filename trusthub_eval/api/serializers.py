@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+from django.conf import settings
 from django.db.models import QuerySet
+from django.urls import get_script_prefix, get_urlconf
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import Direction, extend_schema_field
 from rest_framework import serializers
-from rest_framework.reverse import reverse
+from rest_framework.reverse import preserve_builtin_query_params, reverse
 
 from trusthub_eval.api.filters import CustomerProfileFilter, sid_schema
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
@@ -96,22 +100,50 @@ class RequirementsField(serializers.JSONField):
 def url_writer(
     view_name: str, lookup_url_kwarg: str, request: Any, format: str | None = None
 ) -> Callable[[Any], str]:
-    """The URLs of one view for many lookup values, from a single ``reverse()``.
+    """The URLs of one view for many lookup values, as DRF's ``reverse()`` writes them.
 
     ``reverse()`` took a sixth of a profile list page (three URLs per row); the URLs of one page
-    differ only in the lookup value, so the rest is reversed once and each value put in.
+    differ only in the lookup value, so the rest is written once and each value put in. The
+    path itself is the same for every request under the same URLconf, script prefix and
+    language, so Django's ``reverse()`` runs once for each of those; the request adds its
+    scheme and host, and DRF's built-in query parameters (``?format=``). A versioning scheme,
+    which may rewrite the URL per request, gets DRF's ``reverse()`` every time.
     """
-    placeholder = "__lookup__"
-    template = reverse(
-        view_name, kwargs={lookup_url_kwarg: placeholder}, request=request, format=format
-    )
-    head, _, tail = template.partition(placeholder)
+    if request is None or getattr(request, "versioning_scheme", None) is not None:
+        template = reverse(
+            view_name, kwargs={lookup_url_kwarg: _PLACEHOLDER}, request=request, format=format
+        )
+    else:
+        urlconf = get_urlconf() or settings.ROOT_URLCONF
+        path = _path(
+            view_name, lookup_url_kwarg, format, urlconf, get_script_prefix(), get_language()
+        )
+        template = preserve_builtin_query_params(request.build_absolute_uri(path), request)
+    head, _, tail = template.partition(_PLACEHOLDER)
 
     def write(value: Any) -> str:
         text = value if type(value) is int else quote(str(value), safe="")
         return f"{head}{text}{tail}"
 
     return write
+
+
+_PLACEHOLDER = "__lookup__"
+
+
+@functools.lru_cache(maxsize=256)
+def _path(
+    view_name: str,
+    lookup_url_kwarg: str,
+    format: str | None,
+    urlconf: Any,
+    script_prefix: str,
+    language: str | None,
+) -> str:
+    # What DRF's reverse() asks of Django's for a request without a versioning scheme; the
+    # arguments after ``format`` are what Django's reads from the thread besides the view.
+    kwargs = {lookup_url_kwarg: _PLACEHOLDER}
+    return reverse(view_name, kwargs=kwargs, format=format, urlconf=urlconf)
 
 
 class IdentityUrlField(serializers.HyperlinkedIdentityField):
