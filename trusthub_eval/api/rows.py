@@ -28,9 +28,14 @@ Writer = Callable[[Any], Any]
 _querysets: dict[type[Rows], QuerySet[Any, Any]] = {}
 
 
+# DRF's own field, whose settings the writer follows. It keeps nothing of a request (it reads
+# its format and time zone from the settings when asked), so one serves every page.
+_DATETIME_FIELD = serializers.DateTimeField()
+
+
 def datetime_writer() -> Writer:
     """DRF's ``DateTimeField.to_representation``, with its settings looked up once per page."""
-    field = serializers.DateTimeField()
+    field = _DATETIME_FIELD
     output_format = getattr(field, "format", api_settings.DATETIME_FORMAT)
     zone = field.default_timezone()
     if zone is None or not isinstance(output_format, str) or output_format.lower() != ISO_8601:
