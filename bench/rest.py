@@ -4,17 +4,19 @@
     python bench/rest.py --evaluations 20000 --profiles 200   # quick mode
     python bench/rest.py --pages-only                         # without the bulk triggers
     python bench/rest.py --pages-only --compare 566c9de       # and that commit's API, in turns
+    python bench/rest.py --pages-only --host-auth             # and the floor with DRF's token auth
 
 Each page is fetched through Django's full stack (middleware, token authentication, permission
 checks, the view, JSON rendering) in this process, without a network, at several cursor depths
 and page sizes. Beside it, the floor: the same request's work written by hand over a plain
 psycopg connection (the token joined to its user, the user's and groups' permissions, the page's
-rows with the same keys and links, json.dumps), and for the evaluation lists the same page from a
-plain DRF ModelViewSet with PageNumberPagination (what a user would write first). With
---compare, another commit's API serves the same pages from a second process, taking turns with
-this one and the floor request by request. The bulk
-trigger really enqueues: Celery is not eager and the broker is kombu's filesystem transport in a
-temporary directory, so messages are written and nothing runs them.
+rows with the same keys and links, json.dumps); with --host-auth, the same floor authenticating
+with the host's DRF TokenAuthentication instead of its own token query; and for the evaluation
+lists the same page from a plain DRF ModelViewSet with PageNumberPagination (what a user would
+write first). With --compare, another commit's API serves the same pages from a second process,
+taking turns with this one and the floor request by request. The bulk trigger really enqueues:
+Celery is not eager and the broker is kombu's filesystem transport in a temporary directory, so
+messages are written and nothing runs them.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def main() -> None:
         "--compare",
         metavar="COMMIT",
         help="also time that commit's API on the same pages, taking turns (pages only)",
+    )
+    parser.add_argument(
+        "--host-auth",
+        action="store_true",
+        help="also time the floor authenticating with the host's DRF TokenAuthentication (a "
+        "request more in each turn, which leaves the others' caches colder)",
     )
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -301,6 +309,8 @@ class Bench:
         key = floor.shape.key
         assert [row[key] for row in ours] == [row[key] for row in expected], page.label
         calls: list[Callable[[], Any]] = [lambda: self.get(url), floor, prepared_floor]
+        if self.args.host_auth:
+            calls.append(Floor(raw, self.token, page, size, authenticate=_host_authentication))
         if self.mine is not None:
             mine = self.mine
             calls[0] = lambda: Measured(mine.call("time", url))
@@ -315,6 +325,10 @@ class Bench:
             calls.append(lambda: self.get(naive_url))
         # Interleaved, so that a noisy neighbour on a shared machine slows all of them alike.
         ours_ms, floor_ms, prepared_ms, *more_ms = _medians_ms(calls, self.args.repeat)
+        host_columns: tuple[str, ...] = ()
+        if self.args.host_auth:
+            host_ms = more_ms.pop(0)
+            host_columns = (f"{host_ms:.1f}", f"{ours_ms / host_ms:.1f}x")
         other_columns: tuple[str, ...] = ()
         if self.other is not None:
             other_ms = more_ms.pop(0)
@@ -340,6 +354,7 @@ class Bench:
                 f"{ratio:.1f}x",
                 f"{prepared_ms:.1f}",
                 f"{ours_ms / prepared_ms:.1f}x",
+                *host_columns,
                 f"{naive_ms[0]:.1f}" if naive_ms else "",
                 "" if naive_q is None else str(naive_q),
                 *other_columns,
@@ -421,6 +436,7 @@ class Bench:
             "ours/floor",
             "prepared floor ms",
             "ours/prepared",
+            *(("host-auth floor ms", "ours/host-auth") if self.args.host_auth else ()),
             "naive DRF ms",
             "naive queries",
         )
@@ -517,8 +533,17 @@ class Shape:
 class Floor:
     """One page's request done by hand: what the API must do at least, with no framework."""
 
-    def __init__(self, raw: Any, token: str, page: Page, size: int) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        token: str,
+        page: Page,
+        size: int,
+        *,
+        authenticate: Callable[[str], tuple[Any, ...]] | None = None,
+    ) -> None:
         self.raw, self.token, self.page, self.size = raw, token, page, size
+        self.authenticate = authenticate
         self.shape = shape = _SHAPES[page.list]
         # The SQL of the page's shape is written once, as the API compiles its own once; the
         # cursor's values are read from it on every call, as the API reads them.
@@ -532,7 +557,10 @@ class Floor:
 
     def __call__(self) -> list[dict[str, Any]]:
         raw = self.raw
-        user = raw.execute(_AUTH_SQL, [self.token]).fetchone()
+        if self.authenticate is not None:
+            user = self.authenticate(self.token)
+        else:
+            user = raw.execute(_AUTH_SQL, [self.token]).fetchone()
         if user is None or not user[1]:
             raise PermissionError("no such token or an inactive user")
         if not user[2]:
@@ -812,6 +840,15 @@ def serve(args: argparse.Namespace, replies: Any) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _host_authentication(token: str) -> tuple[Any, ...]:
+    """The token's user as the host's DRF ``TokenAuthentication`` finds it (on Django's
+    connection): (id, is_active, is_superuser), as the floor's own token query returns them."""
+    from rest_framework.authentication import TokenAuthentication
+
+    user, _ = TokenAuthentication().authenticate_credentials(token)
+    return user.pk, user.is_active, user.is_superuser
 
 
 def _bench_user() -> Any:
