@@ -5,18 +5,21 @@
     python bench/rest.py --pages-only                         # without the bulk triggers
     python bench/rest.py --pages-only --compare 566c9de       # and that commit's API, in turns
     python bench/rest.py --pages-only --host-auth             # and the floor with DRF's token auth
+    python bench/rest.py --pages-only --stack                 # and the floor behind DRF and Django
 
 Each page is fetched through Django's full stack (middleware, token authentication, permission
 checks, the view, JSON rendering) in this process, without a network, at several cursor depths
 and page sizes. Beside it, the floor: the same request's work written by hand over a plain
 psycopg connection (the token joined to its user, the user's and groups' permissions, the page's
 rows with the same keys and links, json.dumps); with --host-auth, the same floor authenticating
-with the host's DRF TokenAuthentication instead of its own token query; and for the evaluation
-lists the same page from a plain DRF ModelViewSet with PageNumberPagination (what a user would
-write first). With --compare, another commit's API serves the same pages from a second process,
-taking turns with this one and the floor request by request. The bulk trigger really enqueues:
-Celery is not eager and the broker is kombu's filesystem transport in a temporary directory, so
-messages are written and nothing runs them.
+with the host's DRF TokenAuthentication instead of its own token query; with --stack, the
+floor's page by hand inside a DRF view that the request reaches through Django's middleware,
+the host's authentication classes and the API's permission check (the least any view of the
+app could cost); and for the evaluation lists the same page from a plain DRF ModelViewSet with
+PageNumberPagination (what a user would write first). With --compare, another commit's API
+serves the same pages from a second process, taking turns with this one and the floor request
+by request. The bulk trigger really enqueues: Celery is not eager and the broker is kombu's
+filesystem transport in a temporary directory, so messages are written and nothing runs them.
 """
 
 from __future__ import annotations
@@ -83,8 +86,17 @@ def main() -> None:
         help="also time the floor authenticating with the host's DRF TokenAuthentication (a "
         "request more in each turn, which leaves the others' caches colder)",
     )
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="also time the floor's page by hand behind the host's whole stack (Django's "
+        "middleware, DRF's dispatch, the host's authentication, the API's permission check); "
+        "not with --compare",
+    )
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stack and args.compare:
+        parser.error("--stack times the stack in this process: it does not go with --compare")
     replies = sys.stdout
     if args.serve:
         # The other side of --compare: the API (trusthub_eval, project) of the tree in DIR.
@@ -153,7 +165,7 @@ class Bench:
         self.mine = Other(args, None) if compare else None
         self.other = Other(args, compare) if compare else None
         self.other_ratios: list[float] = []
-        self.blank = ("",) * 3 if self.other is not None else ()
+        self.stack_ratios: list[float] = []
 
     def run(self) -> None:
         import psycopg
@@ -311,6 +323,13 @@ class Bench:
         calls: list[Callable[[], Any]] = [lambda: self.get(url), floor, prepared_floor]
         if self.args.host_auth:
             calls.append(Floor(raw, self.token, page, size, authenticate=_host_authentication))
+        if self.args.stack:
+            # The stack's views write the page this floor writes.
+            _stack_floor_class().floor = Floor(None, self.token, page, size)
+            stack_url = f"/stack/{page.list}/"
+            stacked = self.get(stack_url).json()["results"]
+            assert [row[key] for row in stacked] == [row[key] for row in ours], page.label
+            calls.append(lambda: self.get(stack_url))
         if self.mine is not None:
             mine = self.mine
             calls[0] = lambda: Measured(mine.call("time", url))
@@ -329,6 +348,15 @@ class Bench:
         if self.args.host_auth:
             host_ms = more_ms.pop(0)
             host_columns = (f"{host_ms:.1f}", f"{ours_ms / host_ms:.1f}x")
+        stack_columns: tuple[str, ...] = ()
+        if self.args.stack:
+            stack_ms = more_ms.pop(0)
+            self.stack_ratios.append(ours_ms / stack_ms)
+            stack_columns = (
+                f"{stack_ms:.1f}",
+                f"{stack_ms / floor_ms:.1f}x",
+                f"{ours_ms / stack_ms:.2f}x",
+            )
         other_columns: tuple[str, ...] = ()
         if self.other is not None:
             other_ms = more_ms.pop(0)
@@ -355,6 +383,7 @@ class Bench:
                 f"{prepared_ms:.1f}",
                 f"{ours_ms / prepared_ms:.1f}x",
                 *host_columns,
+                *stack_columns,
                 f"{naive_ms[0]:.1f}" if naive_ms else "",
                 "" if naive_q is None else str(naive_q),
                 *other_columns,
@@ -395,7 +424,8 @@ class Bench:
             f"{result['in_flight']:,} in flight"
         )
         median = statistics.median(times)
-        self.rows.append((label, "", f"{median:.0f}", str(max(counts)), *[""] * 6, *self.blank))
+        # The rest of a bulk trigger's row is left blank (see report()).
+        self.rows.append((label, "", f"{median:.0f}", str(max(counts))))
         print(f"  {label}: {median:.0f} ms, {max(counts)} queries", flush=True)
 
     def report(self, connection: Any) -> None:
@@ -437,23 +467,31 @@ class Bench:
             "prepared floor ms",
             "ours/prepared",
             *(("host-auth floor ms", "ours/host-auth") if self.args.host_auth else ()),
+            *(("stack floor ms", "stack/floor", "ours/stack") if self.args.stack else ()),
             "naive DRF ms",
             "naive queries",
         )
         if self.other is not None:
             commit = self.other.commit
             header += (f"{commit} ms", f"{commit} queries", f"{commit}/floor")
-        widths = [max(len(str(row[i])) for row in [header, *self.rows]) for i in range(len(header))]
+        rows = [row + ("",) * (len(header) - len(row)) for row in self.rows]
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
         line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
         print(line)
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        for row in self.rows:
+        for row in rows:
             print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         print(
             f"pages: ours/floor {min(self.ratios):.1f}x to {max(self.ratios):.1f}x "
             f"(median {statistics.median(self.ratios):.1f}x); queries per page: "
             f"{', '.join(map(str, sorted(self.query_counts)))}"
         )
+        if self.stack_ratios:
+            ratios = self.stack_ratios
+            print(
+                f"pages: ours/stack floor {min(ratios):.2f}x to {max(ratios):.2f}x "
+                f"(median {statistics.median(ratios):.2f}x)"
+            )
         if self.other is not None:
             ratios = self.other_ratios
             print(
@@ -556,6 +594,11 @@ class Floor:
         self.sql = shape.sql.format(where=where, direction=direction)
 
     def __call__(self) -> list[dict[str, Any]]:
+        self.authorize()
+        results, _body = self.respond(self.raw)
+        return results
+
+    def authorize(self) -> None:
         raw = self.raw
         if self.authenticate is not None:
             user = self.authenticate(self.token)
@@ -567,6 +610,9 @@ class Floor:
             rows = raw.execute(_PERMISSIONS_SQL, [user[0], user[0]]).fetchall()
             if self.shape.permission not in {f"{app}.{codename}" for app, codename in rows}:
                 raise PermissionError(self.shape.permission)
+
+    def respond(self, raw: Any) -> tuple[list[dict[str, Any]], bytes]:
+        """The page's rows over ``raw`` (a psycopg connection), and its JSON body."""
         position = []
         if self.page.cursor is not None:
             _reverse, position = json.loads(_uncursor(self.page.cursor))
@@ -586,8 +632,7 @@ class Floor:
             "previous": link + _cursor(True, first) if has_previous else None,
             "results": results,
         }
-        json.dumps(body, default=_iso, separators=(",", ":")).encode()
-        return results
+        return results, json.dumps(body, default=_iso, separators=(",", ":")).encode()
 
 
 def _evaluation_row(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -704,7 +749,7 @@ def _urlconf() -> str:
     from django_filters.rest_framework import DjangoFilterBackend
     from rest_framework import pagination, permissions, routers, serializers, viewsets
 
-    from trusthub_eval.models import Evaluation
+    from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
     class NaivePagination(pagination.PageNumberPagination):
         page_size = PAGE_SIZE
@@ -739,13 +784,58 @@ def _urlconf() -> str:
 
     router = routers.SimpleRouter()
     router.register("evaluations", NaiveEvaluationViewSet, basename="naive-evaluation")
+    # The stack floor's views, one per list.
+    stacks = [
+        path(
+            f"stack/{name}/",
+            _stack_floor_class().as_view(queryset=queryset),
+        )
+        for name, queryset in (
+            ("evaluations", Evaluation.objects.all()),
+            ("profiles", CustomerProfile.objects.all()),
+            ("policies", Policy.objects.all()),
+        )
+    ]
     module = types.ModuleType("bench_rest_urls")
     module.urlpatterns = [  # type: ignore[attr-defined]
         path("api/", include("trusthub_eval.api.urls")),
         path("naive/", include(router.urls)),
+        *stacks,
     ]
     sys.modules[module.__name__] = module
     return module.__name__
+
+
+@functools.cache
+def _stack_floor_class() -> type[Any]:
+    from django.db import connection
+    from django.http import HttpResponse
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
+
+    from trusthub_eval.api.permissions import ModelPermissions
+
+    class StackFloor(APIView):
+        """The floor's page by hand, behind what every view of the API goes through.
+
+        The request passes Django's handler and the host's middleware, DRF's dispatch and
+        content negotiation, the host's DEFAULT_AUTHENTICATION_CLASSES and the API's
+        permission check (one query, as the API's); then the floor's own page query and
+        json.dumps on Django's connection, answered as bytes. No view of the app's own could
+        cost less; what ours costs above it is the app's share.
+        """
+
+        permission_classes = [ModelPermissions]
+        queryset: Any = None  # each list's, for the permission check's model (see _urlconf)
+        floor: Floor | None = None  # set by Bench.page for the page being timed
+
+        def get(self, request: Request) -> HttpResponse:
+            assert self.floor is not None
+            connection.ensure_connection()
+            _results, body = self.floor.respond(connection.connection)
+            return HttpResponse(body, content_type="application/json")
+
+    return StackFloor
 
 
 # --- --compare: another commit's API in a second process ------------------------------------
