@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime
 
+import django_filters
 import pytest
 from django.db import models
+from django.http import QueryDict
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from tests.factories import PRIMARY_POLICY, STARTER_POLICY, make_profile
 from trusthub_eval.api import compiled
+from trusthub_eval.api.filters import CustomerProfileFilter, EvaluationFilter
 from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
 from trusthub_eval.api.rows import CustomerProfileRows, EvaluationRows, PolicyRows
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 
 pytestmark = pytest.mark.django_db
 
@@ -118,3 +121,156 @@ def test_a_value_the_orm_writes_into_the_sql_is_left_to_the_orm(data):
     assert statement is not None
     for attempts in (0, 1, 5):
         assert statement.rows([attempts]) == list(filtered([attempts]))
+
+
+# --- filtered lists ---
+
+
+@pytest.fixture
+def graded(data):
+    """The evaluations of ``data`` given verdicts, triggers and requirement results."""
+    starter = Policy.objects.get(sid=STARTER_POLICY)
+    for n, evaluation in enumerate(Evaluation.objects.order_by("id")):
+        evaluation.status = "noncompliant" if n % 3 else "compliant"
+        evaluation.trigger = "schedule" if n % 2 else "api"
+        if n >= 9:
+            evaluation.policy = starter
+        evaluation.save()
+        for position, name in enumerate(("business_info", "address")):
+            RequirementResult.objects.create(
+                evaluation=evaluation,
+                position=position,
+                requirement_name=name,
+                # business_info fails in every other noncompliant evaluation, address in all.
+                passed=evaluation.status == "compliant" or (name == "business_info" and n % 2),
+            )
+    return data
+
+
+def filtered(filterset_class, query: str, queryset):
+    filterset = filterset_class(data=QueryDict(query), queryset=queryset)
+    assert filterset.is_valid(), filterset.errors
+    return compiled.filtered(queryset, filterset)
+
+
+def test_every_page_of_every_filtered_list_is_the_orms(graded):
+    profile = graded[0]
+    middle_at = Evaluation.objects.order_by("requested_at", "id")[6].requested_at
+    middle = middle_at.isoformat().replace("+00:00", "Z")  # a query string's + is a space
+    queries = {
+        "status=noncompliant": Evaluation.objects.filter(status="noncompliant"),
+        f"policy={STARTER_POLICY}": Evaluation.objects.filter(policy__sid=STARTER_POLICY),
+        f"customer_profile={profile.sid}": Evaluation.objects.filter(customer_profile=profile),
+        "trigger=schedule&state=completed": Evaluation.objects.filter(trigger="schedule"),
+        "failing_requirement=business_info": Evaluation.objects.filter(
+            requirement_results__requirement_name="business_info",
+            requirement_results__passed=False,
+        ),
+        f"requested_after={middle}": Evaluation.objects.filter(requested_at__gte=middle_at),
+        f"requested_before={middle}&status=compliant": Evaluation.objects.filter(
+            requested_at__lt=middle_at, status="compliant"
+        ),
+        f"status=noncompliant&policy={PRIMARY_POLICY}&failing_requirement=address": (
+            Evaluation.objects.filter(
+                status="noncompliant",
+                policy__sid=PRIMARY_POLICY,
+                requirement_results__requirement_name="address",
+                requirement_results__passed=False,
+            )
+        ),
+    }
+    for query, expected in queries.items():
+        for size in (1, 2, 50):
+            pages = walk(
+                EvaluationPagination,
+                lambda query=query: filtered(EvaluationFilter, query, EvaluationRows.where()),
+                size,
+            )
+            ids = [row.id for rows in pages for row in rows]
+            newest_first = expected.order_by("-requested_at", "-id")
+            assert ids == list(newest_first.values_list("id", flat=True))
+            assert 0 < len(ids) < 12, query
+    # A profile's history, filtered: its own condition and the filter's.
+    history = walk(
+        EvaluationPagination,
+        lambda: filtered(
+            EvaluationFilter,
+            "status=noncompliant",
+            EvaluationRows.where(customer_profile__sid=profile.sid),
+        ),
+        2,
+    )
+    expected = Evaluation.objects.filter(customer_profile=profile, status="noncompliant")
+    assert sorted(row.id for rows in history for row in rows) == sorted(
+        expected.values_list("id", flat=True)
+    )
+    profiles = walk(
+        NamePagination,
+        lambda: filtered(
+            CustomerProfileFilter, f"policy={PRIMARY_POLICY}", CustomerProfileRows.where()
+        ),
+        1,
+    )
+    assert sum(map(len, profiles)) == 4
+
+
+def test_a_filtered_list_is_compiled_once_per_combination_of_filters(graded):
+    compiled._statements.clear()
+
+    def first_page(query):
+        queryset = filtered(EvaluationFilter, query, EvaluationRows.where())
+        template, values = compiled.template_of(queryset)
+        request = Request(APIRequestFactory().get("/?page_size=2"))
+        return template, values, EvaluationPagination().paginate_queryset(queryset, request)
+
+    template, values, _ = first_page("status=noncompliant&failing_requirement=address")
+    assert template.filters == ("status", "failing_requirement")
+    assert values == ("noncompliant", "address")
+    assert len(compiled._statements) == 1
+    assert None not in compiled._statements.values()
+    # Other values, the same filters: the same statement. Other filters: another.
+    other, _, rows = first_page("status=compliant&failing_requirement=business_info")
+    assert other == template
+    assert rows == []  # no compliant evaluation fails a requirement
+    assert len(compiled._statements) == 1
+    first_page("status=compliant")
+    assert len(compiled._statements) == 2
+    # A filter given no value is no filter: the list's own template, compiled once already.
+    template, values, _ = first_page("status=&trigger=")
+    assert template.filters == () and values == ()
+
+
+class LooseFilter(EvaluationFilter):
+    message = django_filters.CharFilter(field_name="error_message", lookup_expr="icontains")
+    attempts = django_filters.BaseInFilter(field_name="attempts")
+    undeclared = django_filters.CharFilter(method="filter_undeclared")
+    errored = django_filters.ChoiceFilter(
+        field_name="error_code", choices=[("x", "x")], null_label="none"
+    )
+
+    def filter_undeclared(self, queryset, name, value):
+        return queryset.filter(sid=value) if value != "any" else queryset
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "message=time",  # its value is wrapped in % … % (and a filter may change it anyhow)
+        "attempts=1,2",  # as many parameters as values
+        "undeclared=any",  # a method not declared to take its value as a parameter
+        "errored=null",  # a choice filter's null value filters IS NULL
+        "status=compliant&undeclared=x",  # one such filter among others
+    ],
+)
+def test_filters_not_known_to_take_their_value_as_a_parameter_are_left_to_the_orm(graded, query):
+    queryset = filtered(LooseFilter, query, EvaluationRows.where())
+    assert compiled.template_of(queryset) is None
+    assert compiled.template_of(filtered(LooseFilter, "status=compliant", EvaluationRows.where()))
+
+
+def test_a_filtered_queryset_is_not_filtered_again_from_a_template(graded):
+    once = filtered(EvaluationFilter, "status=noncompliant", EvaluationRows.where())
+    twice = filtered(EvaluationFilter, "trigger=api", once)
+    assert compiled.template_of(twice) is None
+    assert {row.status for row in twice} == {"noncompliant"}
+    assert {row.trigger for row in twice} == {"api"}

@@ -11,9 +11,11 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.utils.translation import gettext_lazy as _
 from django_filters.fields import IsoDateTimeField
 from django_filters.rest_framework import DjangoFilterBackend
+from django_filters.utils import translate_validation
 from drf_spectacular.utils import extend_schema_field
 from rest_framework.request import Request
 
+from trusthub_eval.api import compiled
 from trusthub_eval.models import CustomerProfile, Evaluation, RequirementResult
 from trusthub_eval.sids import SidKind, sid_validator
 
@@ -78,7 +80,14 @@ class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]
         }
         if all(name in own for name in request.query_params):
             return queryset
-        return super().filter_queryset(request, queryset, view)
+        # As DjangoFilterBackend, but the filtered queryset may be a list's template, whose SQL
+        # is compiled once per combination of filters (trusthub_eval.api.compiled).
+        filterset = self.get_filterset(request, queryset, view)
+        if filterset is None:
+            return queryset
+        if not filterset.is_valid() and self.raise_exception:
+            raise translate_validation(filterset.errors)
+        return compiled.filtered(queryset, filterset)
 
 
 class CustomerProfileFilter(django_filters.FilterSet):  # type: ignore[misc]
@@ -138,6 +147,7 @@ class EvaluationFilter(django_filters.FilterSet):  # type: ignore[misc]
             "failing_requirement",
         ]
 
+    @compiled.parameter("requirement_results__requirement_name")
     def filter_failing_requirement(
         self, queryset: QuerySet[Evaluation], name: str, value: str
     ) -> QuerySet[Evaluation]:

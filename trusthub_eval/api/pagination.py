@@ -192,7 +192,7 @@ class KeysetPagination(BasePagination):
             keys = [compiled.field_of(model, name) for name, _ in fields] if cursor else []
 
             def build_template(values: Sequence[Any]) -> Any:
-                count = len(template.names)
+                count = template.arity
                 return build(values[count:], template.build(values[:count]))
 
             statement = compiled.statement(
