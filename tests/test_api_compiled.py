@@ -268,6 +268,30 @@ def test_filters_not_known_to_take_their_value_as_a_parameter_are_left_to_the_or
     assert compiled.template_of(filtered(LooseFilter, "status=compliant", EvaluationRows.where()))
 
 
+class OwnWayFilter(EvaluationFilter):
+    def filter_queryset(self, queryset):
+        return super().filter_queryset(queryset).exclude(trigger="api")
+
+
+class OwnFiltersFilter(EvaluationFilter):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.filters["status"].field_name = "trigger"
+
+
+def test_a_filterset_that_filters_its_own_way_is_left_to_the_orm(graded):
+    # Its status filter reads another column: no evaluation's trigger is "noncompliant".
+    own_filters = filtered(OwnFiltersFilter, "status=noncompliant", EvaluationRows.where())
+    assert compiled.template_of(own_filters) is None
+    assert not own_filters.exists()
+    queryset = filtered(OwnWayFilter, "status=noncompliant", EvaluationRows.where())
+    assert compiled.template_of(queryset) is None
+    request = Request(APIRequestFactory().get("/?page_size=50"))
+    rows = EvaluationPagination().paginate_queryset(queryset, request)
+    assert rows
+    assert {(row.status, row.trigger) for row in rows} == {("noncompliant", "schedule")}
+
+
 def test_a_filtered_queryset_is_not_filtered_again_from_a_template(graded):
     once = filtered(EvaluationFilter, "status=noncompliant", EvaluationRows.where())
     twice = filtered(EvaluationFilter, "trigger=api", once)

@@ -98,10 +98,10 @@ def filtered(
 ) -> QuerySet[Any, Any]:
     """``filterset.qs`` (``filterset`` validated, over ``queryset``), as a template if it can be.
 
-    It is one when ``queryset`` is a template with no filters yet and each filter given a value
-    is known to depend on it only as a parameter: a plain lookup (exact or a comparison) on a
-    field, or a method declared with :func:`parameter`. Otherwise the ORM runs it, as any
-    filtered queryset.
+    It is one when ``queryset`` is a template with no filters yet, the FilterSet applies its
+    filters as django-filter does, and each filter given a value is known to depend on it only
+    as a parameter: a plain lookup (exact or a comparison) on a field, or a method declared with
+    :func:`parameter`. Otherwise the ORM runs it, as any filtered queryset.
     """
     result: QuerySet[Any, Any] = filterset.qs
     marked = template_of(queryset)
@@ -109,7 +109,11 @@ def filtered(
         return result
     template, values = marked
     filterset_class: Any = type(filterset)
-    if filterset_class._meta.model is not queryset.model:
+    if filterset_class._meta.model is not queryset.model or any(
+        # A FilterSet that makes its filters or filters in its own way.
+        getattr(filterset_class, hook) is not getattr(django_filters.FilterSet, hook)
+        for hook in ("__init__", "filter_queryset")
+    ):
         return result
     names, given = [], []
     for name, value in filterset.form.cleaned_data.items():
