@@ -14,35 +14,32 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-import django_filters
 from django.core.exceptions import EmptyResultSet, FieldDoesNotExist, ValidationError
 from django.db import connections, models
 from django.db.models import QuerySet
 from django.db.models.utils import create_namedtuple_class
-from django_filters.constants import EMPTY_VALUES
 
 Build = Callable[[Sequence[Any]], QuerySet[Any, Any]]
-Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 @dataclasses.dataclass(frozen=True)
 class Template:
     """A list's rows matching exact conditions, then a FilterSet's filters, to be paged.
 
-    ``base.filter(name=value, …)`` for ``names``, then each of ``filters`` of
-    ``filterset_class`` with its value, as django-filter applies them. Its values are the
-    conditions' and then the filters', in that order.
+    ``base.filter(name=value, …)`` for ``names``, then each of ``filters`` (a name and the
+    field that prepares its value) of ``filterset_class``, a django-filter FilterSet, with its
+    value, as django-filter applies them. Its values are the conditions' and then the
+    filters', in that order.
     """
 
     base: QuerySet[Any, Any]
     names: tuple[str, ...]
-    filterset_class: Any = None  # a django_filters.FilterSet subclass, with filters
-    filters: tuple[str, ...] = ()
+    filterset_class: Any = None
+    filters: tuple[tuple[str, models.Field[Any, Any]], ...] = ()
 
     @property
     def arity(self) -> int:
@@ -54,19 +51,14 @@ class Template:
         queryset = self.base.filter(**dict(zip(self.names, values[:count], strict=True)))
         if self.filterset_class is not None:
             filterset = self.filterset_class(queryset=queryset)
-            for name, value in zip(self.filters, values[count:], strict=True):
+            for (name, _), value in zip(self.filters, values[count:], strict=True):
                 queryset = filterset.filters[name].filter(queryset, value)
         return queryset
 
     def fields(self) -> list[models.Field[Any, Any]]:
         """The field that prepares each value."""
-        fields = [field_of(self.base.model, name) for name in self.names]
-        for name in self.filters:
-            assert self.filterset_class is not None
-            field = _filter_field(self.filterset_class, name)
-            assert field is not None  # filtered() takes no other filters into a template
-            fields.append(field)
-        return fields
+        own = [field_of(self.base.model, name) for name in self.names]
+        return [*own, *(field for _, field in self.filters)]
 
 
 # Querysets made by mark(), each with its template and values. Any change to one (a filter, an
@@ -93,88 +85,28 @@ def template_of(queryset: QuerySet[Any, Any]) -> tuple[Template, tuple[Any, ...]
     return _marked.get(queryset)
 
 
-def filtered(
-    queryset: QuerySet[Any, Any], filterset: django_filters.FilterSet
+def mark_filtered(
+    queryset: QuerySet[Any, Any],
+    result: QuerySet[Any, Any],
+    filterset_class: Any,
+    filters: Sequence[tuple[str, models.Field[Any, Any], Any]],
 ) -> QuerySet[Any, Any]:
-    """``filterset.qs`` (``filterset`` validated, over ``queryset``), as a template if it can be.
+    """``result``, marked as ``queryset``'s template with ``filters`` where it is one.
 
-    It is one when ``queryset`` is a template with no filters yet, the FilterSet applies its
-    filters as django-filter does, and each filter given a value is known to depend on it only
-    as a parameter: a plain lookup (exact or a comparison) on a field, or a method declared with
-    :func:`parameter`. Otherwise the ORM runs it, as any filtered queryset.
+    ``result`` must be ``queryset`` filtered by ``filterset_class``'s ``filters`` (each a name,
+    the field that prepares its value, and the value), each known to take its value as one
+    parameter (see trusthub_eval.api.filters). A template already filtered is not filtered
+    again: ``result`` is then left to the ORM.
     """
-    result: QuerySet[Any, Any] = filterset.qs
     marked = template_of(queryset)
-    if marked is None or marked[0].filters or not filterset.is_valid():
+    if marked is None or marked[0].filters:
         return result
     template, values = marked
-    filterset_class: Any = type(filterset)
-    if filterset_class._meta.model is not queryset.model or any(
-        # A FilterSet that makes its filters or filters in its own way.
-        getattr(filterset_class, hook) is not getattr(django_filters.FilterSet, hook)
-        for hook in ("__init__", "filter_queryset")
-    ):
-        return result
-    names, given = [], []
-    for name, value in filterset.form.cleaned_data.items():
-        if value in EMPTY_VALUES:
-            continue  # a filter without a value leaves the queryset as it is
-        declared = filterset.filters[name]
-        if _filter_field(filterset_class, name) is None or (
-            isinstance(declared, django_filters.ChoiceFilter) and value == declared.null_value
-        ):
-            return result
-        names.append(name)
-        given.append(value)
-    if names:
-        template = Template(template.base, template.names, filterset_class, tuple(names))
-    _marked[result] = (template, (*values, *given))
+    if filters:
+        applied = tuple((name, field) for name, field, _ in filters)
+        template = Template(template.base, template.names, filterset_class, applied)
+    _marked[result] = (template, (*values, *(value for _, _, value in filters)))
     return result
-
-
-def parameter(path: str) -> Callable[[Method], Method]:
-    """Declare a FilterSet method's query to depend on its value only as one parameter.
-
-    ``path`` names the field (from the FilterSet's model, following relations) the value is
-    compared with, which prepares it. A filtered list may then run from SQL compiled once (see
-    :func:`filtered`). Only for a method whose SQL is the same for every value: one that
-    branches on its value, or puts it into the SQL text, must not be declared.
-    """
-
-    def declare(method: Method) -> Method:
-        method.compiled_parameter = path  # type: ignore[attr-defined]
-        return method
-
-    return declare
-
-
-# The lookups whose SQL takes the value as one parameter, as it is.
-_PARAMETER_LOOKUPS = frozenset({"exact", "gt", "gte", "lt", "lte"})
-_PLAIN_FILTERS = (django_filters.Filter.filter, django_filters.ChoiceFilter.filter)
-
-
-@functools.lru_cache(maxsize=256)
-def _filter_field(filterset_class: Any, name: str) -> models.Field[Any, Any] | None:
-    """The field that prepares the value of the filter ``name``, where its query depends on
-    the value only as a parameter; None where that is not known."""
-    declared = filterset_class.base_filters.get(name)
-    if declared is None:
-        return None
-    if declared.method is not None:
-        method = declared.method
-        if isinstance(method, str):
-            method = getattr(filterset_class, method, None)
-        path = getattr(method, "compiled_parameter", None)
-    elif type(declared).filter in _PLAIN_FILTERS and declared.lookup_expr in _PARAMETER_LOOKUPS:
-        path = declared.field_name
-    else:
-        return None
-    if not isinstance(path, str):
-        return None
-    try:
-        return field_of(filterset_class._meta.model, path)
-    except FieldDoesNotExist:
-        return None
 
 
 def field_of(model: type[models.Model], path: str) -> models.Field[Any, Any]:
