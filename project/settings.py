@@ -109,11 +109,31 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A web process and a worker write to the same file: wait for the lock rather than fail.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
-    )
+# Every database call is bounded in time (see the README, "Running workers"): a worker whose
+# link to the database stalls gets an error within seconds instead of hanging for minutes.
+_DATABASE_BOUNDS = {
+    "django.db.backends.sqlite3": {
+        # A web process and a worker write to the same file: wait for the lock rather than fail.
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    },
+    "django.db.backends.postgresql": {
+        "connect_timeout": 5,
+        # A silent peer (a partition, a failover) is noticed by TCP keepalives after ~25 s idle,
+        # and unacknowledged writes by tcp_user_timeout; no statement runs past 30 s.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 25000,
+        "options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000",
+    },
+    "django.db.backends.mysql": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+}
+DATABASES["default"].setdefault("OPTIONS", {}).update(
+    _DATABASE_BOUNDS.get(DATABASES["default"]["ENGINE"], {})
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

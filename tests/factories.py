@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import secrets
 import time
 
+from django.db.models import F
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -48,6 +50,15 @@ def wait_idle(sandbox, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while sandbox.stats["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def age_claim(evaluation: Evaluation, seconds: float) -> None:
+    """Make the row's claim (and its posting mark) ``seconds`` older, as if its worker had
+    claimed it that long ago by the database's clock."""
+    delta = datetime.timedelta(seconds=seconds)
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        started_at=F("started_at") - delta, posted_at=F("posted_at") - delta
+    )
 
 
 def run_until_done(evaluation: Evaluation) -> Evaluation:

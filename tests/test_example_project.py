@@ -202,3 +202,26 @@ def test_the_demo_runs_on_the_ports_it_is_given_and_prints_urls_that_answer(tmp_
     while (port_open(web_port) or port_open(sandbox_port)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not port_open(web_port) and not port_open(sandbox_port)
+
+
+@pytest.mark.dbserver
+def test_the_example_projects_database_calls_are_bounded():
+    """Its connection OPTIONS (timeouts, keepalives) for the server the suite runs on are
+    accepted, and on PostgreSQL no statement runs past 30 s."""
+    from django.db import connection
+
+    probe = (
+        "import django; django.setup(); from django.db import connection; "
+        "cursor = connection.cursor(); "
+        "cursor.execute('SHOW statement_timeout' if connection.vendor == 'postgresql' "
+        "else 'SELECT 1'); print(cursor.fetchone()[0])"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DATABASE_URL": os.environ["TRUSTHUB_TEST_DATABASE_URL"],
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ("30s" if connection.vendor == "postgresql" else "1")

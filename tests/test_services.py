@@ -415,8 +415,10 @@ def test_resume_queued_resends_old_queued_rows(sandbox):
     profile = sync_world()[UMBRELLA]
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
     assert services.resume_queued(older_than=60) == 0
+    # Due (by the database's clock, set when it was queued) five minutes ago.
+    five_minutes_ago = timezone.now() - datetime.timedelta(minutes=5)
     Evaluation.objects.filter(pk=evaluation.pk).update(
-        requested_at=timezone.now() - datetime.timedelta(minutes=5)
+        requested_at=five_minutes_ago, next_attempt_at=five_minutes_ago
     )
     # Celery runs eagerly in the suite: resending runs it.
     assert services.resume_queued(older_than=60) == 1

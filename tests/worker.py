@@ -23,6 +23,9 @@ from django.db import connection
 
 from tests.services import AMQP_URL, REDIS_URL, ROOT
 
+#: A folder whose sitecustomize.py sets a worker's clock off (TRUSTHUB_TEST_CLOCK_OFFSET).
+SKEWED_CLOCK = Path(__file__).resolve().parent / "skewed_clock"
+
 BROKERS = {
     "filesystem": None,
     "redis": pytest.param("redis", marks=pytest.mark.redis),
@@ -121,10 +124,12 @@ def celery_worker(
     concurrency: int = 2,
     pool: str = "threads",
     trusthub_eval: dict[str, Any] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> Iterator[WorkerProcess]:
     """Start a worker on broker ``kind`` serving a queue of its own; stop it afterwards.
 
-    ``trusthub_eval`` overrides TRUSTHUB_EVAL keys in the worker (and in this process).
+    ``trusthub_eval`` overrides TRUSTHUB_EVAL keys in the worker (and in this process);
+    ``environment`` adds variables to the worker's.
     """
     broker_url, options = _broker(kind, tmp_path)
     queue = f"trusthub-test-{uuid.uuid4().hex[:12]}"
@@ -143,6 +148,7 @@ def celery_worker(
         "CELERY_BROKER_URL": broker_url,
         "TRUSTHUB_BROKER_DIR": str(tmp_path / "broker"),
         "PYTHONUNBUFFERED": "1",
+        **(environment or {}),
     }
     command = [
         sys.executable, "-m", "celery", "-A", "project", "worker",
@@ -172,7 +178,10 @@ def celery_worker(
             process.kill()
             process.wait()
         if broker_url != "filesystem://":
+            from trusthub_eval.dispatch import sweep_queue
+
             remove_queue(broker_url, queue)
+            remove_queue(broker_url, sweep_queue())  # every worker consumes it too
 
 
 def remove_queue(broker_url: str, queue: str) -> None:

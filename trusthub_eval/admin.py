@@ -37,7 +37,7 @@ from django.utils.translation import gettext_lazy as _
 from trusthub_eval import services
 from trusthub_eval.api.throttling import trigger_wait
 from trusthub_eval.conf import app_settings
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
 from trusthub_eval.permissions import can_request_evaluations
 from trusthub_eval.sids import SidKind, is_sid
@@ -810,6 +810,30 @@ def timeline_points(evaluations: Iterable[Evaluation]) -> list[TimelinePoint]:
             )
         )
     return points
+
+
+# --- duplicates --------------------------------------------------------------------------------
+
+
+@admin.register(DuplicateEvaluation)
+class DuplicateEvaluationAdmin(ReadOnlyAdmin):
+    """Evaluations TrustHub created for a request whose row already holds another."""
+
+    list_display = ["sid", "evaluation", "customer_profile", "policy", "status", "recorded_at"]
+    list_select_related = ["evaluation", "customer_profile", "policy"]
+    list_defer = ("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+    raw_id_fields = ["evaluation", "customer_profile", "policy"]
+    search_fields = ["=sid"]
+    fields = [
+        "sid",
+        "evaluation",
+        "customer_profile",
+        "policy",
+        "status",
+        "date_created",
+        "recorded_at",
+        "raw",
+    ]
 
 
 # --- evaluations -------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from typing import Any
 from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from trusthub_eval.client import credential_problem, validate_base_url
+from trusthub_eval.client import credential_problem, longest_call, validate_base_url
+from trusthub_eval.clock import CLAIM_MARGIN
 from trusthub_eval.conf import DEFAULTS, app_settings
 from trusthub_eval.sids import SidKind, is_sid
 
@@ -84,6 +85,22 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                     "TRUSTHUB_EVAL['CONCURRENCY_REDIS_URL'] (e.g. redis://localhost:6379/0)."
                 ),
                 id="trusthub_eval.E006",
+            )
+        )
+    # A worker posts only if its call is sure to end before its claim can be taken over
+    # (services.run_evaluation).
+    longest = longest_call(app_settings.CONNECT_TIMEOUT, app_settings.READ_TIMEOUT)
+    if longest > app_settings.RUNNING_TIMEOUT - CLAIM_MARGIN:
+        errors.append(
+            Error(
+                f"RUNNING_TIMEOUT ({app_settings.RUNNING_TIMEOUT:g}s) leaves no time for a POST "
+                f"to TrustHub, which may take CONNECT_TIMEOUT + 2 x READ_TIMEOUT "
+                f"({longest:g}s): no evaluation could ever be sent.",
+                hint=(
+                    "Raise TRUSTHUB_EVAL['RUNNING_TIMEOUT'] well above that (the default is "
+                    "300s), or lower the timeouts."
+                ),
+                id="trusthub_eval.E008",
             )
         )
     if app_settings.RETRY_BACKOFF_MAX >= 3600:

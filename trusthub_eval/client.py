@@ -27,6 +27,7 @@ from . import __version__
 from .concurrency import RedisConcurrencyLimiter, limiter_from_settings
 from .conf import DEFAULTS, TWILIO_BASE_URL, app_settings
 from .exceptions import (
+    DeadlinePassed,
     ErrorKind,
     ImproperlyConfiguredCredentials,
     InvalidResponse,
@@ -194,16 +195,37 @@ def validate_base_url(base_url: str) -> str:
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
-def _what_came(response: requests.Response) -> str:
+def _what_came(body: bytes, headers: Mapping[str, str]) -> str:
     """What a 2xx answer held instead of a JSON object, for the error message."""
-    if not response.content.strip():
+    if not body.strip():
         return "an empty body"
     try:
-        value = json.loads(response.content)
+        value = json.loads(body)
     except ValueError:
-        content_type = response.headers.get("Content-Type") or "no Content-Type"
+        content_type = headers.get("Content-Type") or "no Content-Type"
         return f"a body that is not JSON ({content_type})"
     return f"a JSON {_JSON_KINDS.get(type(value), 'null')}"
+
+
+def longest_call(connect_timeout: float, read_timeout: float) -> float:
+    """The longest a call with a ``finish_by`` can last once sent: the connect timeout, a read
+    timeout for the answer to begin, and one more for its last piece, which is read before the
+    call can see that its time is up."""
+    return connect_timeout + 2 * read_timeout
+
+
+def _read_by(response: requests.Response, deadline: float) -> bytes:
+    """The answer's body, read piece by piece until ``deadline`` (``time.monotonic()``); a body
+    still coming then raises requests' ``ReadTimeout``, as a silent server would."""
+    chunks = []
+    try:
+        for chunk in response.iter_content(chunk_size=65536):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise requests.ReadTimeout("The answer was still coming at the call's deadline.")
+    finally:
+        response.close()
+    return b"".join(chunks)
 
 
 def _validate_page_size(page_size: int) -> int:
@@ -343,17 +365,30 @@ class TrustHubClient:
 
     # TrustHub calls ------------------------------------------------------------------------
 
-    def create_evaluation(self, customer_profile_sid: str, policy_sid: str) -> JSONObject:
+    def create_evaluation(
+        self, customer_profile_sid: str, policy_sid: str, *, finish_by: float | None = None
+    ) -> JSONObject:
         """Evaluate a Customer Profile against a Policy (201, the evaluation with its results).
 
         Not retried: after a timeout or 5xx the raised error is AMBIGUOUS, because TrustHub may
         have created the evaluation; list the profile's evaluations before posting again.
+        ``finish_by`` (on ``time.monotonic()``'s clock): the call is over by then, answered or
+        not; when too little time is left to be sure of that, nothing is sent and
+        :class:`DeadlinePassed` is raised.
         """
         bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
         rn = check_sid(policy_sid, SidKind.POLICY)
         return self._request_object(
-            "POST", f"/v1/CustomerProfiles/{bu}/Evaluations", data={"PolicySid": rn}
+            "POST",
+            f"/v1/CustomerProfiles/{bu}/Evaluations",
+            data={"PolicySid": rn},
+            finish_by=finish_by,
         )
+
+    @property
+    def longest_call(self) -> float:
+        """The longest one call with a ``finish_by`` can last once sent (:func:`longest_call`)."""
+        return longest_call(*self.timeout)
 
     def fetch_evaluation(self, customer_profile_sid: str, evaluation_sid: str) -> JSONObject:
         """One evaluation of a Customer Profile."""
@@ -459,13 +494,19 @@ class TrustHubClient:
         *,
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
+        finish_by: float | None = None,
     ) -> JSONObject:
-        """Send one request and return the JSON object of a 2xx answer; raise otherwise."""
+        """Send one request and return the JSON object of a 2xx answer; raise otherwise.
+
+        With ``finish_by``, the request is sent only if it is sure to be over by then (see
+        :attr:`longest_call`), and its answer is read against that clock.
+        """
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
         path = urlsplit(url).path
         started = time.monotonic()
         self._drop_idle_connections(started)
         response: requests.Response | None = None
+        body = b""
         failure: TrustHubError | None = None
         request = requests.Request(
             method,
@@ -484,9 +525,25 @@ class TrustHubClient:
                 else contextlib.nullcontext(self._session.prepare_request(request))
             ) as prepared:
                 assert prepared is not None
+                sent_at = time.monotonic()
+                if finish_by is not None and sent_at + self.longest_call > finish_by:
+                    raise DeadlinePassed(
+                        f"Not sent: {max(finish_by - sent_at, 0):.1f}s were left, and the call "
+                        f"may take {self.longest_call:.1f}s (CONNECT_TIMEOUT + 2 x READ_TIMEOUT).",
+                        method=method,
+                        path=path,
+                    )
                 response = self._session.send(
-                    prepared, timeout=self.timeout, allow_redirects=False, **self._environment()
+                    prepared,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    **{**self._environment(), "stream": finish_by is not None},
                 )
+                if finish_by is None:
+                    body = response.content
+                else:
+                    connect, read = self.timeout
+                    body = _read_by(response, sent_at + connect + read)
         except requests.RequestException as exc:
             failure = self._transport_error(exc, method, path)
         finished = time.monotonic()
@@ -512,25 +569,25 @@ class TrustHubClient:
             raise error_from_response(
                 method,
                 status,
-                response.content,
+                body,
                 response.headers,
                 path=path,
                 reason=response.reason,
             )
         try:
-            body = response.json()
-        # requests' JSONDecodeError is a ValueError; absurdly nested JSON recurses.
+            value = json.loads(body)
+        # Not JSON, or not UTF-8; absurdly nested JSON recurses.
         except (ValueError, RecursionError):
-            body = None
-        if not isinstance(body, dict):
+            value = None
+        if not isinstance(value, dict):
             raise InvalidResponse(
-                f"Expected a JSON object, got {_what_came(response)}.",
+                f"Expected a JSON object, got {_what_came(body, response.headers)}.",
                 status=status,
                 method=method,
                 path=path,
-                body=response.content,
+                body=body,
             )
-        return body
+        return value
 
     def _environment(self) -> dict[str, Any]:
         """The proxies, CA bundle and certificate the environment sets for ``base_url``

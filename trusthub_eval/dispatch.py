@@ -31,12 +31,34 @@ DISPATCH_CHUNK = 500
 BROKER_ERRORS = (OperationalError, KombuError, OSError)
 
 
-def send(name: str, args: Sequence[Any] = (), *, countdown: float | None = None) -> None:
-    """Send task ``name`` to the app's queue; in eager mode (tests, demos) run it here."""
+def run_queue() -> str:
+    """The queue the evaluations' messages go to: TASK_QUEUE, or Celery's default queue."""
+    return app_settings.TASK_QUEUE or str(current_app.conf.task_default_queue)
+
+
+def sweep_queue() -> str:
+    """The sweep's own queue, which every worker consumes beside its others, so that the sweep
+    never waits behind the backlog of evaluations it may have to rescue."""
+    return f"{run_queue()}.trusthub_eval.sweep"
+
+
+def send(
+    name: str,
+    args: Sequence[Any] = (),
+    *,
+    countdown: float | None = None,
+    queue: str | None = None,
+    expires: float | None = None,
+) -> None:
+    """Send task ``name`` to the app's queue (or ``queue``); in eager mode (tests, demos) run it
+    here."""
     app = current_app
-    options: dict[str, Any] = {"queue": app_settings.TASK_QUEUE} if app_settings.TASK_QUEUE else {}
+    queue = queue or app_settings.TASK_QUEUE
+    options: dict[str, Any] = {"queue": queue} if queue else {}
     if countdown is not None:
         options["countdown"] = countdown
+    if expires is not None:
+        options["expires"] = expires
     if app.conf.task_always_eager:
         # send_task ignores task_always_eager; the registered task honours it.
         app.tasks[name].apply_async(tuple(args), **options)
@@ -74,10 +96,33 @@ def send_runs(evaluation_ids: Sequence[int], *, fan_out: bool = True) -> bool:
 
 
 def send_sweep() -> bool:
-    """Ask a worker to send again the evaluations whose message was lost."""
+    """Ask a worker to send again the evaluations whose message was lost.
+
+    It goes to :func:`sweep_queue` and expires after one SWEEP_INTERVAL: while every worker
+    is busy, the sweeps sent meanwhile are dropped instead of piling up.
+    """
     try:
-        send(RESUME_QUEUED)
+        send(RESUME_QUEUED, queue=sweep_queue(), expires=app_settings.SWEEP_INTERVAL)
     except BROKER_ERRORS as error:
         logger.warning("Could not send the sweep (%s: %s).", type(error).__name__, error)
         return False
     return True
+
+
+def waiting() -> int | None:
+    """How many messages the broker holds in :func:`run_queue`, waiting for a worker; None
+    when it cannot say (the broker is down, the transport cannot count)."""
+    app = current_app
+    if app.conf.task_always_eager:
+        return 0
+    try:
+        with app.connection_for_read() as connection:
+            channel_errors = (*connection.connection_errors, *connection.channel_errors)
+            try:
+                channel: Any = connection.default_channel
+                declared = channel.queue_declare(queue=run_queue(), passive=True)
+            except channel_errors:  # no such queue yet: nothing was ever sent to it
+                return None
+    except BROKER_ERRORS:
+        return None
+    return int(declared.message_count)

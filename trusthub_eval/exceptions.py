@@ -213,6 +213,14 @@ class ConcurrencyLimited(TrustHubError):
     default_kind = ErrorKind.RETRYABLE
 
 
+class DeadlinePassed(TrustHubError):
+    """Too little time was left before the caller's deadline to be sure the call would be over
+    by then; nothing was sent."""
+
+    default_message = "Not sent: too close to the caller's deadline."
+    default_kind = ErrorKind.RETRYABLE
+
+
 class TrustHubTimeout(TrustHubError):
     """The request was sent but no complete answer came back (read timeout, dropped connection)."""
 
@@ -433,6 +441,7 @@ def error_from_response(
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
+    "DeadlinePassed",
     "ErrorKind",
     "ImproperlyConfiguredCredentials",
     "InvalidResponse",

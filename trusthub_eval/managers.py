@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import enum
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,16 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from trusthub_eval import statements
+from trusthub_eval.clock import DatabaseNow, ago, database_now, later
 from trusthub_eval.payloads import parse_twilio_datetime
 
 if TYPE_CHECKING:
-    from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+    from trusthub_eval.models import (
+        CustomerProfile,
+        Evaluation,
+        Policy,
+        RequirementResult,
+    )
 
 
 def _text(value: object) -> str:
@@ -169,6 +176,7 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                     trigger=trigger,
                     requested_by_id=requested_by_id,
                     requested_at=now,
+                    next_attempt_at=DatabaseNow(),
                 )
                 for profile_id, policy_id in pairs.items()
             ],
@@ -198,9 +206,9 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 INSERT INTO {evaluation.db_table} (
                     {column["customer_profile"]}, {column["policy"]}, {column["state"]},
                     {column["trigger"]}, {column["requested_by"]}, {column["requested_at"]},
-                    {column["attempts"]}, {column["error_message"]}
+                    {column["attempts"]}, {column["error_message"]}, {column["next_attempt_at"]}
                 )
-                SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, ''
+                SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, '', {statements.NOW}
                 FROM unnest(%s::bigint[], %s::bigint[]) AS pair(profile_id, policy_id)
                 ORDER BY pair.profile_id
                 ON CONFLICT (
@@ -256,22 +264,21 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         clears it again; a worker that dies first leaves it, which costs its successor one
         listing.
         """
-        now = timezone.now()
-        stale = now - datetime.timedelta(seconds=running_timeout)
         if statements.supported(self.db):
             return statements.claim(
-                self.model, self.db, evaluation_id, now=now, stale=stale, token=token
+                self.model, self.db, evaluation_id, running_timeout=running_timeout, token=token
             )
         claimable = Q(state=self.model.State.QUEUED) | Q(
-            state=self.model.State.RUNNING, started_at__lt=stale
+            state=self.model.State.RUNNING, started_at__lt=ago(running_timeout)
         )
         if token is not None:
             claimable |= Q(state=self.model.State.RUNNING, started_at=token)
+        now = DatabaseNow()
         claimed = self.filter(claimable, pk=evaluation_id).update(
             state=self.model.State.RUNNING,
             started_at=now,
             attempts=F("attempts") + 1,
-            posted_at=Coalesce("posted_at", Value(now, output_field=models.DateTimeField())),
+            posted_at=Coalesce("posted_at", now),
         )
         if not claimed:
             return None
@@ -286,11 +293,19 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             pk=evaluation.pk, state=self.model.State.RUNNING, started_at=evaluation.started_at
         )
 
+    def _read(self, evaluation: Evaluation, name: str) -> Any:
+        """A field as the database now holds it (a time it has just set from its own clock)."""
+        return self.filter(pk=evaluation.pk).values_list(name, flat=True).get()
+
     def mark_posting(self, evaluation: Evaluation) -> bool:
-        """Move the posting mark to now, before a POST sent after a listing that showed none
-        for the earlier one; False if the claim was lost meanwhile."""
-        evaluation.posted_at = timezone.now()
-        return bool(self._held(evaluation).update(posted_at=evaluation.posted_at))
+        """Move the posting mark to the database's now, before a POST sent after a listing
+        that showed none for the earlier one; False if the claim was lost meanwhile."""
+        held = self._held(evaluation)
+        with transaction.atomic(using=self.db):
+            if not held.update(posted_at=DatabaseNow()):
+                return False
+            evaluation.posted_at = self._read(evaluation, "posted_at")
+        return True
 
     def release_for_retry(
         self,
@@ -313,7 +328,7 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             "state": self.model.State.QUEUED,
             "error_code": error_code,
             "error_message": error_message,
-            "next_attempt_at": timezone.now() + datetime.timedelta(seconds=countdown),
+            "next_attempt_at": later(countdown),
         }
         if not posted:
             fields["posted_at"] = None
@@ -336,21 +351,24 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         ``posted`` keeps the reconciliation mark: TrustHub may hold an evaluation made for this
         one (``trusthub_sync --evaluations`` adopts it). ``raw`` is TrustHub's last answer.
         """
-        now = timezone.now()
         fields: dict[str, Any] = {
             "state": self.model.State.FAILED,
-            "completed_at": now,
+            "completed_at": DatabaseNow(),
             "error_code": error_code,
             "error_message": error_message,
             "raw": raw,
         }
         if not posted:
             fields["posted_at"] = None
-        updated = self._held(evaluation).update(**fields)
-        if updated:
-            for name, value in fields.items():
+        held = self._held(evaluation)
+        with transaction.atomic(using=self.db):
+            if not held.update(**fields):
+                return False
+            evaluation.completed_at = self._read(evaluation, "completed_at")
+        for name, value in fields.items():
+            if name != "completed_at":
                 setattr(evaluation, name, value)
-        return bool(updated)
+        return True
 
     def record_result(self, evaluation: Evaluation, payload: Mapping[str, Any]) -> Recorded | None:
         """Store TrustHub's (checked) answer on a running evaluation, one row per requirement,
@@ -363,18 +381,7 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         """
         from trusthub_eval.models import CustomerProfile
 
-        fields = {
-            "sid": payload["sid"],
-            "status": payload["status"],
-            "date_created": parse_twilio_datetime(payload.get("date_created")),
-            "raw": dict(payload),
-            "state": self.model.State.COMPLETED,
-            "completed_at": timezone.now(),
-            "posted_at": None,
-            "next_attempt_at": None,
-            "error_code": None,
-            "error_message": "",
-        }
+        fields = self._answer_fields(payload)
         # No savepoint: the row's UPDATE comes first, so a conflict on its SID leaves nothing to
         # keep and the whole transaction is rolled back. On PostgreSQL it is one statement,
         # atomic by itself, unless a caller's transaction needs a savepoint around it.
@@ -397,27 +404,96 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             CustomerProfile.objects.filter(pk=evaluation.customer_profile_id).refresh_latest()
             return recorded
 
+    def _answer_fields(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """What a checked answer sets on its evaluation (the completion time aside: the
+        database's)."""
+        return {
+            "sid": payload["sid"],
+            "status": payload["status"],
+            "date_created": parse_twilio_datetime(payload.get("date_created")),
+            "raw": dict(payload),
+            "state": self.model.State.COMPLETED,
+            "posted_at": None,
+            "next_attempt_at": None,
+            "error_code": None,
+            "error_message": "",
+        }
+
     def _complete(
         self, evaluation: Evaluation, payload: Mapping[str, Any], fields: dict[str, Any]
     ) -> Recorded | None:
-        from trusthub_eval.models import CustomerProfile, RequirementResult
+        from trusthub_eval.models import RequirementResult
 
         rows = RequirementResult.objects.rows_from_payload(payload)
         failing = sum(not row["passed"] for row in rows)
         if statements.supported(self.db):
-            recorded = statements.complete(evaluation, self.db, fields, rows, failing=failing)
-            if recorded is not None:
-                for name, value in fields.items():
-                    setattr(evaluation, name, value)
+            done = statements.complete(evaluation, self.db, fields, rows, failing=failing)
+            if done is None:
+                return None
+            evaluation.completed_at, recorded = done
+            for name, value in fields.items():
+                setattr(evaluation, name, value)
             return recorded
-        if not self._held(evaluation).update(**fields):
+        return self._complete_rows(self._held(evaluation), evaluation, fields, rows, failing)
+
+    def _complete_rows(
+        self,
+        target: EvaluationQuerySet,
+        evaluation: Evaluation,
+        fields: dict[str, Any],
+        rows: list[dict[str, Any]],
+        failing: int,
+    ) -> Recorded | None:
+        """The ORM's way of storing an answer on ``evaluation`` if ``target`` (its row, under
+        some condition) matches; call in a transaction."""
+        from trusthub_eval.models import CustomerProfile, RequirementResult
+
+        if not target.update(**fields, completed_at=DatabaseNow()):
             return None
+        evaluation.completed_at = self._read(evaluation, "completed_at")
         for name, value in fields.items():
             setattr(evaluation, name, value)
         RequirementResult.objects.bulk_create(
             RequirementResult(evaluation_id=evaluation.pk, **row) for row in rows
         )
         return CustomerProfile.objects.record_compliance(evaluation, failing=failing)
+
+    def keep_late_answer(
+        self, evaluation: Evaluation, payload: Mapping[str, Any]
+    ) -> tuple[LateAnswer, Recorded | None]:
+        """Keep a (checked) answer that came for a claim already lost: never drop its SID.
+
+        A row of ours holding the SID already has it. Otherwise the row takes it if it still
+        holds none (whoever claims it now then finds it completed), storing it as
+        :meth:`record_result` would; else it is kept as a :class:`DuplicateEvaluation`.
+        """
+        from trusthub_eval.models import DuplicateEvaluation, RequirementResult
+
+        sid = payload["sid"]
+        fields = self._answer_fields(payload)
+        rows = RequirementResult.objects.rows_from_payload(payload)
+        with transaction.atomic(using=self.db):
+            known = DuplicateEvaluation.objects.filter(sid=sid)
+            if self.filter(sid=sid).exists() or known.exists():
+                return LateAnswer.HELD, None
+            unanswered = self.filter(pk=evaluation.pk, sid__isnull=True).exclude(
+                state=self.model.State.COMPLETED
+            )
+            failing = sum(not row["passed"] for row in rows)
+            recorded = self._complete_rows(unanswered, evaluation, fields, rows, failing)
+            if recorded is not None:
+                return LateAnswer.ADOPTED, recorded
+            DuplicateEvaluation.objects.create(
+                sid=sid,
+                evaluation_id=evaluation.pk,
+                customer_profile_id=evaluation.customer_profile_id,
+                policy_id=evaluation.policy_id,
+                status=fields["status"],
+                date_created=fields["date_created"],
+                raw=fields["raw"],
+                recorded_at=DatabaseNow(),
+            )
+            return LateAnswer.DUPLICATE, None
 
     def _adopt_import_of(self, evaluation: Evaluation, sid: str) -> bool | None:
         """Delete the import holding ``sid`` so ``evaluation`` can take it; call in a transaction.
@@ -505,7 +581,7 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 sid=payload["sid"],
                 status=payload["status"],
                 state=self.model.State.COMPLETED,
-                completed_at=timezone.now(),
+                completed_at=DatabaseNow(),
                 date_created=created_at,
                 raw=dict(payload),
                 posted_at=None,
@@ -518,29 +594,33 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 return orphan
         return None
 
-    def due_for_sweep(self, *, overdue_after: float, running_timeout: float) -> list[int]:
+    def due_for_sweep(
+        self, *, overdue_after: float, running_timeout: float, waiting: int = 0
+    ) -> list[int]:
         """Ids of evaluations whose message may be lost, and mark the queued ones as re-sent.
 
         Queued rows overdue by more than ``overdue_after`` seconds (their retry's countdown
-        included), and running rows older than ``running_timeout`` (a worker died). A row is
-        picked again only after another ``overdue_after`` seconds, so concurrent sweeps of
-        several workers send few duplicates (which the claim makes harmless anyway).
+        included), and running rows older than ``running_timeout`` (a worker died), both by the
+        database's clock. A row is picked again only after another ``overdue_after`` seconds,
+        so concurrent sweeps of several workers send few duplicates (which the claim makes
+        harmless anyway). ``waiting`` is how many messages the broker still holds for the
+        evaluations' queue: the newest that many overdue rows may still have theirs there (a
+        backlog), so only the older ones are sent again.
         """
-        now = timezone.now()
-        overdue = now - datetime.timedelta(seconds=overdue_after)
-        stale = now - datetime.timedelta(seconds=running_timeout)
-        due = Coalesce("next_attempt_at", "requested_at")
         queued = list(
             self.filter(state=self.model.State.QUEUED)
-            .alias(due=due)
-            .filter(due__lt=overdue)
-            .order_by("requested_at")
+            .alias(due=Coalesce("next_attempt_at", "requested_at"))
+            .filter(due__lt=ago(overdue_after))
+            .order_by("due", "pk")
             .values_list("pk", flat=True)
         )
+        queued = queued[: max(len(queued) - waiting, 0)]
         if queued:
-            self.filter(pk__in=queued, state=self.model.State.QUEUED).update(next_attempt_at=now)
+            self.filter(pk__in=queued, state=self.model.State.QUEUED).update(
+                next_attempt_at=DatabaseNow()
+            )
         running = list(
-            self.filter(state=self.model.State.RUNNING, started_at__lt=stale)
+            self.filter(state=self.model.State.RUNNING, started_at__lt=ago(running_timeout))
             .order_by("started_at")
             .values_list("pk", flat=True)
         )
@@ -550,10 +630,11 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         self, *, overdue_after: float, running_timeout: float, hours: float = 24.0
     ) -> QueueHealth:
         """What an operator watches: the queue's size and age, stuck rows, and the failures of
-        evaluations requested in the last ``hours``. Two queries over the rows in flight and the
-        recent failures (the state index), so it stays cheap at any table size."""
+        evaluations requested in the last ``hours``, all by the database's clock. A few queries
+        over the rows in flight and the recent failures (the state index), so it stays cheap at
+        any table size."""
         state = self.model.State
-        now = timezone.now()
+        now = database_now(self.db)
         since = now - datetime.timedelta(hours=hours)
         queued, running = Q(state=state.QUEUED), Q(state=state.RUNNING)
         failed = Q(state=state.FAILED, requested_at__gte=since)
@@ -578,6 +659,9 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                 may_exist_upstream=Count("pk", filter=failed & Q(posted_at__isnull=False)),
             )
         )
+        from trusthub_eval.models import DuplicateEvaluation
+
+        duplicates = DuplicateEvaluation.objects.filter(recorded_at__gte=since).count()
         by_code = (
             self.filter(failed)
             .order_by()
@@ -589,8 +673,17 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             checked_at=now,
             hours=hours,
             failures_by_code=[(row["error_code"], row["n"]) for row in by_code],
+            duplicates_recently=duplicates,
             **totals,
         )
+
+
+class LateAnswer(enum.Enum):
+    """What became of an answer that came for a lost claim."""
+
+    HELD = "held"  # a row of ours holds it already
+    ADOPTED = "adopted"  # the row had none and took it
+    DUPLICATE = "duplicate"  # the row holds another: kept as a DuplicateEvaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,6 +715,9 @@ class QueueHealth:
     failures_by_code: list[tuple[int | None, int]]
     #: Of those, failed while a POST was unresolved: TrustHub may hold their evaluation.
     may_exist_upstream: int
+    #: Evaluations TrustHub created for a request whose row holds another, recorded in the
+    #: window (see DuplicateEvaluation).
+    duplicates_recently: int = 0
 
     @property
     def needs_attention(self) -> bool:

@@ -365,3 +365,57 @@ class RequirementResult(models.Model):
     def __str__(self) -> str:
         verdict = _("passed") if self.passed else _("failed")
         return f"{self.requirement_friendly_name or self.requirement_name}: {verdict}"
+
+
+class DuplicateEvaluation(models.Model):
+    """An evaluation TrustHub created for a request of ours whose row already holds another.
+
+    It happens when an answer arrives for a claim its worker had lost (a database that stalled
+    past ``RUNNING_TIMEOUT``, a process frozen mid-call) while another attempt had already
+    recorded a different evaluation. TrustHub holds both; the row keeps one, and this keeps the
+    other, so that no evaluation TrustHub made for us goes unrecorded.
+    """
+
+    sid = models.CharField(
+        _("evaluation SID"), max_length=SID_LENGTH, validators=[validate_evaluation_sid]
+    )
+    evaluation = models.ForeignKey(
+        Evaluation,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="duplicates",
+        verbose_name=_("made for"),
+        help_text=_("The evaluation whose request TrustHub answered twice."),
+    )
+    customer_profile = models.ForeignKey(
+        CustomerProfile,
+        on_delete=models.CASCADE,
+        related_name="duplicate_evaluations",
+        verbose_name=_("customer profile"),
+    )
+    policy = models.ForeignKey(
+        Policy,
+        on_delete=models.PROTECT,
+        related_name="duplicate_evaluations",
+        verbose_name=_("policy"),
+    )
+    status = models.CharField(
+        _("compliance"), max_length=16, choices=Evaluation.Status.choices, blank=True
+    )
+    date_created = models.DateTimeField(_("created in TrustHub"), null=True, blank=True)
+    recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now, db_index=True)
+    raw = models.JSONField(
+        _("TrustHub payload"), null=True, blank=True, help_text=_("As TrustHub returned it.")
+    )
+
+    class Meta:
+        verbose_name = _("duplicate evaluation")
+        verbose_name_plural = _("duplicate evaluations")
+        ordering = ["-recorded_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sid"], name="trusthub_dup_sid_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.sid

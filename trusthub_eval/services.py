@@ -9,20 +9,22 @@ import enum
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models import QuerySet
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from trusthub_eval import dispatch, signals
 from trusthub_eval.client import TrustHubClient, shared_client
+from trusthub_eval.clock import CLAIM_MARGIN, DatabaseNow
 from trusthub_eval.conf import app_settings
 from trusthub_eval.exceptions import (
     ConcurrencyLimited,
+    DeadlinePassed,
     ErrorKind,
     InvalidResponse,
     NoPolicy,
@@ -32,7 +34,7 @@ from trusthub_eval.exceptions import (
     UnknownPolicy,
 )
 from trusthub_eval.exceptions import NotFound as TrustHubNotFound
-from trusthub_eval.managers import Recorded
+from trusthub_eval.managers import LateAnswer, Recorded
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 from trusthub_eval.payloads import check_evaluation, identify_evaluation, unstorable_problem
 from trusthub_eval.sids import SidKind, check_sid
@@ -167,7 +169,10 @@ def request_evaluation(
                     policy=policy,
                     trigger=trigger,
                     requested_by_id=user_id,
+                    # Due now by the database's clock: the sweep's "overdue" is measured on it.
+                    next_attempt_at=DatabaseNow(),
                 )
+                evaluation.refresh_from_db(fields=["next_attempt_at"])
                 CustomerProfile.objects.filter(pk=profile.pk).update(latest_evaluation=evaluation)
                 _send_on_commit([evaluation.pk], _reporter(evaluation))
             return evaluation, True
@@ -264,9 +269,13 @@ def resume_queued(*, older_than: float | None = None) -> int:
     died). Every worker sends this every ``SWEEP_INTERVAL`` seconds. Sending twice is harmless:
     only one worker can claim a row.
     """
+    # Overdue rows whose message still waits behind a backlog are not sent a second one: the
+    # broker's count of waiting messages says how many of the newest may still have theirs.
+    waiting = dispatch.waiting()
     ids = Evaluation.objects.due_for_sweep(
         overdue_after=app_settings.SWEEP_AFTER if older_than is None else older_than,
         running_timeout=app_settings.RUNNING_TIMEOUT,
+        waiting=waiting or 0,
     )
     if ids:
         logger.info("Sweep: sending %d evaluation(s) again", len(ids))
@@ -309,13 +318,25 @@ def run_evaluation(
 
     The common path is two database writes: the claim, which also sets the posting mark before
     the POST is sent, and one transaction that stores the answer.
+
+    The claim is the database's: another worker may take the row over once its ``started_at``
+    is ``RUNNING_TIMEOUT`` old by the database's clock. This worker's own monotonic clock
+    starts when it sends the claim, which the database cannot have stamped any earlier, so
+    the POST is sent only if it is sure to be over before then (a claim that took long, a
+    database that stalled, releases the row instead).
     """
+    sent = time.monotonic()
     evaluation = Evaluation.objects.claim(
         evaluation_id, running_timeout=app_settings.RUNNING_TIMEOUT, token=_parse_token(token)
     )
     if evaluation is None:
         return Outcome.SKIPPED
-    attempt = _Attempt(evaluation, reconciling=evaluation.awaits_reconciliation)
+    attempt = _Attempt(
+        evaluation,
+        reconciling=evaluation.awaits_reconciliation,
+        claimed=sent,
+        expires=sent + app_settings.RUNNING_TIMEOUT - CLAIM_MARGIN,
+    )
     try:
         return _run_claimed(attempt, client)
     except DatabaseError as error:
@@ -329,6 +350,10 @@ class _Attempt:
     evaluation: Evaluation
     #: An earlier attempt's POST may have been processed and no listing has cleared it yet.
     reconciling: bool
+    #: When the claim was sent, and when another worker may take the row over at the
+    #: earliest, on this process's ``time.monotonic()`` clock.
+    claimed: float
+    expires: float
     #: This attempt has begun sending its POST.
     posting: bool = False
 
@@ -375,8 +400,15 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
                 return Outcome.SKIPPED
             attempt.reconciling = False
             attempt.posting = True
+            try:
+                answer = client.create_evaluation(
+                    profile.sid, policy.sid, finish_by=attempt.expires
+                )
+            except DeadlinePassed:
+                attempt.posting = False  # nothing was sent
+                raise
             payload = check_evaluation(
-                client.create_evaluation(profile.sid, policy.sid),
+                answer,
                 customer_profile_sid=profile.sid,
                 policy_sid=policy.sid,
             )
@@ -389,7 +421,7 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
             evaluation,
             error,
             posted=posted,
-            free=attempt.reconciling and _within_reconcile_timeout(evaluation),
+            free=attempt.reconciling and _within_reconcile_timeout(attempt),
         )
 
 
@@ -437,7 +469,7 @@ def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
         # Not an answer about this request: whether TrustHub made one for it is unknown.
         raise InvalidResponse(str(taken), kind=ErrorKind.AMBIGUOUS) from None
     if recorded is None:
-        return Outcome.SKIPPED
+        return _keep_late_answer(evaluation, payload)
     logger.info(
         "Evaluation %s of %s against %s: %s",
         evaluation.sid,
@@ -447,6 +479,29 @@ def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
     )
     _send_completed_signals(evaluation, recorded)
     return Outcome.COMPLETED
+
+
+def _keep_late_answer(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
+    """TrustHub's answer came for a claim this worker had lost: never drop its SID."""
+    late, recorded = Evaluation.objects.keep_late_answer(evaluation, payload)
+    if late is LateAnswer.ADOPTED:
+        assert recorded is not None
+        logger.warning(
+            "Evaluation #%s: its claim was lost before TrustHub's answer %s was stored; the row "
+            "had none, so it holds this one.",
+            evaluation.pk,
+            payload["sid"],
+        )
+        _send_completed_signals(evaluation, recorded)
+        return Outcome.COMPLETED
+    if late is LateAnswer.DUPLICATE:
+        logger.error(
+            "Evaluation #%s: TrustHub created %s for a claim this worker had lost, and the row "
+            "holds another evaluation: kept as a known duplicate.",
+            evaluation.pk,
+            payload["sid"],
+        )
+    return Outcome.SKIPPED
 
 
 def _record_trusthub_error(
@@ -460,16 +515,22 @@ def _record_trusthub_error(
         code=error.code,
         permanent=error.permanent,
         retry_after=error.retry_after,
-        # Waiting for one of our own concurrency slots is not an attempt at TrustHub.
-        count_attempt=not (free or isinstance(error, ConcurrencyLimited)),
+        # Waiting for one of our own concurrency slots, or a claim too old to post on, is not
+        # an attempt at TrustHub: nothing was sent.
+        count_attempt=not (free or isinstance(error, ConcurrencyLimited | DeadlinePassed)),
         body=error.body,
     )
 
 
-def _within_reconcile_timeout(evaluation: Evaluation) -> bool:
+def _within_reconcile_timeout(attempt: _Attempt) -> bool:
+    """Whether the POST to reconcile is younger than RECONCILE_TIMEOUT: its age at the claim,
+    both times the database's, plus the time since on this worker's monotonic clock."""
+    evaluation = attempt.evaluation
     assert evaluation.posted_at is not None
-    age = timezone.now() - evaluation.posted_at
-    return age.total_seconds() < app_settings.RECONCILE_TIMEOUT
+    assert evaluation.started_at is not None
+    age = (evaluation.started_at - evaluation.posted_at).total_seconds()
+    age += time.monotonic() - attempt.claimed
+    return age < app_settings.RECONCILE_TIMEOUT
 
 
 def _record_error(
@@ -498,22 +559,36 @@ def _record_error(
                 f"{evaluation.policy.sid} created after {evaluation.posted_at.isoformat()}; "
                 "`manage.py trusthub_sync --evaluations` adopts it into this row."
             )
-        logger.warning("Evaluation #%s failed: %s", evaluation.pk, message)
-        Evaluation.objects.record_failure(
+        if not Evaluation.objects.record_failure(
             evaluation, error_code=code, error_message=message, posted=posted, raw=_raw(body)
-        )
+        ):
+            return _claim_lost(evaluation, message)
+        logger.warning("Evaluation #%s failed: %s", evaluation.pk, message)
         return Outcome.FAILED
     countdown = backoff(evaluation.attempts, retry_after)
-    Evaluation.objects.release_for_retry(
+    if not Evaluation.objects.release_for_retry(
         evaluation,
         error_code=code,
         error_message=message,
         posted=posted,
         countdown=countdown,
         count_attempt=count_attempt,
-    )
+    ):
+        return _claim_lost(evaluation, message)
     logger.info("Evaluation #%s will retry in %.1fs: %s", evaluation.pk, countdown, message)
     raise RetryLater(evaluation.pk, countdown, message)
+
+
+def _claim_lost(evaluation: Evaluation, message: str) -> Outcome:
+    """The row was taken over (our claim expired) before this attempt's outcome was written:
+    the attempt that holds it now decides."""
+    logger.info(
+        "Evaluation #%s: claim lost before this attempt's outcome was stored (%s); the attempt "
+        "that holds it now goes on.",
+        evaluation.pk,
+        message,
+    )
+    return Outcome.SKIPPED
 
 
 def _after_database_error(attempt: _Attempt, error: DatabaseError) -> Outcome:

@@ -18,9 +18,15 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections, models
 from django.db.models.expressions import Col
 
+from trusthub_eval.clock import now_sql
+
 if TYPE_CHECKING:
     from trusthub_eval.managers import Recorded
     from trusthub_eval.models import Evaluation
+
+
+#: The database's clock: every time these statements decide or record comes from it.
+NOW = now_sql("postgresql")
 
 
 def supported(using: str) -> bool:
@@ -95,21 +101,19 @@ def claim(
     using: str,
     evaluation_id: int,
     *,
-    now: datetime.datetime,
-    stale: datetime.datetime,
+    running_timeout: float,
     token: datetime.datetime | None,
 ) -> Evaluation | None:
     """:meth:`EvaluationQuerySet.claim <trusthub_eval.managers.EvaluationQuerySet.claim>` in one
-    statement; the evaluation comes with its profile and policy, payloads deferred."""
+    statement; the evaluation comes with its profile and policy, payloads deferred. Its times
+    are the database's."""
     sql, models_read = _claim_sql(using, model, with_token=token is not None)
     params: list[Any] = [
         model.State.RUNNING,
-        now,
-        now,
         evaluation_id,
         model.State.QUEUED,
         model.State.RUNNING,
-        stale,
+        datetime.timedelta(seconds=running_timeout),
     ]
     if token is not None:
         params += [model.State.RUNNING, token]
@@ -145,14 +149,15 @@ def _claim_sql(
         return ", ".join(f"{alias}.{quote(str(f.column))}" for f in _reader(using, m)[0])
 
     state, started = c(model, "state"), c(model, "started_at")
-    claimable = f"{state} = %s OR ({state} = %s AND {started} < %s)"
+    claimable = f"{state} = %s OR ({state} = %s AND {started} < {NOW} - %s)"
     if with_token:
         claimable += f" OR ({state} = %s AND {started} = %s)"
     sql = f"""
         WITH claimed AS (
             UPDATE {_table(using, model)}
-            SET {state} = %s, {started} = %s, {c(model, "attempts")} = {c(model, "attempts")} + 1,
-                {c(model, "posted_at")} = COALESCE({c(model, "posted_at")}, %s)
+            SET {state} = %s, {started} = {NOW},
+                {c(model, "attempts")} = {c(model, "attempts")} + 1,
+                {c(model, "posted_at")} = COALESCE({c(model, "posted_at")}, {NOW})
             WHERE {c(model, "id")} = %s AND ({claimable})
             RETURNING *
         )
@@ -174,13 +179,15 @@ def complete(
     rows: Sequence[Mapping[str, Any]],
     *,
     failing: int,
-) -> Recorded | None:
+) -> tuple[datetime.datetime, Recorded] | None:
     """Store a checked answer on a running evaluation in one statement: the row (fenced by its
-    claim), its requirement rows, and the profile's compliance if this is the newest (by the
-    profile's own ``compliance_checked_at``), reading the previous one under the row's lock.
+    claim, completed at the database's time), its requirement rows, and the profile's
+    compliance if this is the newest (by the profile's own ``compliance_checked_at``), reading
+    the previous one under the row's lock.
 
-    None when the claim was lost (nothing is written). Raises IntegrityError when the SID is
-    stored already, having written nothing.
+    Returns the completion time and what it did to the profile; None when the claim was lost
+    (nothing is written). Raises IntegrityError when the SID is stored already, having written
+    nothing.
     """
     from trusthub_eval.managers import Recorded
 
@@ -193,13 +200,13 @@ def complete(
     params: list[Any] = [*values, evaluation.pk, model.State.RUNNING, evaluation.started_at]
     if rows:
         params.append(json.dumps(list(rows)))
-    params += [fields["status"], fields["completed_at"], failing, fields["completed_at"]]
+    params += [fields["status"], failing]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        done, previous, applied = cursor.fetchone()
-    if not done:
+        completed_at, previous, applied = cursor.fetchone()
+    if completed_at is None:
         return None
-    return Recorded(previous=previous, applied=applied)
+    return completed_at, Recorded(previous=previous, applied=applied)
 
 
 @functools.cache
@@ -238,23 +245,26 @@ def _complete_sql(
     checked = c(profile_model, "compliance_checked_at")
     return f"""
         WITH done AS (
-            UPDATE {_table(using, model)} SET {sets}
+            UPDATE {_table(using, model)}
+            SET {sets}, {c(model, "completed_at")} = {NOW}
             WHERE {c(model, "id")} = %s AND {c(model, "state")} = %s
                 AND {c(model, "started_at")} = %s
-            RETURNING {c(model, "id")} AS id, {c(model, "customer_profile")} AS profile_id
+            RETURNING {c(model, "id")} AS id, {c(model, "customer_profile")} AS profile_id,
+                {c(model, "completed_at")} AS completed_at
         ), {insert} locked AS (
             SELECT p.{pk} AS id, p.{c(profile_model, "compliance_status")} AS previous
             FROM {_table(using, profile_model)} AS p JOIN done ON p.{pk} = done.profile_id
             FOR UPDATE OF p
         ), applied AS (
             UPDATE {_table(using, profile_model)} AS p
-            SET {c(profile_model, "compliance_status")} = %s, {checked} = %s,
+            SET {c(profile_model, "compliance_status")} = %s, {checked} = done.completed_at,
                 {c(profile_model, "failing_requirements")} = %s
-            FROM locked
-            WHERE p.{pk} = locked.id AND (p.{checked} IS NULL OR p.{checked} <= %s)
+            FROM locked JOIN done ON done.profile_id = locked.id
+            WHERE p.{pk} = locked.id
+                AND (p.{checked} IS NULL OR p.{checked} <= done.completed_at)
             RETURNING p.{pk}
         )
-        SELECT EXISTS (SELECT 1 FROM done), (SELECT previous FROM locked),
+        SELECT (SELECT completed_at FROM done), (SELECT previous FROM locked),
             EXISTS (SELECT 1 FROM applied)
     """  # noqa: S608 (identifiers from the models' metadata, values are parameters)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
@@ -11,6 +12,8 @@ from trusthub_eval import dispatch, services
 from trusthub_eval.exceptions import RetryLater
 from trusthub_eval.models import CustomerProfile, Evaluation
 from trusthub_eval.worker import task_connections
+
+logger = logging.getLogger(__name__)
 
 # Retries of a delivery that could not even claim its row (the database was down). Past them
 # the message is dropped: the row is untouched, still queued, and a worker's sweep sends it.
@@ -39,10 +42,21 @@ def run_evaluation_task(self: Any, evaluation_id: int, token: str | None = None)
             kwargs={"token": retry.token} if retry.token else {},
             countdown=retry.countdown,
         ) from None
-    except DatabaseError:
+    except DatabaseError as error:
+        if self.request.retries >= _UNCLAIMED_RETRIES:
+            # Expected and recovered: one line, not Celery's MaxRetriesExceededError traceback.
+            logger.warning(
+                "Evaluation #%s: the database failed %d times (%s: %s); this message is dropped "
+                "and a worker's sweep sends the evaluation again.",
+                evaluation_id,
+                self.request.retries + 1,
+                type(error).__name__,
+                str(error).strip(),
+            )
+            return "deferred"
         raise self.retry(
             countdown=services.backoff(self.request.retries + 1),
-            max_retries=_UNCLAIMED_RETRIES,
+            max_retries=None,
         ) from None
 
 

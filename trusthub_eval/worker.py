@@ -15,17 +15,19 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 
-from trusthub_eval import dispatch
+from trusthub_eval import clock, dispatch
 from trusthub_eval.conf import app_settings
 
 logger = logging.getLogger(__name__)
 
 
 def start_sweeping(sender: Any = None, **kwargs: Any) -> None:
-    """``worker_ready`` receiver: sweep now, then every SWEEP_INTERVAL seconds from the
-    worker's own timer (the consumer's, which Celery's heartbeats use too)."""
+    """``worker_ready`` receiver: say whether this worker's clock is off, then sweep now and
+    every SWEEP_INTERVAL seconds from the worker's own timer (the consumer's, which Celery's
+    heartbeats use too). The sweep has a queue of its own, which the worker consumes too."""
+    check_clock()
     interval = app_settings.SWEEP_INTERVAL
     if not interval:
         return
@@ -33,9 +35,24 @@ def start_sweeping(sender: Any = None, **kwargs: Any) -> None:
     if timer is None:  # pragma: no cover (every Celery consumer has one)
         logger.warning("No worker timer: the TrustHub sweep will not run in this worker.")
         return
+    sender.add_task_queue(dispatch.sweep_queue())
     dispatch.send_sweep()
     timer.call_repeatedly(interval, dispatch.send_sweep)
-    logger.info("TrustHub sweep every %.0fs", interval)
+    logger.info("TrustHub sweep every %gs", interval)
+
+
+def check_clock() -> None:
+    """Compare this worker's clock with the database's, once, and warn if they disagree."""
+    try:
+        clock.warn_if_skewed()
+    except DatabaseError as error:
+        logger.warning(
+            "Could not compare this worker's clock with the database's (%s: %s).",
+            type(error).__name__,
+            error,
+        )
+    finally:
+        close_old_connections()
 
 
 @contextlib.contextmanager

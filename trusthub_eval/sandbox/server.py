@@ -61,7 +61,8 @@ class Fault:
     first and then delayed by ``delay`` seconds and/or answered with ``status`` instead of the
     real response (an ambiguous outcome: the evaluation exists though the client saw a failure).
     ``body`` answers that text instead (with ``status``, or the real status after processing);
-    ``reset`` drops the connection without an answer.
+    ``reset`` drops the connection without an answer. A ``delay`` alone holds the request that
+    long before processing it and answering as usual (TrustHub slow to act on it).
     """
 
     path: str = ".*"
@@ -88,8 +89,10 @@ class Fault:
         if self.status is not None and not 400 <= self.status <= 599:
             raise WorldError("status must be an HTTP error status (400-599).")
         answers = self.status is not None or self.reset or self.body is not None
-        if not self.after_processing and not answers:
-            raise WorldError("A fault needs a status, a body or reset (or after_processing).")
+        if not self.after_processing and not answers and self.delay <= 0:
+            raise WorldError(
+                "A fault needs a status, a body, reset or a delay (or after_processing)."
+            )
         if self.after_processing and not answers and self.delay <= 0:
             raise WorldError(
                 "An after_processing fault needs a status, a body, reset or a positive delay."
@@ -560,7 +563,13 @@ class _Handler(BaseHTTPRequestHandler):
             return _unauthorized()
         fault = sandbox._take_fault(self.command, path)
         if fault is not None and not fault.after_processing:
-            return RESET if fault.reset else fault.error()
+            if fault.reset:
+                return RESET
+            if fault.status is None and fault.body is None:  # slow to act: held, then processed
+                time.sleep(fault.delay)
+                fault = None
+            else:
+                return fault.error()
         if sandbox._over_concurrency_limit():
             # Twilio answers 20429 when an account has too many requests in flight at once;
             # the request was not processed.

@@ -79,6 +79,14 @@ class Command(BaseCommand):
         )
         detail = f" ({by_code})" if by_code else ""
         write(f"Failed in the last {health.hours:g} h: {health.failed_recently}{detail}")
+        if health.duplicates_recently:
+            write(
+                self.style.ERROR(
+                    f"Duplicates created in TrustHub in the last {health.hours:g} h: "
+                    f"{health.duplicates_recently} (an answer came for a claim its worker had "
+                    "lost; each is kept as a duplicate evaluation, see the admin)"
+                )
+            )
         if health.may_exist_upstream:
             write(
                 self.style.WARNING(
