@@ -107,8 +107,13 @@ def publish_through(broker_url: str, transport_options: dict[str, Any]) -> Itera
     try:
         yield
     finally:
+        from kombu import pools
+
         if app._pool is not None:
             app._pool.force_close_all()
+        # kombu keeps producer pools by broker URL, holding the connection pool just closed: a
+        # later publish_through to the same broker would acquire from it.
+        pools.reset()
         app.conf.update(saved)
         app._pool = None
         app.amqp._producer_pool = None

@@ -123,6 +123,7 @@ def waiting() -> int | None:
                 declared = channel.queue_declare(queue=run_queue(), passive=True)
             except channel_errors:  # no such queue yet: nothing was ever sent to it
                 return None
-    except BROKER_ERRORS:
+    # kombu's pools raise RuntimeError too (see send_runs).
+    except (*BROKER_ERRORS, RuntimeError):
         return None
     return int(declared.message_count)

@@ -23,10 +23,18 @@ from trusthub_eval.conf import app_settings
 logger = logging.getLogger(__name__)
 
 
+def consume_sweep_queue(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
+    """``celeryd_after_setup`` receiver: the worker consumes the sweep's own queue beside the
+    ones it was given (``-Q``), so that the sweep never waits behind a backlog of evaluations.
+    Celery's documented way to add a queue every worker consumes."""
+    if app_settings.SWEEP_INTERVAL and instance is not None:
+        instance.app.amqp.queues.select_add(dispatch.sweep_queue())
+
+
 def start_sweeping(sender: Any = None, **kwargs: Any) -> None:
     """``worker_ready`` receiver: say whether this worker's clock is off, then sweep now and
     every SWEEP_INTERVAL seconds from the worker's own timer (the consumer's, which Celery's
-    heartbeats use too). The sweep has a queue of its own, which the worker consumes too."""
+    heartbeats use too), into the sweep's own queue (:func:`consume_sweep_queue`)."""
     check_clock()
     interval = app_settings.SWEEP_INTERVAL
     if not interval:
@@ -35,7 +43,6 @@ def start_sweeping(sender: Any = None, **kwargs: Any) -> None:
     if timer is None:  # pragma: no cover (every Celery consumer has one)
         logger.warning("No worker timer: the TrustHub sweep will not run in this worker.")
         return
-    sender.add_task_queue(dispatch.sweep_queue())
     dispatch.send_sweep()
     timer.call_repeatedly(interval, dispatch.send_sweep)
     logger.info("TrustHub sweep every %gs", interval)
