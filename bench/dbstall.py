@@ -46,6 +46,7 @@ _CLAIM = (
         re.I | re.S,
     ),
 )
+_CLAIMED_ID = re.compile(rb"\"?id\"?\s*=\s*(\d+)")
 _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
 _CANCEL_REQUEST = 80877102
@@ -62,6 +63,7 @@ class Stall:
     began: float  # time.time()
     ended: float | None
     statement: str
+    evaluation: int | None  # the claimed row's id, when the statement holds it (client binding)
 
 
 class StallProxy:
@@ -104,6 +106,10 @@ class StallProxy:
         """Stall the connection of the next claim statement."""
         with self._lock:
             self._armed = True
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = False
 
     def reset(self) -> None:
         with self._lock:
@@ -216,7 +222,14 @@ class StallProxy:
                 if ends_batch and claim_in_batch is not None:
                     stall = self._take_arm()
                     if stall:
-                        record = Stall(link.number, time.time(), None, _words(claim_in_batch))
+                        found = _CLAIMED_ID.search(claim_in_batch)
+                        record = Stall(
+                            link.number,
+                            time.time(),
+                            None,
+                            _words(claim_in_batch),
+                            int(found[1]) if found else None,
+                        )
                         with self._lock:
                             self._stalls.append(record)
                         # Before the statement goes out, so that its answer is held too.
