@@ -17,6 +17,11 @@ A share of the /v1 requests (``fault_rate``) misbehaves, each with one kind draw
   ``BROKEN_BODIES`` ways (truncated JSON, wrong types, wrong SIDs, NUL characters, oversized
   values). Non-2xx answers pass unchanged.
 
+Apart from these, and only when asked for (``slow_rate``, 0 by default), a share of the
+``POST …/Evaluations`` requests gets ``slow-answer``: forwarded and processed at once, then the
+real answer is held back ``slow_delay`` seconds and delivered unchanged. Drawn before the other
+kinds, so exactly that share of the POSTs is slow (and none of them also gets another fault).
+
 Run alone, in front of a sandbox: ``python -m bench.faultproxy --world WORLD.json --port 8766``.
 """
 
@@ -41,6 +46,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 KINDS = ("429", "503", "reset", "forward-reset", "forward-stall", "broken-body")
+# Not among the kinds drawn at ``fault_rate``: a slow answer is drawn at its own ``slow_rate``.
+SLOW_ANSWER = "slow-answer"
 
 _EVALUATIONS = re.compile(r"/v1/CustomerProfiles/(BU[0-9a-fA-F]{32})/Evaluations")
 
@@ -173,6 +180,8 @@ class FaultProxy:
         kinds: Iterable[str] = KINDS,
         broken_bodies: Iterable[str] = BROKEN_BODIES,
         stall: float = 3.0,
+        slow_rate: float = 0.0,
+        slow_delay: float = 5.0,
         retry_after: int = 1,
         seed: int | None = None,
         max_requests: int | None = None,
@@ -191,6 +200,8 @@ class FaultProxy:
             raise ValueError(f"Unknown fault kinds: {', '.join(sorted(unknown))}")
         self.fault_rate = fault_rate
         self.stall = stall
+        self.slow_rate = slow_rate
+        self.slow_delay = slow_delay
         self.retry_after = retry_after
         self.max_requests = max_requests
         self._rng = random.Random(seed)
@@ -267,7 +278,15 @@ class FaultProxy:
                 self.capped = True
                 return None, None, True
             kind = variant = None
-            if path.startswith("/v1/") and self.kinds and self._rng.random() < self.fault_rate:
+            if (
+                self.slow_rate
+                and method == "POST"
+                and _EVALUATIONS.fullmatch(path)
+                and self._rng.random() < self.slow_rate
+            ):
+                kind = SLOW_ANSWER
+                self._counts[f"fault:{kind}"] += 1
+            elif path.startswith("/v1/") and self.kinds and self._rng.random() < self.fault_rate:
                 kind = self._rng.choice(self.kinds)
                 if kind == "broken-body":
                     variant = self._rng.choice(self.broken_bodies)
@@ -352,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(proxy.stall)
             self._reset()
             return
+        if kind == SLOW_ANSWER:
+            time.sleep(proxy.slow_delay)
         if variant is not None and 200 <= status < 300:
             upstream_body = break_body(upstream_body, variant, proxy._variant_rng())
         headers = {k: v for k, v in upstream_headers.items() if k.lower() in ("retry-after",)}
@@ -410,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--fault-rate", type=float, default=0.3)
     parser.add_argument("--stall", type=float, default=3.0)
+    parser.add_argument("--slow-rate", type=float, default=0.0, help="share of POST evaluations")
+    parser.add_argument("--slow-delay", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     with SandboxServer(args.world) as sandbox:
@@ -417,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
             sandbox.url,
             fault_rate=args.fault_rate,
             stall=args.stall,
+            slow_rate=args.slow_rate,
+            slow_delay=args.slow_delay,
             seed=args.seed,
             port=args.port,
         ).start()

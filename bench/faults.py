@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.dbstall import StallProxy  # noqa: E402
 from bench.faultproxy import BROKEN_BODIES, KINDS, FaultProxy  # noqa: E402
 
 SCENARIOS = {
@@ -48,9 +50,35 @@ SCENARIOS = {
     "postgres-restart": "PostgreSQL stopped mid-run for 5 s",
     "redis-restart": "Redis restarted mid-run (no persistence: its messages are gone)",
     "broker-down": "every request made while Redis is down, Redis started after",
+    "clock-skew": "worker1's clock 10 min ahead, worker2's 3 min behind; 10 % of POSTs answered "
+    "5 s late; worker1 SIGKILLed mid-run",
+    "db-stall": "worker1's PostgreSQL connection black-holed for 60 s right after a claim, 3 times",
+    "backlog": "--backlog evaluations (5,000) requested at once",
 }
 # "Mid-run": when this share of the rows is final.
 DISRUPT_AT = 0.3
+
+# clock-skew: each worker's clock (libfaketime's FAKETIME), in seconds for the notes.
+CLOCK_SKEW = {"worker1": ("+10m", 600.0), "worker2": ("-3m", -180.0)}
+# clock-skew: this share of the POSTs to /Evaluations is answered SLOW_DELAY s late; the workers'
+# read timeout is raised above it, so a slow answer is an answer, not a timeout.
+SLOW_RATE = 0.1
+SLOW_DELAY = 5.0
+# TRUSTHUB_EVAL keys a scenario sets for its workers (--setting still wins).
+SCENARIO_SETTINGS: dict[str, dict[str, Any]] = {"clock-skew": {"READ_TIMEOUT": 8.0}}
+# db-stall: STALLS stalls of worker1's database connections, each STALL_SECONDS long: the first
+# when this share of the rows is final, each later one once the previous began and another
+# STALL_NEXT of the rows became final since (so they may overlap, on different connections: a
+# run is shorter than a stall).
+STALL_SECONDS = 60.0
+STALLS = 3
+STALL_FIRST = 0.2
+STALL_NEXT = 0.15
+# The driver waits at least this long for a scenario (idle, deadline): a row a fast worker
+# claimed looks fresh to the others for RUNNING_TIMEOUT plus the skew (13 min here).
+PATIENCE = {"clock-skew": (900.0, 1200.0), "db-stall": (STALL_SECONDS + 30, 0.0)}
+# backlog: seconds of deadline per evaluation, at least (5,000: 1,000 s).
+BACKLOG_DEADLINE_PER_EVALUATION = 0.2
 # Requests come from this many threads, like as many web processes; each waits ~0.6 s for
 # Celery's publish retries while the broker is down.
 REQUEST_THREADS = 16
@@ -64,6 +92,12 @@ def main() -> None:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--evaluations", type=int, default=1000, help="per scenario")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=5000,
+        help="evaluations of the backlog scenario (at least --evaluations)",
+    )
     parser.add_argument("--fault-rate", type=float, default=0.3, help="share of /v1 requests")
     parser.add_argument(
         "--scenarios",
@@ -99,6 +133,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the databases' directory")
     args = parser.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.backlog = max(args.backlog, args.evaluations)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
@@ -252,12 +287,74 @@ def until(predicate: Callable[[], bool], timeout: float, message: str) -> None:
         time.sleep(0.2)
 
 
-class Workers:
-    """``celery -A project worker`` processes, each in its own process group."""
+def libfaketime() -> Path:
+    """Debian's libfaketime (package ``faketime``)."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not found:
+        sys.exit("The clock-skew scenario needs libfaketime (Debian's `faketime` package).")
+    return found[0]
 
-    def __init__(self, args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> None:
+
+def skewed_env(offset: str) -> dict[str, str]:
+    """Environment that runs a process, and the processes it forks, with its wall clock moved
+    by ``offset`` (libfaketime, e.g. ``+10m``); monotonic clocks stay real. bench/faketime/
+    comes first on the path: its sitecustomize mends ``time.sleep``, which libfaketime breaks."""
+    preload = " ".join(filter(None, [str(libfaketime()), os.environ.get("LD_PRELOAD")]))
+    path = os.pathsep.join(
+        filter(None, [str(ROOT / "bench" / "faketime"), os.environ.get("PYTHONPATH")])
+    )
+    return {
+        "LD_PRELOAD": preload,
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_DONT_RESET": "1",
+        "PYTHONPATH": path,
+    }
+
+
+_CLOCK_CHECK = """
+import os, time
+read, write = os.pipe()
+if os.fork() == 0:
+    started = time.monotonic()
+    time.sleep(0.2)
+    slept = time.monotonic() - started
+    os.write(write, f"{time.time()!r} {slept!r}".encode())
+    os._exit(0)
+os.wait()
+print(os.read(read, 100).decode())
+"""
+
+
+def clock_offset(env: dict[str, str]) -> float:
+    """How far ahead of ours the wall clock of a forked child of a process with ``env`` is
+    (checking that its ``time.sleep`` and monotonic clock work as they should)."""
+    output = subprocess.run(
+        [sys.executable, "-c", _CLOCK_CHECK], env=env, capture_output=True, check=True, text=True
+    ).stdout
+    ours = time.time()  # a few milliseconds after the child's reading
+    theirs, slept = (float(value) for value in output.split())
+    if not 0.15 < slept < 1.0:
+        raise RuntimeError(f"time.sleep(0.2) took {slept:.2f} s under libfaketime")
+    return theirs - ours
+
+
+class Workers:
+    """``celery -A project worker`` processes, each in its own process group.
+
+    ``env_of`` gives a worker, by name, environment variables of its own (a restart keeps them).
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        env: dict[str, str],
+        log_dir: Path,
+        env_of: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.args = args
         self.env = env
+        self.env_of = env_of or {}
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.starts = 0
@@ -283,7 +380,7 @@ class Workers:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "project", *command],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, **self.env_of.get(name, {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -360,6 +457,10 @@ class Result:
     disruption: str = ""
     request_seconds: float = 0.0
     faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The longest any one claim (evaluation id, started_at) was seen running, first to last poll;
+    # and the goal: RUNNING_TIMEOUT plus one SWEEP_INTERVAL.
+    longest_running: float = 0.0
+    running_limit: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
     # For results.json: each unrecorded evaluation with its profile's rows, to trace the cause.
     unrecorded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -399,7 +500,9 @@ class Bench:
         log.info("private Redis on 127.0.0.1:%s", self.redis.port)
 
         world_path = scratch / "world.json"
-        self.world = write_world(world_path, args.evaluations, args.seed)
+        # One profile per evaluation of the biggest scenario; a scenario uses the first ones.
+        size = max(self.requested(name) for name in args.scenarios)
+        self.world = write_world(world_path, size, args.seed)
         from trusthub_eval.sandbox import SandboxServer
 
         self.sandbox = SandboxServer(world_path).start()
@@ -416,6 +519,9 @@ class Bench:
             max_requests=50 * args.evaluations,
         ).start()
         self.stack.callback(self.proxy.stop)
+        # Between worker1 and PostgreSQL in the db-stall scenario; idle otherwise.
+        self.db_proxy = StallProxy("127.0.0.1", self.postgres.port, stall=STALL_SECONDS).start()
+        self.stack.callback(self.db_proxy.stop)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
         env.update(
@@ -469,23 +575,62 @@ class Bench:
 
     # --- a scenario ----------------------------------------------------------------------------
 
+    def requested(self, name: str) -> int:
+        return self.args.backlog if name == "backlog" else self.args.evaluations
+
+    def settings_of(self, name: str) -> dict[str, Any]:
+        """The TRUSTHUB_EVAL keys the scenario's workers get on top of bench/settings.py."""
+        return {**SCENARIO_SETTINGS.get(name, {}), **self.args.extra_settings}
+
     def run_scenario(self, name: str) -> Result:
+        from django.conf import settings
         from django.db import connection
 
         from trusthub_eval.models import CustomerProfile, Evaluation
 
         log.info("== %s: %s", name, SCENARIOS[name])
-        result = Result(scenario=name, requested=self.args.evaluations)
+        result = Result(scenario=name, requested=self.requested(name))
+        effective = {**settings.TRUSTHUB_EVAL, **self.settings_of(name)}
+        result.running_limit = float(effective["RUNNING_TIMEOUT"]) + float(
+            effective["SWEEP_INTERVAL"]
+        )
         log_dir = self.run_dir / name
         log_dir.mkdir()
         Evaluation.objects.all().delete()
         self.redis.flush()
         self.sandbox.reset()
         self.proxy.reset()
-        workers = Workers(self.args, self.env, log_dir)
+        self.proxy.slow_rate = SLOW_RATE if name == "clock-skew" else 0.0
+        self.proxy.slow_delay = SLOW_DELAY
+        # Far above what a sane run needs (a few requests per evaluation): bounds a runaway.
+        self.proxy.max_requests = 50 * result.requested
+        self.db_proxy.reset()
+        env = {**self.env, "BENCH_TRUSTHUB_EVAL": json.dumps(self.settings_of(name))}
+        env_of: dict[str, dict[str, str]] = {}
+        self.skews: dict[str, float] = {}
+        if name == "clock-skew":
+            checked = []
+            for worker, (offset, seconds) in CLOCK_SKEW.items():
+                env_of[worker] = skewed_env(offset)
+                self.skews[worker] = seconds
+                measured = clock_offset({**env, **env_of[worker]})
+                checked.append(f"{worker} {measured:+.0f} s")
+                if abs(measured - seconds) > 5:
+                    raise RuntimeError(f"libfaketime did not skew {worker}: {measured:+.1f} s")
+            result.notes.append(
+                "clocks, as a forked child of each worker's environment reads them: "
+                + ", ".join(checked)
+            )
+        if name == "db-stall":
+            env_of["worker1"] = {
+                "DATABASE_URL": f"postgres://postgres@127.0.0.1:{self.db_proxy.port}/trusthub_faults"
+            }
+        workers = Workers(self.args, env, log_dir, env_of)
         try:
             workers.start()
-            profiles = list(CustomerProfile.objects.select_related("policy").order_by("pk"))
+            profiles = list(
+                CustomerProfile.objects.select_related("policy").order_by("pk")[: result.requested]
+            )
             if name == "broker-down":
                 self.redis.stop()
                 result.disruption = "Redis stopped before the requests"
@@ -507,6 +652,7 @@ class Bench:
         with (log_dir / "requests.jsonl").open("w") as out:
             out.writelines(json.dumps(entry) + "\n" for entry in self.proxy.log)
         self._measure(result)
+        result.notes += worker_log_notes(log_dir, self.skews, result.requested)
         log.info(
             "%s: %d completed, %d failed, %d active; %d unrecorded, %d failed-but-created",
             name, result.completed, result.failed, result.active, result.created_unrecorded,
@@ -559,6 +705,11 @@ class Bench:
             time.sleep(3)
             workers.start_one("worker1")
             return "worker1 SIGKILLed, restarted 3 s later"
+        if name == "clock-skew":
+            workers.kill("worker1")
+            time.sleep(3)
+            workers.start_one("worker1")
+            return "worker1 (clock 10 min ahead) SIGKILLed, restarted 3 s later with the same clock"
         if name == "postgres-restart":
             self.postgres.stop()
             time.sleep(5)
@@ -574,12 +725,19 @@ class Bench:
     def _wait(self, name: str, result: Result, workers: Workers, last_request: float) -> None:
         """Poll until every row is final, nothing moves for --idle seconds, or the deadline."""
         args = self.args
-        pending = name in ("worker-kill", "postgres-restart", "redis-restart")
+        least_idle, least_deadline = PATIENCE.get(name, (0.0, 0.0))
+        if name == "backlog":
+            least_deadline = BACKLOG_DEADLINE_PER_EVALUATION * result.requested
+        idle, deadline = max(args.idle, least_idle), max(args.deadline, least_deadline)
+        pending = name in ("worker-kill", "postgres-restart", "redis-restart", "clock-skew")
         last_signature: tuple[Any, ...] = ()
         last_change = time.monotonic()
+        # Each claim seen running: (evaluation id, started_at) -> first and last poll it was seen.
+        running: dict[tuple[int, Any], list[float]] = {}
+        stalls_armed_at: list[int] = []  # db-stall: rows final when each stall was armed
         while True:
             now = time.monotonic()
-            counts = self._counts()
+            counts = self._counts(running, now)
             if counts is None:  # the database is restarting under us
                 time.sleep(1)
                 continue
@@ -591,25 +749,71 @@ class Bench:
                 last_change = time.monotonic()
                 continue
             active = counts["queued"] + counts["running"]
-            if active == 0 and not pending:
+            if name == "db-stall":
+                self._arm_stall(final, active, result.requested, stalls_armed_at)
+            if active == 0 and not pending and result.final_after is None:
                 result.final_after = round(now - last_request, 1)
                 result.ended = "all final"
-                return
+            if active == 0 and not pending and not self._stall_unfinished():
+                break
             signature = (*counts.values(), self.proxy.total_requests)
             if signature != last_signature:
                 last_signature, last_change = signature, now
-            if now - last_change > args.idle:
-                result.ended = f"nothing moved for {args.idle:.0f} s"
-                return
-            if now - last_request > args.deadline:
-                result.ended = f"deadline ({args.deadline:.0f} s)"
-                return
+            if now - last_change > idle:
+                result.ended = f"nothing moved for {idle:.0f} s"
+                break
+            if now - last_request > deadline:
+                result.ended = f"deadline ({deadline:.0f} s)"
+                break
             if self.proxy.capped:
                 result.ended = "request cap reached"
-                return
+                break
             time.sleep(1)
+        spans = [last - first for first, last in running.values()]
+        result.longest_running = round(max(spans, default=0.0), 1)
+        beyond = sum(1 for span in spans if span > result.running_limit)
+        if beyond:
+            result.notes.append(
+                f"{_claims(beyond)} seen running longer than {result.running_limit:.0f} s "
+                "(RUNNING_TIMEOUT + SWEEP_INTERVAL)"
+            )
+        if name == "db-stall":
+            self.db_proxy.disarm()
+            stalls = self.db_proxy.stalls
+            result.disruption = (
+                f"worker1's database connection stalled {len(stalls)}x for "
+                f"{STALL_SECONDS:.0f} s right after a claim (armed at "
+                + ", ".join(f"{n} final" for n in stalls_armed_at)
+                + "; the claims of "
+                + ", ".join(f"#{stall.evaluation}" for stall in stalls)
+                + f"; {self.db_proxy.claims} claims went through its proxy)"
+            )
 
-    def _counts(self) -> dict[str, int] | None:
+    def _arm_stall(self, final: int, active: int, requested: int, armed_at: list[int]) -> None:
+        """db-stall: arm the next stall of worker1's database connection when it is due (never
+        once every row is final: a claim of a finished row changes nothing)."""
+        if active == 0:
+            self.db_proxy.disarm()
+            return
+        if len(armed_at) >= STALLS or self.db_proxy.armed:
+            return
+        due = STALL_FIRST * requested if not armed_at else armed_at[-1] + STALL_NEXT * requested
+        if final >= due:
+            log.info("db-stall: stall %d armed at %d final", len(armed_at) + 1, final)
+            self.db_proxy.arm()
+            armed_at.append(final)
+
+    def _stall_unfinished(self) -> bool:
+        """A stall under way, or one that ended less than 10 s ago: the stalled attempt may
+        still send its POST. (An armed stall that no claim triggered does not count.)"""
+        return any(
+            stall.ended is None or time.time() - stall.ended < 10 for stall in self.db_proxy.stalls
+        )
+
+    def _counts(
+        self, running: dict[tuple[int, Any], list[float]], now: float
+    ) -> dict[str, int] | None:
+        """Rows per state and their attempts; records each claim seen running in ``running``."""
         from django.db import DatabaseError, connection
         from django.db.models import Count, Sum
 
@@ -623,23 +827,31 @@ class Bench:
                 .values_list("state", "n")
             )
             attempts = Evaluation.objects.aggregate(n=Sum("attempts"))["n"] or 0
+            claims = list(
+                Evaluation.objects.filter(state=Evaluation.State.RUNNING).values_list(
+                    "id", "started_at"
+                )
+            )
         except DatabaseError:
             connection.close()
             return None
+        for claim in claims:
+            running.setdefault(claim, [now, now])[1] = now
         counts = {state: states.get(state, 0) for state in Evaluation.State.values}
         counts["attempts"] = attempts
         return counts
 
     # --- comparing with TrustHub's record ------------------------------------------------------
 
-    def _sandbox_evaluations(self) -> list[dict[str, Any]]:
-        """Every evaluation the sandbox holds, read from its own list API (no proxy)."""
+    def _sandbox_evaluations(self, profiles: int) -> list[dict[str, Any]]:
+        """Every evaluation the sandbox holds for the first ``profiles`` profiles (those the
+        scenario requested), read from its own list API (no proxy)."""
         import requests
 
         items: list[dict[str, Any]] = []
         with requests.Session() as session:
             session.auth = (self.sandbox.account_sid, self.sandbox.auth_token)
-            for profile in self.world["customer_profiles"]:
+            for profile in self.world["customer_profiles"][:profiles]:
                 url: str | None = (
                     f"{self.sandbox.url}/v1/CustomerProfiles/{profile['sid']}/Evaluations"
                     "?PageSize=1000"
@@ -655,7 +867,7 @@ class Bench:
     def _measure(self, result: Result) -> None:
         from trusthub_eval.models import Evaluation
 
-        upstream = {item["sid"]: item for item in self._sandbox_evaluations()}
+        upstream = {item["sid"]: item for item in self._sandbox_evaluations(result.requested)}
         proxied = {created.sid for created in self.proxy.created}
         if proxied != set(upstream):
             result.notes.append(
@@ -769,8 +981,97 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
+def _claims(count: int) -> str:
+    return f"{count} claim" if count == 1 else f"{count} claims"
+
+
 def _date(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- the workers' logs ------------------------------------------------------------------------
+
+# Celery's and the app's format: "[2026-11-29 10:00:00,123: INFO/MainProcess] message".
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): (\w+)/[^\]]*\] (.*)")
+_SENT = re.compile(r"Bench: sent trusthub_eval\.resume_queued\[([^\]]+)\]")
+_RECEIVED = re.compile(r"Task ([\w.]+)\[([^\]]+)\] received")
+_SUCCEEDED = re.compile(r"Task ([\w.]+)\[([^\]]+)\] succeeded in ([\d.]+)s: (.*)")
+_RESENT = re.compile(r"Sweep: sending (\d+) evaluation")
+_NUMBERS = re.compile(r"#\d+|\[[0-9a-f-]{36}\]|\d+(\.\d+)?")
+SWEEP_TASK = "trusthub_eval.resume_queued"
+RUN_TASK = "trusthub_eval.run_evaluation"
+
+
+def worker_log_notes(log_dir: Path, skews: dict[str, float], requested: int) -> list[str]:
+    """What the workers' logs say: ERROR lines and tracebacks; when each sweep task ran after it
+    was sent and what it re-sent; how many deliveries of run_evaluation found nothing to do.
+
+    ``skews``: each worker's clock offset (clock-skew), taken off its log's times.
+    """
+    errors: collections.Counter[str] = collections.Counter()
+    tracebacks = 0
+    sent: dict[str, float] = {}
+    started: dict[str, float] = {}
+    resent: list[int] = []
+    deliveries = 0
+    outcomes: collections.Counter[str] = collections.Counter()
+    longest_skipped = 0.0
+    for path in sorted(log_dir.glob("*.log")):
+        skew = skews.get(path.name.split(".")[0], 0.0)
+        for line in path.read_text(errors="replace").splitlines():
+            tracebacks += "Traceback (most recent call last)" in line
+            match = _LINE.match(line)
+            if match is None:
+                continue
+            stamp, millis, level, message = match.groups()
+            at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+            at -= skew
+            if level in ("ERROR", "CRITICAL"):
+                errors[_NUMBERS.sub("N", message)[:100]] += 1
+            if found := _SENT.search(message):
+                sent[found[1]] = at
+            elif found := _RECEIVED.search(message):
+                deliveries += found[1] == RUN_TASK
+            elif found := _SUCCEEDED.search(message):
+                task, task_id, runtime, value = found.groups()
+                if task == SWEEP_TASK:
+                    started[task_id] = at - float(runtime)
+                elif task == RUN_TASK:
+                    value = value.strip("'")
+                    outcomes[value] += 1
+                    if value == "skipped":
+                        longest_skipped = max(longest_skipped, float(runtime))
+            elif found := _RESENT.search(message):
+                resent.append(int(found[1]))
+    notes = [
+        f"worker logs: {errors.total()} ERROR lines, {tracebacks} tracebacks"
+        + (
+            "; most common ERROR: "
+            + "; ".join(f"{message} ({n})" for message, n in errors.most_common(3))
+            if errors
+            else ""
+        )
+    ]
+    waits = sorted(started[task_id] - at for task_id, at in sent.items() if task_id in started)
+    sweep = f"sweep: {len(sent)} sent, {len(waits)} ran"
+    if waits:
+        sweep += (
+            f", from send to start median {waits[len(waits) // 2]:.1f} s, max {waits[-1]:.1f} s"
+        )
+    sweep += (
+        f"; {len(resent)} sweeps re-sent {sum(resent):,} evaluations in all (most at once: "
+        f"{max(resent):,})"
+        if resent
+        else "; none re-sent anything"
+    )
+    notes.append(sweep)
+    notes.append(
+        f"run_evaluation: {deliveries:,} deliveries ({deliveries / max(requested, 1):.2f} per "
+        f"evaluation); returned: "
+        + ", ".join(f"{value} {n:,}" for value, n in outcomes.most_common())
+        + (f"; the longest 'skipped' took {longest_skipped:.1f} s" if outcomes["skipped"] else "")
+    )
+    return notes
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -791,6 +1092,14 @@ COLUMNS = [
         "s until all final",
         lambda r: f"{r.final_after:.0f}" if r.final_after is not None else f"never ({r.ended})",
     ),
+    (
+        "longest running (s)",
+        lambda r: (
+            f"**{r.longest_running:.0f}**"
+            if r.longest_running > r.running_limit
+            else f"{r.longest_running:.0f}"
+        ),
+    ),
 ]
 
 
@@ -799,8 +1108,9 @@ def _bold(value: int) -> str:
 
 
 def render(results: list[Result], args: argparse.Namespace, seconds: float) -> str:
+    backlog = f" (`backlog`: {args.backlog:,})" if "backlog" in args.scenarios else ""
     lines = [
-        f"{args.evaluations:,} evaluations per scenario; {args.workers} workers, "
+        f"{args.evaluations:,} evaluations per scenario{backlog}; {args.workers} workers, "
         f"concurrency {args.concurrency} ({args.pool}); faults on {args.fault_rate:.0%} of "
         f"TrustHub requests ({', '.join(args.faults)}); whole run {seconds / 60:.1f} min.",
         "",

@@ -5,10 +5,17 @@ TRUSTHUB_SANDBOX_WORLD (the sandbox's credentials) from the environment, which b
 sets. On top: short timeouts and backoff, and any TRUSTHUB_EVAL keys given as a JSON object in
 BENCH_TRUSTHUB_EVAL (``--setting KEY=VALUE`` of bench/faults.py). A key this version of the app
 does not know is harmless: its system check only warns (trusthub_eval.W001).
+
+It also logs, in each worker, every sweep task (``trusthub_eval.resume_queued``) it publishes,
+with the task's id, so that bench/faults.py can measure how long a sweep waits in the queue.
 """
 
 import json
+import logging
 import os
+from typing import Any
+
+from celery.signals import after_task_publish
 
 from project.settings import *  # noqa: F403
 from project.settings import TRUSTHUB_EVAL as _PROJECT_TRUSTHUB_EVAL
@@ -34,3 +41,15 @@ TRUSTHUB_EVAL = {
     "SWEEP_AFTER": 20.0,
     **json.loads(os.environ.get("BENCH_TRUSTHUB_EVAL") or "{}"),
 }
+
+
+def _log_sweep_sent(sender: object = None, headers: Any = None, **kwargs: Any) -> None:
+    # So that bench/faults.py can tell how long a sweep waited in the queue: Celery logs when a
+    # task is received and when it succeeded, not when it was sent. (Message protocol 2: the
+    # task's id is in the headers.)
+    if sender == "trusthub_eval.resume_queued":
+        task_id = (headers or {}).get("id")
+        logging.getLogger("bench").info("Bench: sent trusthub_eval.resume_queued[%s]", task_id)
+
+
+after_task_publish.connect(_log_sweep_sent, weak=False)

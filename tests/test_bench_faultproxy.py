@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,6 +110,44 @@ def test_forward_then_stall_outlasts_the_read_timeout(
     with pytest.raises(requests.ReadTimeout):
         post(session, proxy, timeout=(2, 0.2))
     assert sandbox.evaluation_count(ACME) == before + 1
+
+
+def test_a_slow_answer_is_the_real_answer_after_trusthub_processed_the_request(
+    sandbox: SandboxServer, make_proxy: Callable[..., FaultProxy], session: requests.Session
+) -> None:
+    before = sandbox.evaluation_count(ACME)
+    proxy = make_proxy(fault_rate=1.0, kinds=["429"], slow_rate=1.0, slow_delay=0.6)
+    seen: list[int] = []
+
+    def count_while_held() -> None:
+        time.sleep(0.3)
+        seen.append(sandbox.evaluation_count(ACME))
+
+    watcher = threading.Thread(target=count_while_held)
+    watcher.start()
+    started = time.monotonic()
+    response = post(session, proxy, timeout=(2, 2))
+    waited = time.monotonic() - started
+    watcher.join()
+
+    assert response.status_code == 201
+    assert waited >= 0.6
+    assert seen == [before + 1]  # created at once, answered late
+    [created] = proxy.created
+    assert created.fault == "slow-answer"
+    assert response.json()["sid"] == created.sid
+    assert listed_sids(session, proxy) >= {created.sid}
+    # Only POSTs to /Evaluations are slowed; a slow one gets no other fault.
+    assert session.get(proxy.url + EVALUATIONS).status_code == 429
+    assert proxy.counts["fault:slow-answer"] == 1
+
+
+def listed_sids(session: requests.Session, proxy: FaultProxy) -> set[str]:
+    proxy.fault_rate = 0.0
+    try:
+        return {item["sid"] for item in session.get(proxy.url + EVALUATIONS).json()["results"]}
+    finally:
+        proxy.fault_rate = 1.0
 
 
 _BROKEN: dict[str, Callable[[dict[str, Any], str], bool]] = {
