@@ -111,7 +111,7 @@ DATABASES = {
 }
 # Every database call is bounded in time (see the README, "Running workers"): a worker whose
 # link to the database stalls gets an error within seconds instead of hanging for minutes.
-_DATABASE_BOUNDS = {
+_DATABASE_BOUNDS: dict[str, dict[str, object]] = {
     "django.db.backends.sqlite3": {
         # A web process and a worker write to the same file: wait for the lock rather than fail.
         "timeout": 20,
