@@ -30,6 +30,7 @@ from trusthub_eval.client import TrustHubClient
 from trusthub_eval.exceptions import (
     AuthenticationFailed,
     BadRequest,
+    DeadlinePassed,
     ErrorKind,
     ImproperlyConfiguredCredentials,
     InvalidResponse,
@@ -1131,3 +1132,107 @@ def test_parsed_query_of_the_list_fixture_is_twilios() -> None:
     # Guards the fixtures against hand edits: they are Twilio's spec examples, verbatim.
     url = load("customer_profiles_list.json")["meta"]["url"]
     assert parse_qs(urlsplit(url).query)["PolicySid"] == ["RN" + "a" * 32]
+
+
+# Hostile but well-formed answers -------------------------------------------------------------
+
+
+def test_an_endless_listing_stops_at_the_page_limit(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("trusthub_eval.client.MAX_PAGES", 5)
+    pages = iter(range(1, 100))
+
+    def endless(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        fresh = f"{BASE}/v1/Policies?PageSize=2&Page={next(pages)}&PageToken=x"
+        return 200, {}, json.dumps(page([{"sid": RN}], fresh))
+
+    rsps.add_callback(responses.GET, f"{BASE}/v1/Policies", callback=endless)
+
+    with pytest.raises(InvalidResponse, match="past 5 pages") as info:
+        list(trusthub.list_policies(page_size=2))
+
+    assert info.value.kind is ErrorKind.PERMANENT
+    assert len(rsps.calls) == 5  # the last allowed page was read, and not one past it
+
+
+def test_a_listing_stops_before_a_page_it_could_not_finish_by_its_deadline(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    rsps.get(f"{BASE}/v1/CustomerProfiles/{BU}/Evaluations", json=page([], None))
+    # 3 + 2 x 11 s may pass before a call is over: 20 s left is too little, 26 s enough.
+    with pytest.raises(DeadlinePassed):
+        list(trusthub.list_evaluations(BU, finish_by=time.monotonic() + 20))
+    assert len(rsps.calls) == 0
+    assert list(trusthub.list_evaluations(BU, finish_by=time.monotonic() + 26)) == []
+
+
+@pytest.mark.parametrize(("method", "kind"), [("POST", "ambiguous"), ("GET", "retryable")])
+def test_an_answer_too_large_to_be_trusthubs_is_not_read(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient, method: str, kind: str
+) -> None:
+    huge = b'{"sid": "' + b"x" * (8 * 1024 * 1024) + b'"}'
+    rsps.add(method, CREATE_URL if method == "POST" else PROFILE_URL, body=huge, status=200)
+    call = (
+        (lambda: trusthub.create_evaluation(BU, RN))
+        if method == "POST"
+        else (lambda: trusthub.fetch_customer_profile(BU))
+    )
+    with pytest.raises(InvalidResponse, match="larger than 8 MiB") as info:
+        call()
+    assert info.value.kind == kind
+    assert info.value.body is None
+
+
+def test_an_error_too_large_to_read_is_still_the_error_its_status_says(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    huge = json.dumps({"code": 21211, "message": "x" * (9 * 1024 * 1024)})
+    rsps.post(CREATE_URL, body=huge, status=400)
+    with pytest.raises(BadRequest, match="larger than 8 MiB") as info:
+        trusthub.create_evaluation(BU, RN)
+    assert info.value.permanent
+
+
+def test_a_huge_error_message_is_cut_and_says_so(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    message = "Invalid " * 200_000  # 1.6 MB
+    rsps.post(CREATE_URL, json={"code": 21211, "message": message, "status": 400}, status=400)
+    with pytest.raises(BadRequest) as info:
+        trusthub.create_evaluation(BU, RN)
+    error = info.value
+    assert len(error.message) < 2_100
+    assert error.message.startswith("Invalid Invalid")
+    assert f"cut: {len(message.strip()):,} characters in all" in error.message
+    assert len(str(error)) < 2_200
+    assert error.body is not None and len(error.body) <= 65_536
+
+
+@pytest.mark.parametrize("status", [401, 400, 200])
+def test_credentials_echoed_by_trusthub_are_redacted(
+    rsps: responses.RequestsMock, status: int
+) -> None:
+    for username, secret in ((AC, TOKEN), (SK, SECRET)):
+        if username == AC:
+            trusthub = TrustHubClient(account_sid=AC, auth_token=TOKEN)
+        else:
+            trusthub = TrustHubClient(api_key_sid=SK, api_key_secret=SECRET)
+        # What it sent, echoed: the secret, the Authorization header, the pair URL-safe.
+        pair = f"{username}:{secret}".encode()
+        echo = f"{secret} {basic(username, secret)} {base64.urlsafe_b64encode(pair).decode()}"
+        if status == 200:  # an unusable 2xx: its body is kept for the record
+            rsps.get(PROFILE_URL, body=f"<pre>{echo}</pre>", status=200)
+        else:
+            rsps.get(
+                PROFILE_URL,
+                json={"code": 20003, "message": f"Bad header {echo}", "more_info": echo},
+                status=status,
+            )
+        with pytest.raises(TrustHubError) as info:
+            trusthub.fetch_customer_profile(BU)
+        rsps.reset()
+        error = info.value
+        for text in (str(error), repr(vars(error)), error.body or "", error.more_info or ""):
+            assert_no_secret(text)
+        assert "[redacted]" in (error.body or "")

@@ -478,3 +478,46 @@ def test_a_broker_down_at_request_time_is_said_by_the_api_and_the_admin(admin_cl
     assert "broker could not be reached" in page.content.decode()
     assert set(Evaluation.objects.values_list("state", flat=True)) == {"queued"}
     assert Evaluation.objects.count() == 3
+
+
+# --- hostile but well-formed answers -----------------------------------------------------------
+
+
+def test_a_huge_error_message_is_stored_cut_and_the_api_page_stays_small(sandbox, admin_client):
+    profile = sync_world()[UMBRELLA]
+    message = "Invalid " * 250_000  # 2 MB
+    sandbox.add_fault(
+        method="POST",
+        path=EVALUATIONS,
+        status=400,
+        body=json.dumps({"code": 21211, "message": message, "status": 400}),
+    )
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert len(evaluation.error_message) < 2_200
+    assert "characters in all" in evaluation.error_message
+    page = admin_client.get("/api/evaluations/")
+    assert page.status_code == 200
+    assert len(page.content) < 100_000
+
+
+def test_credentials_echoed_in_an_error_are_never_stored(sandbox):
+    import base64
+
+    profile = sync_world()[UMBRELLA]
+    header = base64.b64encode(f"{sandbox.account_sid}:{sandbox.auth_token}".encode()).decode()
+    echo = f"Authorization: Basic {header} (token {sandbox.auth_token})"
+    sandbox.add_fault(
+        method="POST",
+        path=EVALUATIONS,
+        status=401,
+        body=json.dumps({"code": 20003, "message": echo, "more_info": echo, "status": 401}),
+    )
+    evaluation, _ = services.request_evaluation(profile, trigger="cli")
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    stored = evaluation.error_message + json.dumps(evaluation.raw)
+    assert sandbox.auth_token not in stored
+    assert header not in stored
+    assert "[redacted]" in stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
@@ -44,6 +45,17 @@ JSONObject = dict[str, Any]
 
 # Twilio's list endpoints accept PageSize 1..1000.
 MAX_PAGE_SIZE = 1000
+
+# A listing that goes on past this many pages is a server's bug (every page with a fresh
+# next_page_url), not a list: following it would hold a worker slot for ever.
+MAX_PAGES = 1000
+
+# The most of one answer that is read; a larger one is not TrustHub's (its largest pages of
+# evaluations are a few hundred kilobytes).
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+
+#: What stands for a secret that TrustHub's text echoed.
+REDACTED = "[redacted]"
 
 # Seconds a kept-alive connection may sit unused before we open a new one instead: below the
 # idle timeouts of common load balancers (60 s and more).
@@ -89,6 +101,24 @@ class _Credentials:
     def apply(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         prepared: requests.PreparedRequest = HTTPBasicAuth(self.username, self._secret)(request)
         return prepared
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret, and what is made of it to send it (the basic-auth pair in
+        base64, the secret percent-encoded), replaced: TrustHub's text may echo them."""
+        pair = f"{self.username}:{self._secret}".encode()
+        for form in sorted(
+            {
+                self._secret,
+                quote(self._secret, safe=""),
+                base64.b64encode(pair).decode(),
+                base64.urlsafe_b64encode(pair).decode(),
+            },
+            key=len,
+            reverse=True,
+        ):
+            if form:
+                text = text.replace(form, REDACTED)
+        return text
 
 
 class _Auth(AuthBase):
@@ -214,14 +244,23 @@ def longest_call(connect_timeout: float, read_timeout: float) -> float:
     return connect_timeout + 2 * read_timeout
 
 
-def _read_by(response: requests.Response, deadline: float) -> bytes:
-    """The answer's body, read piece by piece until ``deadline`` (``time.monotonic()``); a body
+class _TooLarge(Exception):
+    """An answer past MAX_ANSWER_BYTES (it was not read further)."""
+
+
+def _read_body(response: requests.Response, deadline: float | None) -> bytes:
+    """The answer's body, read piece by piece, at most MAX_ANSWER_BYTES (more raises
+    :class:`_TooLarge`) and, with a ``deadline`` (``time.monotonic()``), until then: a body
     still coming then raises requests' ``ReadTimeout``, as a silent server would."""
     chunks = []
+    size = 0
     try:
         for chunk in response.iter_content(chunk_size=65536):
             chunks.append(chunk)
-            if time.monotonic() > deadline:
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _TooLarge
+            if deadline is not None and time.monotonic() > deadline:
                 raise requests.ReadTimeout("The answer was still coming at the call's deadline.")
     finally:
         response.close()
@@ -397,11 +436,18 @@ class TrustHubClient:
         return self._request_object("GET", f"/v1/CustomerProfiles/{bu}/Evaluations/{el}")
 
     def list_evaluations(
-        self, customer_profile_sid: str, *, page_size: int | None = None
+        self,
+        customer_profile_sid: str,
+        *,
+        page_size: int | None = None,
+        finish_by: float | None = None,
     ) -> Iterator[JSONObject]:
-        """Every evaluation of a Customer Profile, page after page."""
+        """Every evaluation of a Customer Profile, page after page; each page's call is over by
+        ``finish_by`` (see :meth:`create_evaluation`)."""
         bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
-        return self._paginate(f"/v1/CustomerProfiles/{bu}/Evaluations", {}, page_size)
+        return self._paginate(
+            f"/v1/CustomerProfiles/{bu}/Evaluations", {}, page_size, finish_by=finish_by
+        )
 
     def list_customer_profiles(
         self,
@@ -438,19 +484,34 @@ class TrustHubClient:
     # Plumbing ------------------------------------------------------------------------------
 
     def _paginate(
-        self, path: str, params: Mapping[str, str], page_size: int | None
+        self,
+        path: str,
+        params: Mapping[str, str],
+        page_size: int | None,
+        *,
+        finish_by: float | None = None,
     ) -> Iterator[JSONObject]:
         # Validate eagerly so a bad argument fails at the call, not at the first next().
         size = _validate_page_size(self.page_size if page_size is None else page_size)
-        return self._pages(path, {**params, "PageSize": str(size)})
+        return self._pages(path, {**params, "PageSize": str(size)}, finish_by)
 
-    def _pages(self, path: str, params: Mapping[str, str]) -> Iterator[JSONObject]:
+    def _pages(
+        self, path: str, params: Mapping[str, str], finish_by: float | None
+    ) -> Iterator[JSONObject]:
         url = self.base_url + path
         query: Mapping[str, str] | None = params
         seen: set[str] = set()
         while True:
+            if len(seen) == MAX_PAGES:
+                # A server's bug, and one that retrying would repeat.
+                raise InvalidResponse(
+                    f"TrustHub's list went on past {MAX_PAGES} pages.",
+                    method="GET",
+                    path=urlsplit(url).path,
+                    kind=ErrorKind.PERMANENT,
+                )
             seen.add(url)
-            page = self._request_object("GET", url, params=query)
+            page = self._request_object("GET", url, params=query, finish_by=finish_by)
             meta = page.get("meta")
             meta = meta if isinstance(meta, dict) else {}
             key = meta.get("key") or "results"
@@ -508,6 +569,7 @@ class TrustHubClient:
         response: requests.Response | None = None
         body = b""
         failure: TrustHubError | None = None
+        too_large: _TooLarge | None = None
         request = requests.Request(
             method,
             url,
@@ -537,15 +599,14 @@ class TrustHubClient:
                     prepared,
                     timeout=self.timeout,
                     allow_redirects=False,
-                    **{**self._environment(), "stream": finish_by is not None},
+                    **{**self._environment(), "stream": True},
                 )
-                if finish_by is None:
-                    body = response.content
-                else:
-                    connect, read = self.timeout
-                    body = _read_by(response, sent_at + connect + read)
+                connect, read = self.timeout
+                body = _read_body(response, None if finish_by is None else sent_at + connect + read)
         except requests.RequestException as exc:
             failure = self._transport_error(exc, method, path)
+        except _TooLarge as exc:
+            too_large = exc
         finished = time.monotonic()
         self._idle_since = finished
         elapsed_ms = (finished - started) * 1000
@@ -559,20 +620,38 @@ class TrustHubClient:
                 elapsed_ms,
                 type(failure).__name__,
             )
-            raise failure
+            raise self._redacted(failure)
         assert response is not None
+        if too_large is not None:
+            unread = f"larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB; it was not read"
+            if not 200 <= response.status_code <= 299:  # an error all the same, by its status
+                raise error_from_response(
+                    method,
+                    response.status_code,
+                    None,
+                    response.headers,
+                    path=path,
+                    reason=f"{response.reason or 'Error'} (TrustHub's answer was {unread})",
+                )
+            # Processed, but what it said is lost: ambiguous after a POST.
+            raise InvalidResponse(
+                f"The answer was {unread}.", status=response.status_code, method=method, path=path
+            )
         logger.debug(
             "TrustHub %s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms
         )
         status = response.status_code
         if not 200 <= status <= 299:
-            raise error_from_response(
-                method,
-                status,
-                body,
-                response.headers,
-                path=path,
-                reason=response.reason,
+            raise self._redacted(
+                error_from_response(
+                    method,
+                    status,
+                    body,
+                    response.headers,
+                    path=path,
+                    reason=response.reason,
+                    redact=self._credentials.redact,
+                )
             )
         try:
             value = json.loads(body)
@@ -580,14 +659,27 @@ class TrustHubClient:
         except (ValueError, RecursionError):
             value = None
         if not isinstance(value, dict):
-            raise InvalidResponse(
-                f"Expected a JSON object, got {_what_came(body, response.headers)}.",
-                status=status,
-                method=method,
-                path=path,
-                body=body,
+            raise self._redacted(
+                InvalidResponse(
+                    f"Expected a JSON object, got {_what_came(body, response.headers)}.",
+                    status=status,
+                    method=method,
+                    path=path,
+                    body=self._credentials.redact(body.decode("utf-8", "replace")),
+                )
             )
         return value
+
+    def _redacted(self, error: TrustHubError) -> TrustHubError:
+        """``error`` with every echo of our secret removed from what it would store or log."""
+        redact = self._credentials.redact
+        error.message = redact(error.message)
+        error.args = (error.message,)
+        if error.body is not None:
+            error.body = redact(error.body)
+        if error.more_info is not None:
+            error.more_info = redact(error.more_info)
+        return error
 
     def _environment(self) -> dict[str, Any]:
         """The proxies, CA bundle and certificate the environment sets for ``base_url``

@@ -10,7 +10,7 @@ import enum
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -128,7 +128,7 @@ class TrustHubError(TrustHubEvalError):
         kind: ErrorKind | None = None,
         body: str | bytes | None = None,
     ) -> None:
-        self.message = message or self.default_message
+        self.message = capped_text(message or self.default_message)
         self.body = storable_text(body)
         self.status = status
         self.code = code
@@ -182,6 +182,16 @@ class TrustHubError(TrustHubEvalError):
 
 #: How much of an answer's body an error keeps for the record.
 MAX_BODY_CHARS = 65_536
+
+#: The most of a message that is kept (stored on a row, logged, shown): TrustHub's text included.
+MAX_MESSAGE_CHARS = 2_000
+
+
+def capped_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and a note that it was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [cut: {len(text):,} characters in all]"
 
 
 def storable_text(value: str | bytes | None) -> str | None:
@@ -394,15 +404,21 @@ def error_from_response(
     *,
     path: str | None = None,
     reason: str | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> TrustHubAPIError:
     """Build the exception for an HTTP error answer.
 
     Reads Twilio's legacy body ``{code, message, more_info, status}`` and RFC 9457 problem details
     ``{type, title, status, code, detail}``; anything else (an HTML page from a proxy) falls back
-    to the reason phrase.
+    to the reason phrase. ``redact`` is applied to the whole body before anything is read from
+    it (a message may echo what was sent), so no part of a secret survives a cut.
     """
     headers = headers or {}
     payload: Any = None
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if body and redact is not None:
+        body = redact(body)
     if body:
         try:
             payload = json.loads(body)

@@ -392,7 +392,7 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
     evaluation = attempt.evaluation
     profile, policy = evaluation.customer_profile, evaluation.policy
     try:
-        payload = _reconcile(evaluation, client) if attempt.reconciling else None
+        payload = _reconcile(attempt, client) if attempt.reconciling else None
         if payload is None:
             # Read to its end, the listing shows none for the earlier POST: post again, under
             # a mark moved to now. Without an earlier POST the claim's mark is already there.
@@ -425,19 +425,20 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
         )
 
 
-def _reconcile(evaluation: Evaluation, client: TrustHubClient) -> Mapping[str, Any] | None:
+def _reconcile(attempt: _Attempt, client: TrustHubClient) -> Mapping[str, Any] | None:
     """After an ambiguous POST: the evaluation TrustHub created for it, or None if none.
 
     TrustHub has no idempotency key, so we read the profile's whole list and adopt the oldest
     evaluation for the same policy created since the POST that no other request of ours holds
     (an import by ``trusthub_sync`` is the same evaluation and is replaced). None only after
-    the list was read to its end.
+    the list was read to its end, within the claim's time.
     """
+    evaluation = attempt.evaluation
     assert evaluation.posted_at is not None
     profile, policy = evaluation.customer_profile, evaluation.policy
     since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
     candidates = []
-    for item in client.list_evaluations(profile.sid):
+    for item in client.list_evaluations(profile.sid, finish_by=attempt.expires):
         sid, policy_sid, created = identify_evaluation(item, customer_profile_sid=profile.sid)
         if policy_sid == policy.sid and created >= since:
             candidates.append((created, sid, item))
