@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -981,7 +982,8 @@ class EvaluationAdmin(ReadOnlyAdmin):
         if is_sid(term, SidKind.POLICY):
             return queryset.filter(policy__sid=term), False
         number = term.removeprefix("#")
-        if number.isdigit() and len(number) < 19:  # beyond that, no bigint
+        # ASCII digits only: "²" is a digit to isdigit() but not to int(), "٣" is one to both.
+        if re.fullmatch(r"[0-9]{1,18}", number):  # beyond that, no bigint
             return queryset.filter(pk=int(number)), False
         profiles = CustomerProfile.objects.filter(friendly_name__icontains=term).values("pk")
         return queryset.filter(customer_profile__in=profiles), False
