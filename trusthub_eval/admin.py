@@ -329,6 +329,8 @@ class LeanChangeList(ChangeList):
             self.list_per_page = min(self.list_per_page, limit)
             self.list_max_show_all = min(self.list_max_show_all, limit)
         super().get_results(request)
+        # Django reads the count before the page; reading a page corrects an estimated one.
+        self.result_count = self.paginator.count
 
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
