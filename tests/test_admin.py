@@ -569,6 +569,30 @@ def test_evaluation_list_filters_on_policy_and_searches_an_evaluation_sid(admin_
     assert list(response.context["cl"].result_list) == []
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q=%C2%B2",  # "²": a digit to str.isdigit(), none to int()
+        "q=%23%C2%B2",
+        "q=%D9%A3",  # "٣", an Arabic-Indic three: int() reads it, no id is written so
+        "requested_at__year=%C2%B2",
+        "requested_at__year=%D9%A2%D9%A0%D9%A2%D9%A5",
+        "requested_at__year=2025&requested_at__month=%C2%B2",
+    ],
+)
+def test_evaluation_list_takes_digits_that_are_not_ascii(admin_client, query):
+    evaluation = Evaluation.objects.create(
+        customer_profile=make_profile(friendly_name="Numbered"),
+        policy=Policy.objects.for_sid(PRIMARY_POLICY),
+        trigger="cli",
+    )
+    Evaluation.objects.filter(pk=evaluation.pk).update(id=3)
+    response = admin_client.get(url("evaluation_changelist") + "?" + query)
+    assert response.status_code in (200, 302)
+    if response.status_code == 200 and query.startswith("q="):
+        assert list(response.context["cl"].result_list) == []
+
+
 def test_evaluation_page_shows_results_per_requirement(admin_client, world):
     evaluation = evaluate(world[INITECH])
     response = admin_client.get(url("evaluation_change", evaluation.pk))

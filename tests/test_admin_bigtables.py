@@ -8,13 +8,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.admin.templatetags.admin_list import date_hierarchy as django_date_hierarchy
+from django.core.paginator import EmptyPage
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils.functional import cached_property
 
 from tests.factories import make_profile
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
+from trusthub_eval.paginator import EstimatedCountPaginator, RowCount, count_rows
 from trusthub_eval.templatetags.trusthub_admin import trusthub_date_hierarchy
 
 pytestmark = pytest.mark.django_db
@@ -174,6 +176,93 @@ def test_a_server_counts_a_filtered_queryset_up_to_the_limit_then_estimates():
     assert big.value >= 11  # never less than what was counted
     assert any(q["sql"].startswith("EXPLAIN") for q in queries)
     assert full_counts(queries) == []
+
+
+class ShortEstimate(EstimatedCountPaginator):
+    """Statistics that lag behind the table, on any database: they say 12 rows."""
+
+    @cached_property
+    def row_count(self) -> RowCount:
+        return RowCount(12, exact=False)
+
+
+@pytest.mark.parametrize("deferred_join_offset", [10**9, 4])
+@pytest.mark.parametrize("orphans", [0, 2])
+def test_a_short_estimate_never_hides_a_page(deferred_join_offset, orphans):
+    make_evaluations(32, start=JAN_2024, step=HOUR)
+    queryset = Evaluation.objects.order_by("-requested_at", "-id")
+    newest_first = list(queryset.values_list("pk", flat=True))
+    paginator = ShortEstimate(queryset, 5, orphans=orphans)
+    paginator.deferred_join_offset = deferred_join_offset
+    assert paginator.num_pages == (2 if orphans else 3)
+    numbers = [1]
+    while paginator.page(numbers[-1]).has_next():
+        numbers.append(numbers[-1] + 1)
+    shown = [e.pk for number in numbers for e in paginator.page(number)]
+    assert shown == newest_first
+    assert (paginator.count, paginator.is_estimate) == (32, False)
+    assert paginator.num_pages == numbers[-1] == (6 if orphans else 7)
+    # Asked for straight away, a page past the estimate is read too; past the rows, it is empty.
+    assert [e.pk for e in ShortEstimate(queryset, 5).page(5)] == newest_first[20:25]
+    with pytest.raises(EmptyPage):
+        ShortEstimate(queryset, 5).page(8)
+    with pytest.raises(EmptyPage):  # two rows: the orphans of page 6
+        ShortEstimate(queryset, 5, orphans=2).page(7)
+    with pytest.raises(EmptyPage):
+        ShortEstimate(queryset, 5).page(0)
+
+
+@pytest.mark.dbserver
+@pytest.mark.django_db(transaction=True)
+def test_pages_past_a_stale_estimate_are_served_to_the_real_end(admin_client, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("InnoDB counts the rows inserted since ANALYZE into its estimate")
+    table = Evaluation._meta.db_table
+    # Autovacuum would analyse the table again after the rows inserted below.
+    with connection.cursor() as cursor:
+        cursor.execute(f'ALTER TABLE "{table}" SET (autovacuum_enabled = false)')
+    try:
+        make_evaluations(120, start=JAN_2024, step=HOUR)
+        analyze()
+        # Rows the statistics have not seen yet: 320 in all, estimated at 120.
+        make_evaluations(200, start=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC), step=HOUR)
+        queryset = Evaluation.objects.order_by("-requested_at", "-id")
+        newest_first = list(queryset.values_list("pk", flat=True))
+        monkeypatch.setattr(EstimatedCountPaginator, "exact_count_limit", 10)
+        assert count_rows(Evaluation.objects.all(), exact_limit=10) == RowCount(120, exact=False)
+
+        for deferred_join_offset in (10**9, 10):
+            paginator = EstimatedCountPaginator(queryset, 10)
+            paginator.deferred_join_offset = deferred_join_offset
+            assert paginator.num_pages == 12
+            page = paginator.page(20)
+            assert [e.pk for e in page] == newest_first[190:200]
+            assert paginator.num_pages >= 21 and page.has_next()
+            last = paginator.page(32)
+            assert [e.pk for e in last] == newest_first[310:]
+            assert not last.has_next()
+            assert (paginator.count, paginator.num_pages, paginator.is_estimate) == (320, 32, False)
+            with pytest.raises(EmptyPage):
+                EstimatedCountPaginator(queryset, 10).page(33)
+
+        # The admin's pages of 100: the estimate says two, the rows fill four, each page
+        # linking to the next.
+        changelist = url("evaluation_changelist")
+        for number in (1, 2, 3, 4):
+            response = admin_client.get(f"{changelist}?p={number}")
+            assert response.status_code == 200
+            cl = response.context["cl"]
+            shown = newest_first[(number - 1) * 100 : number * 100]
+            assert [e.pk for e in cl.result_list] == shown
+            assert cl.paginator.num_pages >= number
+            assert cl.result_count >= (number - 1) * 100 + len(shown)
+            assert (f'href="?p={number + 1}"' in response.content.decode()) == (number < 4)
+        assert (cl.result_count, cl.paginator.is_estimate) == (320, False)
+        response = admin_client.get(f"{changelist}?p=5")
+        assert response.status_code == 302
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER TABLE "{table}" RESET (autovacuum_enabled)')
 
 
 @pytest.mark.dbserver

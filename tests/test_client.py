@@ -635,6 +635,19 @@ def test_non_object_json_error_body_falls_back_to_reason() -> None:
     assert error.code is None
 
 
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("²", None), ("٢٠٠٠٣", None), ("12³", None), (" 20404 ", 20404), ("20404\n", 20404)],
+)
+def test_an_error_code_is_read_from_ascii_digits_only(code: str, expected: int | None) -> None:
+    body = json.dumps({"code": code, "message": "Nope", "status": 404})
+
+    error = error_from_response("GET", 404, body, {})
+
+    assert type(error) is NotFound
+    assert (error.code, error.message) == (expected, "Nope")
+
+
 def test_unknown_status_without_reason() -> None:
     error = error_from_response("GET", 599, b"\xff\xfe", {})
 

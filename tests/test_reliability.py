@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.urls import reverse
 
-from tests.factories import UMBRELLA, posts, run_until_done, sync_world
+from tests.factories import UMBRELLA, client_for, posts, run_until_done, sync_world
 from trusthub_eval import services
 from trusthub_eval.checks import check_settings
 from trusthub_eval.models import Evaluation
@@ -189,6 +190,11 @@ ODD_ANSWERS = {
     "error-code-64-bit": json.dumps(_result(error_code=2**40)),
     "name-too-long": json.dumps(_result(requirement_name="x" * 300)),
     "date-impossible": json.dumps(_answer(date_created="2020-13-45T99:00:00Z")),
+    # Year 0 and year 10000 in UTC: PostgreSQL stores them, Python cannot read them back.
+    "date-before-year-1": json.dumps(_answer(date_created="0001-01-01T00:00:00+01:00")),
+    "date-after-year-9999": json.dumps(_answer(date_created="9999-12-31T23:59:59-01:00")),
+    "date-before-1970": json.dumps(_answer(date_created="1969-12-31T23:59:59Z")),
+    "date-after-9000": json.dumps(_answer(date_created="9001-01-01T00:00:00Z")),
     "truncated": json.dumps(_answer())[:200],
     "empty": "",
     "array": "[]",
@@ -230,6 +236,75 @@ def test_an_error_body_with_an_out_of_range_code_is_recorded(sandbox):
     assert "Nope" in evaluation.error_message
     assert evaluation.raw["code"] == 2**40
     assert not evaluation.may_exist_upstream  # a 400 was not processed
+
+
+# Dates a database may store but not give back: year 0 and year 10000 once in UTC.
+HOSTILE_DATES = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+
+
+def test_dates_out_of_range_never_reach_a_page(sandbox, admin_client, django_user_model):
+    profiles = sync_world()
+    # A profile's dates are only informative: unknown (None) instead of unreadable.
+    listed = json.loads((FIXTURE.parent / "customer_profiles_list.json").read_text())
+    hostile_profile = listed["results"][0]
+    hostile_profile.update(
+        sid=UMBRELLA,
+        policy_sid="RNdfbf3fae0e1107f8aded0e7cead80bf5",
+        valid_until=HOSTILE_DATES[1],
+        date_created=HOSTILE_DATES[0],
+        date_updated=HOSTILE_DATES[1],
+    )
+    listed["meta"]["next_page_url"] = None
+    sandbox.add_fault(
+        method="GET", path="/v1/CustomerProfiles$", after_processing=True, body=json.dumps(listed)
+    )
+    services.sync_customer_profiles()
+    profile = profiles[UMBRELLA]
+    profile.refresh_from_db()
+    assert (profile.valid_until, profile.date_created, profile.date_updated) == (None, None, None)
+    # Past evaluations so dated are not imported; the rest are.
+    history = json.loads((FIXTURE.parent / "evaluations_list.json").read_text())
+    good = history["results"][0]
+    good.update(customer_profile_sid=UMBRELLA, sid="EL" + "1" * 32)
+    history["results"] = [
+        {**good, "sid": f"EL{i + 2:032x}", "date_created": date}
+        for i, date in enumerate(HOSTILE_DATES)
+    ] + [good]
+    history["meta"]["next_page_url"] = None
+    sandbox.add_fault(
+        method="GET", path=EVALUATIONS, after_processing=True, body=json.dumps(history)
+    )
+    assert services.sync_evaluations(profile) == 1
+    # An answer so dated is not stored either.
+    for date in HOSTILE_DATES:
+        evaluation, _ = services.request_evaluation(profile, trigger="cli")
+        sandbox.add_fault(
+            method="POST",
+            path=EVALUATIONS,
+            after_processing=True,
+            body=json.dumps(_answer(date_created=date)),
+        )
+        with pytest.raises(RetryLater):
+            services.run_evaluation(evaluation.pk)
+        run_until_done(evaluation)
+    assert Evaluation.objects.filter(date_created__isnull=False).count() == 3
+
+    evaluation = Evaluation.objects.filter(customer_profile=profile).first()
+    api = client_for(django_user_model.objects.create_superuser("api-reader"))
+    for path in (
+        "/api/evaluations/",
+        f"/api/evaluations/{evaluation.pk}/",
+        f"/api/customer-profiles/{profile.sid}/",
+        f"/api/customer-profiles/{profile.sid}/evaluations/",
+    ):
+        assert api.get(path).status_code == 200, path
+    for name in ("evaluation_changelist", "customerprofile_changelist"):
+        response = admin_client.get(reverse(f"admin:trusthub_eval_{name}"))
+        assert response.status_code == 200, name
+    response = admin_client.get(
+        reverse("admin:trusthub_eval_customerprofile_change", args=[profile.pk])
+    )
+    assert response.status_code == 200
 
 
 # --- an evaluation SID that is already stored ---------------------------------------------------

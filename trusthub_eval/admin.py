@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -328,6 +329,8 @@ class LeanChangeList(ChangeList):
             self.list_per_page = min(self.list_per_page, limit)
             self.list_max_show_all = min(self.list_max_show_all, limit)
         super().get_results(request)
+        # Django reads the count before the page; reading a page corrects an estimated one.
+        self.result_count = self.paginator.count
 
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
@@ -981,7 +984,8 @@ class EvaluationAdmin(ReadOnlyAdmin):
         if is_sid(term, SidKind.POLICY):
             return queryset.filter(policy__sid=term), False
         number = term.removeprefix("#")
-        if number.isdigit() and len(number) < 19:  # beyond that, no bigint
+        # ASCII digits only: "²" is a digit to isdigit() but not to int(), "٣" is one to both.
+        if re.fullmatch(r"[0-9]{1,18}", number):  # beyond that, no bigint
             return queryset.filter(pk=int(number)), False
         profiles = CustomerProfile.objects.filter(friendly_name__icontains=term).values("pk")
         return queryset.filter(customer_profile__in=profiles), False

@@ -9,6 +9,7 @@ import email.utils
 import enum
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
@@ -372,7 +373,8 @@ _INT32 = range(-(2**31), 2**31)
 def _as_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+    # ASCII digits only: "²" is a digit to isdigit() but not to int().
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip()):
         value = int(value)
     return value if isinstance(value, int) and value in _INT32 else None
 

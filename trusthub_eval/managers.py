@@ -53,7 +53,12 @@ class PolicyQuerySet(models.QuerySet["Policy"]):
 
 class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
     def upsert_from_payload(self, payload: Mapping[str, Any]) -> CustomerProfile:
-        """Create or update the customer profile TrustHub describes in ``payload``."""
+        """Create or update the customer profile TrustHub describes in ``payload``.
+
+        A date that is no real instant (see :func:`parse_twilio_datetime`) is stored as unknown,
+        None: the dates only inform, while skipping the profile would leave it unevaluated. The
+        text TrustHub sent stays in ``raw``.
+        """
         from trusthub_eval.models import Policy
 
         policy_sid = payload.get("policy_sid")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.core.paginator import Page, Paginator
+from django.core.paginator import EmptyPage, Page, Paginator
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
@@ -151,6 +151,11 @@ class EstimatedCountPaginator(PaginatorBase):
 
     The admin's changelist asks the paginator for the number of results on every page view;
     Django's own paginator answers with ``SELECT COUNT(*)``, which reads every row of a big table.
+
+    An estimate can be short: statistics lag behind the rows inserted since the last ANALYZE.
+    So while the count is an estimate, any page may be asked for, and reading one corrects the
+    count: at least the rows up to it and one more if another page follows, or the exact figure
+    once a page holds the last row. A page past the last row is an :class:`EmptyPage`.
     """
 
     exact_count_limit = EXACT_COUNT_LIMIT
@@ -171,20 +176,59 @@ class EstimatedCountPaginator(PaginatorBase):
         """Whether :attr:`count` is an estimate rather than an exact figure."""
         return not self.row_count.exact
 
-    def page(self, number: int | str) -> Any:
-        """The page, read as keys first when it lies deep in a queryset.
+    def validate_number(self, number: int | float | str) -> int:
+        try:
+            return super().validate_number(number)
+        except EmptyPage:
+            # Past the pages an estimate allows, there may still be rows: page() reads them.
+            if not self.is_estimate or int(number) < 1:
+                raise
+            return int(number)
 
-        ``OFFSET 500000`` makes the database build, then skip, half a million joined rows
-        (about a second for the evaluation changelist). Skipping over the ordering index alone,
-        then joining only the hundred rows shown, costs a small fraction of that.
+    def page(self, number: int | str) -> Any:
+        """The page; while the count is an estimate, read with one row more, which corrects it.
+
+        Deep in a queryset the page is read as keys first: ``OFFSET 500000`` makes the database
+        build, then skip, half a million joined rows (about a second for the evaluation
+        changelist). Skipping over the ordering index alone, then joining only the hundred rows
+        shown, costs a small fraction of that.
         """
         number = self.validate_number(number)
         bottom = (number - 1) * self.per_page
-        if not isinstance(self.object_list, QuerySet) or bottom < self.deferred_join_offset:
+        if not isinstance(self.object_list, QuerySet) or (
+            not self.is_estimate and bottom < self.deferred_join_offset
+        ):
             return super().page(number)
-        top = bottom + self.per_page
-        if top + self.orphans >= self.count:
-            top = self.count
+        if not self.is_estimate:
+            top = bottom + self.per_page
+            if top + self.orphans >= self.count:
+                top = self.count
+            return Page(self._rows(bottom, top), number, self)
+        # The last page takes up to `orphans` more rows; one past those says a page follows.
+        last_page_size = self.per_page + self.orphans
+        rows = self._rows(bottom, bottom + last_page_size + 1)
+        if len(rows) > last_page_size:
+            self._learn(RowCount(max(self.count, bottom + len(rows)), exact=False))
+            return Page(rows[: self.per_page], number, self)
+        if number > 1 and len(rows) <= self.orphans:
+            # No rows, or only those Django shows on the page before as its orphans.
+            raise EmptyPage(self.error_messages["no_results"])
+        if not rows and not self.allow_empty_first_page:
+            raise EmptyPage(self.error_messages["no_results"])
+        self._learn(RowCount(bottom + len(rows), exact=True))
+        return Page(rows, number, self)
+
+    def _rows(self, bottom: int, top: int) -> list[Any]:
+        assert isinstance(self.object_list, QuerySet)
+        if bottom < self.deferred_join_offset:
+            return list(self.object_list[bottom:top])
         keys = list(self.object_list.values_list("pk", flat=True)[bottom:top])
         rows = self.object_list.order_by().filter(pk__in=keys).in_bulk()
-        return Page([rows[key] for key in keys if key in rows], number, self)
+        return [rows[key] for key in keys if key in rows]
+
+    def _learn(self, counted: RowCount) -> None:
+        """Replace the count with what reading a page showed (Django's cached_property is
+        reset by deleting its cached value)."""
+        self.__dict__["row_count"] = counted
+        self.__dict__.pop("count", None)
+        self.__dict__.pop("num_pages", None)

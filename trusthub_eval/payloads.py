@@ -25,19 +25,34 @@ MAX_NAME_LENGTH = 255
 MAX_RESULTS = 32_767
 _INT32 = range(-(2**31), 2**31)
 _RESULT_NAMES = ("requirement_name", "requirement_friendly_name", "friendly_name", "object_type")
+#: The years (in UTC) of a date TrustHub can mean. PostgreSQL stores years 4713 BC to 294276,
+#: MariaDB 1000 to 9999, but Python reads back 1 to 9999 only, and a page shows a date in local
+#: time, up to 14 hours away: even a 0001-01-01 or 9999-12-31 stored in UTC can fail there.
+#: No TrustHub record predates the Unix epoch, and 9000 leaves room for arithmetic on a
+#: far-off ``valid_until``.
+DATE_RANGE = range(1970, 9001)
 
 
 def parse_twilio_datetime(value: object) -> datetime.datetime | None:
-    """TrustHub's ISO 8601 timestamps (``2020-04-28T18:14:01Z``), or None."""
+    """TrustHub's ISO 8601 timestamps (``2020-04-28T18:14:01Z``), or None.
+
+    None too for an impossible date (month 13) or one outside :data:`DATE_RANGE` in UTC.
+    """
     if not isinstance(value, str) or not value:
         return None
     try:
         parsed = parse_datetime(value)
     except ValueError:  # well-formed but impossible, e.g. month 13
         return None
-    if parsed is not None and timezone.is_naive(parsed):
+    if parsed is None:
+        return None
+    if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed, datetime.UTC)
-    return parsed
+    try:
+        in_utc = parsed.astimezone(datetime.UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0
+        return None
+    return parsed if in_utc.year in DATE_RANGE else None
 
 
 def check_evaluation(
@@ -80,7 +95,10 @@ def check_evaluation(
         raise invalid("'status' is neither 'compliant' nor 'noncompliant'")
     created = payload.get("date_created")
     if created is not None and parse_twilio_datetime(created) is None:
-        raise invalid("'date_created' is not an ISO 8601 date-time")
+        raise invalid(
+            f"'date_created' is not an ISO 8601 date-time of the years "
+            f"{DATE_RANGE.start}-{DATE_RANGE.stop - 1}"
+        )
     results = payload.get("results")
     if not isinstance(results, list):
         raise invalid("'results' is not a list")
