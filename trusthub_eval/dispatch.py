@@ -48,7 +48,6 @@ def send(
     *,
     countdown: float | None = None,
     queue: str | None = None,
-    expires: float | None = None,
 ) -> None:
     """Send task ``name`` to the app's queue (or ``queue``); in eager mode (tests, demos) run it
     here."""
@@ -57,8 +56,6 @@ def send(
     options: dict[str, Any] = {"queue": queue} if queue else {}
     if countdown is not None:
         options["countdown"] = countdown
-    if expires is not None:
-        options["expires"] = expires
     if app.conf.task_always_eager:
         # send_task ignores task_always_eager; the registered task honours it.
         app.tasks[name].apply_async(tuple(args), **options)
@@ -98,11 +95,13 @@ def send_runs(evaluation_ids: Sequence[int], *, fan_out: bool = True) -> bool:
 def send_sweep() -> bool:
     """Ask a worker to send again the evaluations whose message was lost.
 
-    It goes to :func:`sweep_queue` and expires after one SWEEP_INTERVAL: while every worker
-    is busy, the sweeps sent meanwhile are dropped instead of piling up.
+    It goes to :func:`sweep_queue`. It has no expiry: Celery would judge it by the receiving
+    worker's clock against the sender's, and a skewed worker would drop every sweep another
+    sent. Sweeps that piled up while every slot was busy cost two queries each and send
+    nothing twice (the rows they send are marked).
     """
     try:
-        send(RESUME_QUEUED, queue=sweep_queue(), expires=app_settings.SWEEP_INTERVAL)
+        send(RESUME_QUEUED, queue=sweep_queue())
     except BROKER_ERRORS as error:
         logger.warning("Could not send the sweep (%s: %s).", type(error).__name__, error)
         return False
