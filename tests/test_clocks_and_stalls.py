@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.factories import (
+    INITECH,
     UMBRELLA,
     age_claim,
     make_profile,
@@ -110,8 +111,9 @@ def test_a_fast_worker_never_takes_a_claim_that_is_still_fresh(sandbox, worker_c
     assert Evaluation.objects.claim(evaluation.pk, running_timeout=30) is not None
     # Another worker, ten minutes ahead, sweeps and tries to claim it.
     worker_clock(600)
-    assert evaluation.pk not in Evaluation.objects.due_for_sweep(
-        overdue_after=20, running_timeout=30
+    assert (
+        evaluation.pk
+        not in Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30).running
     )
     assert Evaluation.objects.claim(evaluation.pk, running_timeout=30) is None
     # Once the claim is older than RUNNING_TIMEOUT by the database's clock, it may, and only
@@ -129,11 +131,13 @@ def test_a_row_left_by_a_killed_fast_worker_is_taken_over_after_running_timeout(
     worker_clock(600)
     Evaluation.objects.claim(evaluation.pk, running_timeout=30)  # then the worker dies
     worker_clock(-180)  # a slow worker sweeps
-    assert evaluation.pk not in Evaluation.objects.due_for_sweep(
-        overdue_after=20, running_timeout=30
+    assert (
+        evaluation.pk
+        not in Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30).running
     )
     age_claim(evaluation, 31)
-    assert evaluation.pk in Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30)
+    due = Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30)
+    assert due.running == [evaluation.pk]
 
 
 def test_retry_and_completion_times_come_from_the_database(sandbox, worker_clock):
@@ -376,12 +380,14 @@ def test_the_sweep_leaves_the_newest_overdue_rows_whose_messages_still_wait(sand
         )
     # The broker holds three messages for the queue: at most the two oldest lost theirs.
     assert (
-        Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300, waiting=3)
+        Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300, waiting=3).queued
         == ids[:2]
     )
     # They are not sent again before another SWEEP_AFTER; the others still are.
-    assert Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300) == ids[2:]
-    assert Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300) == []
+    due = Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300)
+    assert (due.queued, due.running) == (ids[2:], [])
+    due = Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300)
+    assert (due.queued, due.running) == ([], [])
 
 
 @pytest.mark.parametrize("broker", BROKERS.values(), ids=BROKERS.keys())
@@ -491,3 +497,21 @@ def test_the_startup_check_names_a_skewed_clock(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="trusthub_eval.clock"):
         assert abs(clock.warn_if_skewed()) < 2
     assert not caplog.records
+
+
+def test_a_dead_workers_rows_are_sent_ahead_of_the_backlog(sandbox, settings, tmp_path):
+    from tests.worker import _broker
+
+    lost, stale = queued(), queued(INITECH)
+    Evaluation.objects.filter(pk=lost.pk).update(
+        next_attempt_at=database_now() - datetime.timedelta(minutes=5)
+    )
+    Evaluation.objects.claim(stale.pk, running_timeout=300)
+    age_claim(stale, 301)  # its worker died five minutes ago
+    url, options = _broker("filesystem", tmp_path)
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "TASK_QUEUE": "evaluations"}
+    with publish_through(url, options):
+        assert services.resume_queued(older_than=60) == 2
+        # The lost message goes to the evaluations' queue, the dead worker's row to the sweep's.
+        assert dispatch.waiting() == 1
+        assert dispatch.waiting(dispatch.sweep_queue()) == 1

@@ -63,16 +63,19 @@ def send(
     app.send_task(name, tuple(args), **options)
 
 
-def send_runs(evaluation_ids: Sequence[int], *, fan_out: bool = True) -> bool:
+def send_runs(
+    evaluation_ids: Sequence[int], *, fan_out: bool = True, queue: str | None = None
+) -> bool:
     """Wake a worker for each evaluation; False (logged) if the broker could not be reached.
 
     With ``fan_out``, many evaluations go as a few dispatch messages that a worker expands
-    (the dispatch task itself sends with ``fan_out=False``).
+    (the dispatch task itself sends with ``fan_out=False``). ``queue``: another queue than
+    the app's (the sweep's, for rows that must not wait behind a backlog).
     """
     try:
-        if not fan_out or len(evaluation_ids) <= DIRECT_SEND_LIMIT:
+        if queue is not None or not fan_out or len(evaluation_ids) <= DIRECT_SEND_LIMIT:
             for evaluation_id in evaluation_ids:
-                send(RUN_EVALUATION, (evaluation_id,))
+                send(RUN_EVALUATION, (evaluation_id,), queue=queue)
         else:
             for start in range(0, len(evaluation_ids), DISPATCH_CHUNK):
                 send(DISPATCH_EVALUATIONS, (list(evaluation_ids[start : start + DISPATCH_CHUNK]),))
@@ -108,9 +111,9 @@ def send_sweep() -> bool:
     return True
 
 
-def waiting() -> int | None:
-    """How many messages the broker holds in :func:`run_queue`, waiting for a worker; None
-    when it cannot say (the broker is down, the transport cannot count)."""
+def waiting(queue: str | None = None) -> int | None:
+    """How many messages the broker holds in ``queue`` (default :func:`run_queue`), waiting for
+    a worker; None when it cannot say (the broker is down, the transport cannot count)."""
     app = current_app
     if app.conf.task_always_eager:
         return 0
@@ -119,7 +122,7 @@ def waiting() -> int | None:
             channel_errors = (*connection.connection_errors, *connection.channel_errors)
             try:
                 channel: Any = connection.default_channel
-                declared = channel.queue_declare(queue=run_queue(), passive=True)
+                declared = channel.queue_declare(queue=queue or run_queue(), passive=True)
             except channel_errors:  # no such queue yet: nothing was ever sent to it
                 return None
     # kombu's pools raise RuntimeError too (see send_runs).

@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import enum
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery, Value
@@ -601,8 +601,8 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
 
     def due_for_sweep(
         self, *, overdue_after: float, running_timeout: float, waiting: int = 0
-    ) -> list[int]:
-        """Ids of evaluations whose message may be lost, and mark the queued ones as re-sent.
+    ) -> SweepDue:
+        """Evaluations whose message may be lost, and mark the queued ones as re-sent.
 
         Queued rows overdue by more than ``overdue_after`` seconds (their retry's countdown
         included), and running rows older than ``running_timeout`` (a worker died), both by the
@@ -629,7 +629,7 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             .order_by("started_at")
             .values_list("pk", flat=True)
         )
-        return queued + running
+        return SweepDue(queued=queued, running=running)
 
     def health(
         self, *, overdue_after: float, running_timeout: float, hours: float = 24.0
@@ -681,6 +681,14 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             duplicates_recently=duplicates,
             **totals,
         )
+
+
+class SweepDue(NamedTuple):
+    """What a sweep sends again: queued rows whose message may be lost, and running rows whose
+    worker died (their claim is older than RUNNING_TIMEOUT); ids, oldest first."""
+
+    queued: list[int]
+    running: list[int]
 
 
 class LateAnswer(enum.Enum):

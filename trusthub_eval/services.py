@@ -272,15 +272,20 @@ def resume_queued(*, older_than: float | None = None) -> int:
     # Overdue rows whose message still waits behind a backlog are not sent a second one: the
     # broker's count of waiting messages says how many of the newest may still have theirs.
     waiting = dispatch.waiting()
-    ids = Evaluation.objects.due_for_sweep(
+    due = Evaluation.objects.due_for_sweep(
         overdue_after=app_settings.SWEEP_AFTER if older_than is None else older_than,
         running_timeout=app_settings.RUNNING_TIMEOUT,
         waiting=waiting or 0,
     )
-    if ids:
-        logger.info("Sweep: sending %d evaluation(s) again", len(ids))
-        dispatch.send_runs(ids)
-    return len(ids)
+    if due.queued or due.running:
+        logger.info("Sweep: sending %d evaluation(s) again", len(due.queued) + len(due.running))
+    if due.queued:
+        dispatch.send_runs(due.queued)
+    if due.running:
+        # A dead worker's rows, few and overdue already: through the sweep's own queue, ahead
+        # of any backlog, so that none stays running much past RUNNING_TIMEOUT.
+        dispatch.send_runs(due.running, queue=dispatch.sweep_queue())
+    return len(due.queued) + len(due.running)
 
 
 # --- running -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 from django.db import DatabaseError
 
 from trusthub_eval import dispatch, services
@@ -37,11 +38,20 @@ def run_evaluation_task(self: Any, evaluation_id: int, token: str | None = None)
         with task_connections(self.request):
             return services.run_evaluation(evaluation_id, token=token).value
     except RetryLater as retry:
-        raise self.retry(
-            args=(evaluation_id,),
-            kwargs={"token": retry.token} if retry.token else {},
-            countdown=retry.countdown,
-        ) from None
+        try:
+            raise self.retry(
+                args=(evaluation_id,),
+                kwargs={"token": retry.token} if retry.token else {},
+                countdown=retry.countdown,
+            ) from None
+        except Reject as rejected:  # Celery could not publish the retry: the broker is down
+            logger.warning(
+                "Evaluation #%s: its retry could not be sent (%s); a worker's sweep sends it "
+                "again.",
+                evaluation_id,
+                rejected.args[0] if rejected.args else rejected,
+            )
+            return "deferred"
     except DatabaseError as error:
         if self.request.retries >= _UNCLAIMED_RETRIES:
             # Expected and recovered: one line, not Celery's MaxRetriesExceededError traceback.
