@@ -260,7 +260,8 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         A row left running longer than ``running_timeout`` seconds (its worker died) may be
         claimed again, and so may a row still running under ``token``: the fencing token of an
         attempt that could not put it back in the queue. ``started_at`` is that token: whoever
-        stores the outcome must still hold the same value.
+        stores the outcome must still hold the same value. Every time here is the database's
+        (:mod:`trusthub_eval.clock`), never this process's.
 
         The same statement sets the posting mark (``posted_at``) unless an earlier attempt's is
         still there, so the mark is committed before any POST without a write of its own. A
