@@ -59,7 +59,9 @@ def check_clock() -> None:
             error,
         )
     finally:
-        close_old_connections()
+        # The worker's main process runs no task: it keeps no connection.
+        for connection in connections.all(initialized_only=True):
+            connection.close()
 
 
 @contextlib.contextmanager
