@@ -7,6 +7,7 @@ is the upstream's own record to compare with ours.
 from __future__ import annotations
 
 import copy
+import datetime
 import io
 import json
 import logging
@@ -486,6 +487,10 @@ def test_status_reports_the_queue_and_failures(sandbox, settings):
     evaluation, _ = requested(sandbox)
     health = status()
     assert (health["queued"], health["overdue"], health["failed_recently"]) == (1, 1, 0)
+    # Times in ISO 8601, with their offset.
+    for key in ("checked_at", "oldest_queued_at"):
+        assert "T" in health[key]
+        assert datetime.datetime.fromisoformat(health[key]).utcoffset() is not None
     with pytest.raises(Exception, match="overdue"):
         call_command("trusthub_status", "--check")
 

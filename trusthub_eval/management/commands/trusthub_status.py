@@ -45,7 +45,7 @@ class Command(BaseCommand):
             hours=options["hours"],
         )
         if options["json"]:
-            self.stdout.write(json.dumps(dataclasses.asdict(health), default=str))
+            self.stdout.write(json.dumps(dataclasses.asdict(health), default=_iso))
         else:
             self._print(health)
         if options["check"] and health.needs_attention:
@@ -94,6 +94,13 @@ class Command(BaseCommand):
                     " (`manage.py trusthub_sync --evaluations` adopts them)"
                 )
             )
+
+
+def _iso(value: object) -> str:
+    """Times as ISO 8601, what a machine reading ``--json`` parses."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _duration(delta: datetime.timedelta) -> str:
