@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import html
+import json
 import re
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -29,6 +31,8 @@ from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 
 pytestmark = pytest.mark.django_db
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "twilio"
 
 VIEW_ALL = ["view_customerprofile", "view_evaluation", "view_policy"]
 ADDRESS_DOCUMENT = {
@@ -840,3 +844,52 @@ def test_the_button_and_the_action_are_throttled_like_the_api(client, world, one
     client.force_login(staff("colleague", *VIEW_ALL, "request_evaluation"))
     client.post(url("customerprofile_reevaluate", initech.pk))
     assert Evaluation.objects.filter(customer_profile=initech, trigger="admin").count() == 1
+
+
+# --- whatever TrustHub sent, the page renders ----------------------------------------------------
+
+
+def test_a_result_whose_invalid_fields_are_sparse_completes_and_renders(admin_client, sandbox):
+    profile = sync_world()[UMBRELLA]
+    answer = json.loads((FIXTURES / "evaluation_create.json").read_text())
+    answer["customer_profile_sid"] = profile.sid
+    answer["policy_sid"] = profile.policy.sid
+    answer["results"][0]["invalid"] = [{"friendly_name": "Business"}, {}, {"object_field": "x"}]
+    sandbox.add_fault(
+        method="POST",
+        path=f"/v1/CustomerProfiles/{UMBRELLA}/Evaluations$",
+        after_processing=True,
+        body=json.dumps(answer),
+    )
+    evaluation = evaluate(profile)
+    assert evaluation.state == "completed"
+    response = admin_client.get(url("evaluation_change", evaluation.pk))
+    assert response.status_code == 200
+    assert "Business" in text(response)
+
+
+@pytest.mark.parametrize(
+    "invalid",
+    [[{}], [{"friendly_name": "Business"}], ["business_name"], [1, None], {"a": 1}, "x"],
+    ids=["empty-object", "name-only", "string", "scalars", "object", "text"],
+)
+def test_the_evaluation_page_renders_whatever_was_stored(admin_client, invalid):
+    """Rows stored before the answer's items were checked, or by hand."""
+    profile = make_profile()
+    evaluation = Evaluation.objects.create(
+        customer_profile=profile,
+        policy=profile.policy,
+        trigger="cli",
+        state="completed",
+        status="noncompliant",
+        sid="EL" + "e" * 32,
+    )
+    RequirementResult.objects.create(
+        evaluation=evaluation,
+        position=0,
+        requirement_name="business_information",
+        passed=False,
+        invalid=invalid,
+    )
+    response = admin_client.get(url("evaluation_change", evaluation.pk))
+    assert response.status_code == 200

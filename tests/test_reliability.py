@@ -190,6 +190,9 @@ ODD_ANSWERS = {
     "lone-surrogate": json.dumps(_result(friendly_name="\ud800")),
     "error-code-64-bit": json.dumps(_result(error_code=2**40)),
     "name-too-long": json.dumps(_result(requirement_name="x" * 300)),
+    "invalid-field-string": json.dumps(_result(invalid=["business_name"])),
+    "invalid-field-name-object": json.dumps(_result(invalid=[{"friendly_name": {"a": 1}}])),
+    "invalid-field-code-text": json.dumps(_result(invalid=[{"error_code": "22215"}])),
     "date-impossible": json.dumps(_answer(date_created="2020-13-45T99:00:00Z")),
     # Year 0 and year 10000 in UTC: PostgreSQL stores them, Python cannot read them back.
     "date-before-year-1": json.dumps(_answer(date_created="0001-01-01T00:00:00+01:00")),

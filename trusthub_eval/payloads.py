@@ -168,6 +168,27 @@ def _result_problem(item: object) -> str | None:
         value = item.get(name)
         if value is not None and not isinstance(value, list):
             return f"{name!r} is not a list"
+    for position, field in enumerate(item.get("invalid") or ()):
+        problem = _invalid_field_problem(field)
+        if problem:
+            return f"invalid field {position}: {problem}"
+    return None
+
+
+# What Twilio documents of an item of a result's ``invalid`` list (all optional).
+_INVALID_FIELD_TEXTS = ("friendly_name", "object_field", "failure_reason")
+
+
+def _invalid_field_problem(field: object) -> str | None:
+    if not isinstance(field, Mapping):
+        return "not an object"
+    for name in _INVALID_FIELD_TEXTS:
+        value = field.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name!r} is not a string"
+    code = field.get("error_code")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        return "'error_code' is not an integer"
     return None
 
 
