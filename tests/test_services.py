@@ -522,3 +522,32 @@ def test_concurrent_bulk_requests_never_queue_a_profile_twice(sandbox, unread_br
     assert sorted(row["n"] for row in per_profile) == [1] * 300
     latest = CustomerProfile.objects.values_list("latest_evaluation__customer_profile", "pk")
     assert all(owner == pk for owner, pk in latest)
+
+
+def test_imported_evaluations_fire_the_signals_an_evaluation_run_here_fires(
+    sandbox, django_capture_on_commit_callbacks
+):
+    profiles = sync_world()
+    completed, changed = [], []
+
+    def on_completed(evaluation, **kwargs):
+        completed.append(evaluation.sid)
+
+    def on_changed(customer_profile, evaluation, previous, current, **kwargs):
+        changed.append((customer_profile.sid, evaluation.sid, previous, current))
+
+    signals.evaluation_completed.connect(on_completed)
+    signals.compliance_changed.connect(on_changed)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.sync_evaluations(profiles[ACME]) == 5
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.sync_evaluations(profiles[ACME]) == 0  # nothing new: no signal
+    finally:
+        signals.evaluation_completed.disconnect(on_completed)
+        signals.compliance_changed.disconnect(on_changed)
+    history = Evaluation.objects.filter(customer_profile=profiles[ACME]).order_by("completed_at")
+    assert completed == [e.sid for e in history]  # each once, oldest first
+    acme = CustomerProfile.objects.get(sid=ACME)
+    newest = history.last()
+    assert changed == [(ACME, newest.sid, "", acme.compliance_status)]

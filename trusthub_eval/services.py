@@ -692,8 +692,12 @@ def _upsert_all(items: Iterable[Mapping[str, Any]], upsert: Callable[..., object
 
 
 def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None = None) -> int:
-    """Import the profile's evaluations made elsewhere (the console, the SDK); returns how many."""
-    imported = 0
+    """Import the profile's evaluations made elsewhere (the console, the SDK); returns how many.
+
+    Each imported evaluation fires ``evaluation_completed``, and ``compliance_changed`` fires if
+    they change the profile's compliance, as for an evaluation run here.
+    """
+    imported: list[Evaluation] = []
     with _client(client) as trusthub:
         for item in trusthub.list_evaluations(profile.sid):
             try:
@@ -706,15 +710,46 @@ def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None 
             except InvalidResponse as error:
                 logger.warning("Not importing an evaluation of %s: %s", profile.sid, error.message)
                 continue
-            _, created = Evaluation.objects.import_from_payload(
+            evaluation, created = Evaluation.objects.import_from_payload(
                 profile, payload, clock_skew=app_settings.RECONCILE_CLOCK_SKEW
             )
-            imported += created
+            if created:
+                imported.append(evaluation)
     if imported:
         profiles = CustomerProfile.objects.filter(pk=profile.pk)
+        previous = profiles.values_list("compliance_status", flat=True).get()
         profiles.refresh_latest()
         profiles.refresh_compliance()
-    return imported
+        profile.refresh_from_db(
+            fields=["compliance_status", "compliance_checked_at", "failing_requirements"]
+        )
+        _send_imported_signals(profile, imported, previous)
+    return len(imported)
+
+
+def _send_imported_signals(
+    profile: CustomerProfile, imported: list[Evaluation], previous: str
+) -> None:
+    """The signals an evaluation run here would have fired, for evaluations imported at once:
+    each completed, oldest first, and the profile's one change of compliance if any."""
+    imported.sort(key=lambda evaluation: (evaluation.completed_at, evaluation.pk))
+    shown = next(
+        (e for e in imported if e.completed_at == profile.compliance_checked_at), imported[-1]
+    )
+
+    def send() -> None:
+        for evaluation in imported:
+            signals.evaluation_completed.send(sender=Evaluation, evaluation=evaluation)
+        if profile.compliance_status != previous:
+            signals.compliance_changed.send(
+                sender=CustomerProfile,
+                customer_profile=profile,
+                evaluation=shown,
+                previous=previous,
+                current=profile.compliance_status,
+            )
+
+    transaction.on_commit(send)
 
 
 def fetch_customer_profile(sid: str, *, client: TrustHubClient | None = None) -> CustomerProfile:
