@@ -319,6 +319,14 @@ def test_reevaluate_of_an_unknown_profile_is_404(admin_client, world):
     assert admin_client.post(url("customerprofile_reevaluate", 999999)).status_code == 404
 
 
+def test_without_the_permission_reevaluate_says_403_whether_the_profile_exists_or_not(
+    client, world
+):
+    client.force_login(staff("viewer", *VIEW_ALL))
+    assert client.post(url("customerprofile_reevaluate", 999999)).status_code == 403
+    assert client.post(url("customerprofile_reevaluate", world[UMBRELLA].pk)).status_code == 403
+
+
 def test_without_the_permission_there_is_no_button_and_the_view_refuses(client, world):
     client.force_login(staff("viewer", *VIEW_ALL))
     profile = world[UMBRELLA]

@@ -860,3 +860,35 @@ def test_trigger_through_a_real_wsgi_server_answers_202_with_location(
     )
     assert followed.status_code == 200
     assert followed.json()["customer_profile"] == profile.sid
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_deleted_during_the_request_is_a_404(sandbox, trigger_api):
+    """The profile goes, from another connection, right after the view looked it up."""
+    import threading
+
+    from django.db import connection
+    from django.db.models.signals import pre_save
+
+    if connection.vendor != "postgresql":
+        pytest.skip("elsewhere the queueing transaction locks the profile (or the database)")
+    profile = sync_world()[INITECH]
+
+    def delete_elsewhere(sender, instance, **kwargs):
+        def delete():
+            CustomerProfile.objects.filter(pk=profile.pk).delete()
+            connection.close()
+
+        thread = threading.Thread(target=delete)
+        thread.start()
+        thread.join()
+
+    pre_save.connect(delete_elsewhere, sender=Evaluation)
+    try:
+        response = trigger_api.post(
+            f"/api/customer-profiles/{INITECH}/evaluations/", {}, format="json"
+        )
+    finally:
+        pre_save.disconnect(delete_elsewhere, sender=Evaluation)
+    assert response.status_code == 404
+    assert not Evaluation.objects.exists()

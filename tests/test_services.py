@@ -551,3 +551,14 @@ def test_imported_evaluations_fire_the_signals_an_evaluation_run_here_fires(
     acme = CustomerProfile.objects.get(sid=ACME)
     newest = history.last()
     assert changed == [(ACME, newest.sid, "", acme.compliance_status)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_deleted_before_it_is_queued_is_said_to_be_gone(sandbox):
+    """Deleted between its lookup (the view's, the command's) and the queueing: the insert
+    fails on the foreign key, which is not the in-flight race."""
+    profile = sync_world()[UMBRELLA]
+    CustomerProfile.objects.filter(pk=profile.pk).delete()
+    with pytest.raises(CustomerProfile.DoesNotExist):
+        services.request_evaluation(profile, trigger="cli")
+    assert not Evaluation.objects.exists()

@@ -599,20 +599,23 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         """POST: queue an evaluation of one profile against its policy, then go back to it."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        # Permission first: a 404 for an unknown profile would tell who may not look which
+        # profiles exist.
+        if not (
+            self.has_view_permission(request) and self.has_request_evaluation_permission(request)
+        ):
+            raise PermissionDenied
         profile = self.get_object(request, unquote(object_id))
         if profile is None:
             raise Http404(gettext("No customer profile with ID “%s”.") % object_id)
-        if not (
-            self.has_view_permission(request, profile)
-            and self.has_request_evaluation_permission(request)
-        ):
-            raise PermissionDenied
         if self._throttled(request):
             return HttpResponseRedirect(_change_url(profile))
         try:
             evaluation, created = services.request_evaluation(
                 profile, trigger=Evaluation.Trigger.ADMIN, requested_by=request.user
             )
+        except CustomerProfile.DoesNotExist:  # deleted since it was looked up
+            raise Http404(gettext("No customer profile with ID “%s”.") % object_id) from None
         except services.NoPolicy:
             self.message_user(
                 request,

@@ -154,12 +154,14 @@ def request_evaluation(
     policy, that one is returned with ``created=False`` instead of a second. ``policy`` is
     resolved by :func:`resolve_policy`. A new evaluation's ``sent`` says whether its message
     reached the broker (None while an outer transaction has not committed); when it did not,
-    the row waits for a worker's sweep.
+    the row waits for a worker's sweep. Raises ``CustomerProfile.DoesNotExist`` (or
+    ``Policy.DoesNotExist``) when the profile (or policy) was deleted meanwhile.
     """
     policy = resolve_policy(profile, policy)
     user_id = _user_id(requested_by)
     # The in-flight unique constraint decides races between concurrent requests; the loop covers
     # the rare case where the active row finished between our insert and our read.
+    conflict: IntegrityError | None = None
     for _attempt in range(3):
         try:
             with transaction.atomic():
@@ -176,7 +178,7 @@ def request_evaluation(
                 CustomerProfile.objects.filter(pk=profile.pk).update(latest_evaluation=evaluation)
                 _send_on_commit([evaluation.pk], _reporter(evaluation))
             return evaluation, True
-        except IntegrityError:
+        except IntegrityError as error:
             existing = (
                 Evaluation.objects.active()
                 .filter(customer_profile=profile, policy=policy)
@@ -185,7 +187,16 @@ def request_evaluation(
             )
             if existing is not None:
                 return existing, False
-    raise RuntimeError(f"Could not queue an evaluation of {profile.sid}")  # pragma: no cover
+            # Not the in-flight constraint: a foreign key whose row was deleted meanwhile?
+            if not CustomerProfile.objects.filter(pk=profile.pk).exists():
+                raise CustomerProfile.DoesNotExist(
+                    f"Customer profile {profile.sid} was deleted."
+                ) from None
+            if not Policy.objects.filter(pk=policy.pk).exists():
+                raise Policy.DoesNotExist(f"Policy {policy.sid} was deleted.") from None
+            conflict = error
+    assert conflict is not None
+    raise conflict
 
 
 def request_evaluations(

@@ -286,12 +286,15 @@ class CustomerProfileEvaluationsView(
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
         with policy_errors():
-            evaluation, _created = services.request_evaluation(
-                profile,
-                body.validated_data.get("policy"),
-                requested_by=request.user,
-                trigger=Evaluation.Trigger.API,
-            )
+            try:
+                evaluation, _created = services.request_evaluation(
+                    profile,
+                    body.validated_data.get("policy"),
+                    requested_by=request.user,
+                    trigger=Evaluation.Trigger.API,
+                )
+            except CustomerProfile.DoesNotExist:  # deleted since it was looked up
+                raise NotFound(_("No such customer profile.")) from None
         data = serializers.AcceptedEvaluationSerializer(
             evaluation, context=self.get_serializer_context()
         ).data

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from trusthub_eval import services
 from trusthub_eval.exceptions import TrustHubError
-from trusthub_eval.models import Evaluation
+from trusthub_eval.models import CustomerProfile, Evaluation
 from trusthub_eval.sids import InvalidSid, SidKind, check_sid
 
 
@@ -41,7 +41,12 @@ class Command(BaseCommand):
             evaluation, created = services.request_evaluation(
                 profile, policy_sid, trigger=Evaluation.Trigger.CLI
             )
-        except (TrustHubError, services.NoPolicy, services.UnknownPolicy) as error:
+        except (
+            TrustHubError,
+            services.NoPolicy,
+            services.UnknownPolicy,
+            CustomerProfile.DoesNotExist,
+        ) as error:
             raise CommandError(str(error)) from error
         verb = "Queued" if created else "Already in flight:"
         self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
