@@ -91,3 +91,21 @@ def test_bad_sid_from_a_real_shell_is_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "CommandError: 'BU-nope' is not a valid Customer Profile SID" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)  # the message is sent when the request commits
+def test_a_broker_transport_that_is_not_installed_is_named(sandbox, caplog):
+    """A broker URL whose transport needs a module this environment lacks (here SQS's
+    botocore): said as such, not as a broker that is down."""
+    from tests.factories import ACME, sync_world
+    from tests.worker import publish_through
+
+    sync_world()
+    with publish_through("sqs://", {}), pytest.raises(CommandError) as info:
+        call_command("trusthub_evaluate", ACME, "--wait", stdout=StringIO())
+    assert "botocore" in str(info.value)
+    assert "not installed" in str(info.value)
+    assert "could not be reached" not in str(info.value)
+    assert Evaluation.objects.get().state == "queued"  # saved, for the sweep
+    (logged,) = [r for r in caplog.records if r.name == "trusthub_eval.dispatch"]
+    assert "botocore" in logged.getMessage() and logged.exc_info is None

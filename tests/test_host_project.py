@@ -237,9 +237,12 @@ def host(tmp_path: Path, wheel: Path) -> Iterator[Host]:
 
 def test_the_readme_install_section_works_verbatim_in_a_new_project(host: Host, wheel: Path):
     blocks = install_section()
-    # The README says `pip install "trusthub-eval[api]"`: the extra brings what INSTALLED_APPS
-    # names, and the installed app is the wheel's, not this checkout.
-    assert any('pip install "trusthub-eval[api]"' in b.text for b in blocks if b.language == "sh")
+    # The README says `pip install "trusthub-eval[api,redis]"`: the extras bring what
+    # INSTALLED_APPS names and the Redis broker its settings name, and the installed app is the
+    # wheel's, not this checkout.
+    assert any(
+        'pip install "trusthub-eval[api,redis]"' in b.text for b in blocks if b.language == "sh"
+    )
     metadata = next(
         zipfile.ZipFile(wheel).read(name).decode()
         for name in zipfile.ZipFile(wheel).namelist()
@@ -247,6 +250,7 @@ def test_the_readme_install_section_works_verbatim_in_a_new_project(host: Host, 
     )
     for requirement in ("django-filter", "drf-spectacular"):
         assert re.search(rf"^Requires-Dist: {requirement}\S*; extra == .api.$", metadata, re.M)
+    assert re.search(r"^Requires-Dist: celery\[redis\]\S*; extra == .redis.$", metadata, re.M)
     where = host.run(sys.executable, "-c", "import trusthub_eval; print(trusthub_eval.__file__)")
     assert where.strip().startswith(str(host.site))
 

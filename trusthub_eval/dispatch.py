@@ -79,6 +79,12 @@ def send_runs(
         else:
             for start in range(0, len(evaluation_ids), DISPATCH_CHUNK):
                 send(DISPATCH_EVALUATIONS, (list(evaluation_ids[start : start + DISPATCH_CHUNK]),))
+    except ImportError:
+        # Not a broker that is down: one that can never be reached until something is installed.
+        logger.error(
+            "%s The %d evaluation(s) stay queued.", transport_problem(), len(evaluation_ids)
+        )
+        return False
     # Any failure to publish, not only the transports' own errors (kombu's pools raise
     # RuntimeError, for one): the rows are committed and wait for the sweep either way.
     except Exception as error:
@@ -93,6 +99,21 @@ def send_runs(
         )
         return False
     return True
+
+
+def transport_problem() -> str | None:
+    """Why Celery's transport for the broker cannot be loaded (a module it needs is not
+    installed), in words that say what to install; None when it loads."""
+    try:
+        with current_app.connection_for_write() as connection:
+            connection.transport  # noqa: B018 (loading it is the check)
+    except ImportError as error:
+        return (
+            f"Celery's transport for the broker (CELERY_BROKER_URL) needs a module that is not "
+            f"installed: {error}. Install it; for a Redis broker, "
+            "pip install 'trusthub-eval[redis]'."
+        )
+    return None
 
 
 def send_sweep() -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from trusthub_eval import services
+from trusthub_eval import dispatch, services
 from trusthub_eval.exceptions import TrustHubError
 from trusthub_eval.models import CustomerProfile, Evaluation
 from trusthub_eval.sids import InvalidSid, SidKind, check_sid
@@ -51,9 +51,13 @@ class Command(BaseCommand):
         verb = "Queued" if created else "Already in flight:"
         self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
         if evaluation.sent is False:
+            problem = dispatch.transport_problem()
             message = (
-                "The Celery broker could not be reached: the evaluation is saved and will run "
-                "once the broker is back (a worker's sweep sends it)."
+                f"{problem} The evaluation is saved and runs once it is (a worker's sweep sends "
+                "it)."
+                if problem
+                else "The Celery broker could not be reached: the evaluation is saved and will "
+                "run once the broker is back (a worker's sweep sends it)."
             )
             if options["wait"]:
                 raise CommandError(f"{message} Not waiting.")
