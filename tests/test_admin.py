@@ -901,3 +901,12 @@ def test_the_evaluation_page_renders_whatever_was_stored(admin_client, invalid):
     )
     response = admin_client.get(url("evaluation_change", evaluation.pk))
     assert response.status_code == 200
+
+
+def test_a_never_evaluated_profile_shows_no_count_of_failing_requirements(admin_client, world):
+    profile = world[UMBRELLA]
+    page = text(admin_client.get(url("customerprofile_change", profile.pk)))
+    assert re.search(r"Failing: -", page)
+    evaluate(profile)
+    page = text(admin_client.get(url("customerprofile_change", profile.pk)))
+    assert re.search(r"Failing: [1-9]", page)

@@ -494,7 +494,7 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
                 "fields": [
                     "compliance",
                     "compliance_checked_at",
-                    "failing_requirements",
+                    "failing",
                     "latest_evaluation",
                 ]
             },
@@ -514,7 +514,7 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             },
         ),
     ]
-    readonly_fields = ["trusthub_status", "compliance"]
+    readonly_fields = ["trusthub_status", "compliance", "failing"]
     change_form_template = "trusthub_eval/admin/customerprofile/change_form.html"
     reevaluate_confirmation_template = "trusthub_eval/admin/reevaluate_confirmation.html"
 
@@ -540,10 +540,11 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         return badge
 
     @admin.display(description=_("failing"), ordering="failing_requirements")
-    def failing(self, profile: CustomerProfile) -> int | None:
-        # Never evaluated is not "0 failing": None shows the admin's empty value.
+    def failing(self, profile: CustomerProfile) -> int | str:
+        # Never evaluated is not "0 failing": the admin's empty value, on the list and the page
+        # (where a None would read "None").
         if not profile.compliance_status:
-            return None
+            return self.get_empty_value_display()
         return profile.failing_requirements
 
     @admin.display(description=_("policy"), ordering="policy__friendly_name")
