@@ -632,6 +632,7 @@ class TrustHubClient:
                     response.headers,
                     path=path,
                     reason=f"{response.reason or 'Error'} (TrustHub's answer was {unread})",
+                    redact=self._credentials.redact,
                 )
             # Processed, but what it said is lost: ambiguous after a POST.
             raise InvalidResponse(
@@ -642,16 +643,14 @@ class TrustHubClient:
         )
         status = response.status_code
         if not 200 <= status <= 299:
-            raise self._redacted(
-                error_from_response(
-                    method,
-                    status,
-                    body,
-                    response.headers,
-                    path=path,
-                    reason=response.reason,
-                    redact=self._credentials.redact,
-                )
+            raise error_from_response(
+                method,
+                status,
+                body,
+                response.headers,
+                path=path,
+                reason=response.reason,
+                redact=self._credentials.redact,
             )
         try:
             value = json.loads(body)
@@ -659,19 +658,19 @@ class TrustHubClient:
         except (ValueError, RecursionError):
             value = None
         if not isinstance(value, dict):
-            raise self._redacted(
-                InvalidResponse(
-                    f"Expected a JSON object, got {_what_came(body, response.headers)}.",
-                    status=status,
-                    method=method,
-                    path=path,
-                    body=self._credentials.redact(body.decode("utf-8", "replace")),
-                )
+            raise InvalidResponse(
+                f"Expected a JSON object, got {_what_came(body, response.headers)}.",
+                status=status,
+                method=method,
+                path=path,
+                body=self._credentials.redact(body.decode("utf-8", "replace")),
             )
         return value
 
     def _redacted(self, error: TrustHubError) -> TrustHubError:
-        """``error`` with every echo of our secret removed from what it would store or log."""
+        """``error`` with every echo of our secret removed from what it would store or log:
+        for a transport failure, whose text came from no answer (those are redacted as they
+        are read, before anything is cut)."""
         redact = self._credentials.redact
         error.message = redact(error.message)
         error.args = (error.message,)

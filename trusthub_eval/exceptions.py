@@ -412,15 +412,17 @@ def error_from_response(
 
     Reads Twilio's legacy body ``{code, message, more_info, status}`` and RFC 9457 problem details
     ``{type, title, status, code, detail}``; anything else (an HTML page from a proxy) falls back
-    to the reason phrase. ``redact`` is applied to the whole body before anything is read from
-    it (a message may echo what was sent), so no part of a secret survives a cut.
+    to the reason phrase. ``redact`` is applied to the whole body, and to the reason phrase,
+    before anything is read from them (a message may echo what was sent), so no part of a secret
+    survives a cut.
     """
     headers = headers or {}
     payload: Any = None
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
-    if body and redact is not None:
-        body = redact(body)
+    if redact is not None:
+        body = redact(body) if body else body
+        reason = redact(reason) if reason else reason
     if body:
         try:
             payload = json.loads(body)
