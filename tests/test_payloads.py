@@ -8,12 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from trusthub_eval.payloads import unstorable_problem
+from trusthub_eval.payloads import MAX_DEPTH, MAX_STORED_CHARS, unstorable_problem
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "twilio" / "evaluation_create.json"
 
 NUL = "it contains a NUL character"
 SURROGATE = "it contains an unpaired surrogate"
+NOT_FINITE = "it contains a number that is not finite (NaN or Infinity)"
+TOO_DEEP = f"it is nested more than {MAX_DEPTH} levels deep"
+TOO_LARGE = f"it is larger than {MAX_STORED_CHARS:,} characters of JSON"
+
+
+def nested(levels: int) -> list:
+    """A list nested ``levels`` deep: [[[...]]]."""
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
 
 
 def answer(**result_changes: object) -> dict:
@@ -32,7 +43,15 @@ def answer(**result_changes: object) -> dict:
         (answer(**{"odd\x00key": 1}), NUL),
         (answer(valid=[{"object_field": ["nested", "\ud800"]}]), SURROGATE),
         (answer(failure_reason="\udfff and \x00"), NUL),  # both: the NUL is named
-        ({"results": [{"f": float("nan")}]}, None),
+        # jsonb and JSON_VALID refuse them; json.dumps would write them anyway.
+        ({"results": [{"f": float("nan")}]}, NOT_FINITE),
+        (answer(valid=[{"x": float("-inf")}]), NOT_FINITE),
+        # The answer, its results and a result hold ``valid``: 3 levels.
+        (answer(valid=nested(MAX_DEPTH - 3)), None),
+        (answer(valid=nested(MAX_DEPTH - 2)), TOO_DEEP),
+        (answer(valid=nested(900)), TOO_DEEP),  # json.dumps still manages this one
+        (answer(valid=nested(5_000)), TOO_DEEP),  # and not this one
+        (answer(failure_reason="x" * MAX_STORED_CHARS), TOO_LARGE),
         (types.MappingProxyType({"a": ["\x00"]}), NUL),  # not a dict: the walk alone
     ],
 )

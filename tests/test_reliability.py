@@ -203,6 +203,13 @@ ODD_ANSWERS = {
     "empty": "",
     "array": "[]",
     "deeply-nested": "[" * 100_000 + "]" * 100_000,
+    # Parsed, but deeper than any page can show: 3.6 KB, and 20 KB that json.loads refuses.
+    "result-900-deep": json.dumps(_result(valid=[json.loads("[" * 900 + "]" * 900)])),
+    "result-5000-deep": json.dumps(_answer()).replace(
+        '"results": [', '"x": ' + "[" * 5_000 + "]" * 5_000 + ', "results": ['
+    ),
+    "result-nan": json.dumps(_result(valid=[{"score": float("nan")}])),
+    "result-huge": json.dumps(_result(failure_reason="x" * 2_000_000)),
 }
 
 
@@ -229,6 +236,19 @@ def test_a_failed_row_keeps_what_trusthub_answered(sandbox, settings):
     assert evaluation.raw == body
     assert "'passed'" in evaluation.error_message
     assert evaluation.may_exist_upstream
+
+
+def test_an_error_body_too_deep_to_show_is_kept_as_text(sandbox, admin_client):
+    evaluation, _ = requested(sandbox)
+    deep = json.loads("[" * 900 + "]" * 900)
+    body = json.dumps({"code": 20001, "message": "Nope", "more": deep})
+    sandbox.add_fault(method="POST", path=EVALUATIONS, status=400, body=body)
+    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    evaluation.refresh_from_db()
+    assert evaluation.raw == body
+    assert "Nope" in evaluation.error_message
+    page = reverse("admin:trusthub_eval_evaluation_change", args=[evaluation.pk])
+    assert admin_client.get(page).status_code == 200
 
 
 def test_an_error_body_with_an_out_of_range_code_is_recorded(sandbox):
@@ -278,7 +298,7 @@ def test_dates_out_of_range_never_reach_a_page(sandbox, admin_client, django_use
     sandbox.add_fault(
         method="GET", path=EVALUATIONS, after_processing=True, body=json.dumps(history)
     )
-    assert services.sync_evaluations(profile) == 1
+    assert services.sync_evaluations(profile).stored == 1
     # An answer so dated is not stored either.
     for date in HOSTILE_DATES:
         evaluation, _ = services.request_evaluation(profile, trigger="cli")

@@ -159,9 +159,11 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
         """Queue an evaluation per (profile id -> policy id) not already in flight.
 
         Returns the new evaluations' ids and points each profile at its new one. Call inside a
-        transaction. The unique constraint on in-flight evaluations decides which pairs are busy,
-        so a concurrent request can never make it fail or queue a duplicate. On PostgreSQL this
-        is one statement, whatever the number of profiles; elsewhere a few.
+        transaction. A concurrent request can never make it fail or queue a duplicate: on
+        PostgreSQL the unique constraint on in-flight evaluations skips the busy pairs, in one
+        statement whatever the number of profiles; elsewhere the pairs in flight are read under
+        the profiles' locks first, and a few statements insert the rest (no ``INSERT IGNORE``,
+        which would also make any other error a warning).
         """
         if not pairs:
             return []
@@ -170,9 +172,17 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
             return self._queue_many_postgresql(pairs, now, trigger, requested_by_id)
         from trusthub_eval.models import CustomerProfile
 
-        CustomerProfile.objects.filter(pk__in=list(pairs)).lock_for_queueing()
-        # INSERT IGNORE (MySQL, MariaDB) or INSERT OR IGNORE (SQLite): a pair already in flight,
-        # even one queued by a concurrent request a moment ago, is skipped by the constraint.
+        profile_ids = list(pairs)
+        CustomerProfile.objects.filter(pk__in=profile_ids).lock_for_queueing()
+        # With the profiles locked (MySQL, MariaDB) or the database's one writer (SQLite), no
+        # other request can queue one of these pairs before this transaction ends; the
+        # in-flight constraint still stands guard, and a violation is raised, not hidden.
+        busy = set(
+            self.active()
+            .filter(customer_profile_id__in=profile_ids)
+            .values_list("customer_profile_id", "policy_id")
+        )
+        fresh = {p: policy for p, policy in pairs.items() if (p, policy) not in busy}
         self.bulk_create(
             [
                 self.model(
@@ -183,15 +193,19 @@ class EvaluationQuerySet(models.QuerySet["Evaluation"]):
                     requested_at=now,
                     next_attempt_at=DatabaseNow(),
                 )
-                for profile_id, policy_id in pairs.items()
-            ],
-            ignore_conflicts=True,
+                for profile_id, policy_id in fresh.items()
+            ]
         )
-        # An ignoring insert reports no ids: ours are the rows stamped with this request's
-        # time (to the microsecond), trigger and user.
-        ours = self.filter(requested_at=now, trigger=trigger, requested_by_id=requested_by_id)
-        ids = list(ours.order_by("id").values_list("id", flat=True))
-        CustomerProfile.objects.filter(pk__in=ours.values("customer_profile_id")).refresh_latest()
+        # Not every backend returns the new ids from a bulk insert (MySQL does not): each new
+        # row is the one in-flight evaluation of its pair.
+        ids = sorted(
+            pk
+            for pk, profile_id, policy_id in self.active()
+            .filter(customer_profile_id__in=list(fresh))
+            .values_list("pk", "customer_profile_id", "policy_id")
+            if fresh[profile_id] == policy_id
+        )
+        CustomerProfile.objects.filter(pk__in=list(fresh)).refresh_latest()
         return ids
 
     def _queue_many_postgresql(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +33,12 @@ _RESULT_NAMES = ("requirement_name", "requirement_friendly_name", "friendly_name
 #: No TrustHub record predates the Unix epoch, and 9000 leaves room for arithmetic on a
 #: far-off ``valid_until``.
 DATE_RANGE = range(1970, 9001)
+#: How deeply an answer may nest. TrustHub's deepest documented value (an invalid field of a
+#: result of an evaluation) is four levels down; Python's JSON and template code recurse, and
+#: a page that reads a value nested a thousand levels deep fails.
+MAX_DEPTH = 32
+#: The most JSON text (in characters) of one answer or record that is stored.
+MAX_STORED_CHARS = 1_000_000
 
 
 def parse_twilio_datetime(value: object) -> datetime.datetime | None:
@@ -72,7 +80,7 @@ def check_evaluation(
         return InvalidResponse(
             f"TrustHub's evaluation is unusable: {problem}.",
             kind=kind,
-            body=repr(payload) if not isinstance(payload, Mapping) else _json_text(payload),
+            body=_json_text(payload),
         )
 
     if not isinstance(payload, Mapping):
@@ -135,7 +143,7 @@ def identify_evaluation(
         raise InvalidResponse(
             f"TrustHub's list of evaluations is unusable: {problem}.",
             kind=kind,
-            body=_json_text(item) if isinstance(item, Mapping) else repr(item),
+            body=_json_text(item),
         )
     assert isinstance(item, Mapping)
     created = parse_twilio_datetime(item["date_created"])
@@ -143,17 +151,99 @@ def identify_evaluation(
     return item["sid"], item["policy_sid"], created
 
 
+#: A profile's ``status`` as TrustHub documents it (``draft``, ``twilio-approved``, …); one it
+#: adds later is stored as it comes if it has this shape and fits the column.
+_STATUS_SHAPE = re.compile(r"\A[a-z][a-z0-9-]{0,31}\Z")
+
+
+def check_policy(payload: object, *, sid: str | None = None) -> Mapping[str, Any]:
+    """Return ``payload`` if it is a storable policy record (of ``sid`` if given); raise
+    :class:`InvalidResponse` (permanent) naming the first problem otherwise."""
+    problem = _record_problem(payload, SidKind.POLICY, sid, texts=("friendly_name",), sids={})
+    return _checked_record(payload, SidKind.POLICY, problem)
+
+
+def check_customer_profile(payload: object, *, sid: str | None = None) -> Mapping[str, Any]:
+    """Return ``payload`` if it is a storable customer profile record (of ``sid`` if given);
+    raise :class:`InvalidResponse` (permanent) naming the first problem otherwise.
+
+    Its dates are not checked here: one that is no real instant is stored as unknown.
+    """
+    problem = _record_problem(
+        payload,
+        SidKind.CUSTOMER_PROFILE,
+        sid,
+        texts=("friendly_name", "email"),
+        sids={"policy_sid": SidKind.POLICY, "account_sid": SidKind.ACCOUNT},
+    )
+    if problem is None:
+        assert isinstance(payload, Mapping)
+        status = payload.get("status")
+        if status is not None and not (isinstance(status, str) and _STATUS_SHAPE.match(status)):
+            problem = "'status' is not a TrustHub status"
+    return _checked_record(payload, SidKind.CUSTOMER_PROFILE, problem)
+
+
+def _record_problem(
+    payload: object,
+    kind: SidKind,
+    sid: str | None,
+    *,
+    texts: tuple[str, ...],
+    sids: Mapping[str, SidKind],
+) -> str | None:
+    if not isinstance(payload, Mapping):
+        return "not a JSON object"
+    problem = unstorable_problem(payload)
+    if problem is not None:
+        return problem
+    if not is_sid(payload.get("sid"), kind):
+        return f"'sid' is not a {kind.label} ({kind.value}…)"
+    if sid is not None and payload["sid"] != sid:
+        return f"it is the record of {payload['sid']}, not of {sid}"
+    problem = _names_problem(payload, texts)
+    if problem is not None:
+        return problem
+    for name, sid_kind in sids.items():
+        value = payload.get(name)
+        if value is not None and not is_sid(value, sid_kind):
+            return f"{name!r} is not a {sid_kind.label} ({sid_kind.value}…)"
+    return None
+
+
+def _checked_record(payload: object, kind: SidKind, problem: str | None) -> Mapping[str, Any]:
+    if problem is None:
+        assert isinstance(payload, Mapping)
+        return payload
+    sid = payload.get("sid") if isinstance(payload, Mapping) else None
+    named = f" {sid}" if is_sid(sid, kind) else ""
+    raise InvalidResponse(
+        f"TrustHub's record of a {kind.label.removesuffix(' SID').lower()}{named} is unusable: "
+        f"{problem}.",
+        kind=ErrorKind.PERMANENT,
+        body=_json_text(payload),
+    )
+
+
+def _names_problem(record: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    """A problem with ``names`` of ``record``, each stored in a name column if present."""
+    for name in names:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name!r} is not a string"
+        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+            return f"{name!r} is longer than {MAX_NAME_LENGTH} characters"
+    return None
+
+
 def _result_problem(item: object) -> str | None:
     if not isinstance(item, Mapping):
         return "not an object"
     if not isinstance(item.get("passed"), bool):
         return "'passed' is not true or false"
-    for name in _RESULT_NAMES:
-        value = item.get(name)
-        if value is not None and not isinstance(value, str):
-            return f"{name!r} is not a string"
-        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
-            return f"{name!r} is longer than {MAX_NAME_LENGTH} characters"
+    problem = _names_problem(item, _RESULT_NAMES)
+    if problem is not None:
+        return problem
     if not isinstance(item.get("requirement_name"), str) or not item["requirement_name"]:
         return "'requirement_name' is missing"
     reason = item.get("failure_reason")
@@ -193,26 +283,34 @@ def _invalid_field_problem(field: object) -> str | None:
 
 
 def unstorable_problem(payload: object) -> str | None:
-    """A problem with any string (or key) in the payload that a database cannot store."""
-    # One pass in C for the usual answer, which has none: JSON text escapes every NUL as
-    # \u0000 and keeps an unpaired surrogate, which UTF-8 cannot encode. The walk below, which
-    # names the problem, is for the rest (and for text that merely quotes "\u0000").
+    """A problem that keeps ``payload`` from being stored and read back by every page.
+
+    A string (or key) a database cannot store, a number JSON cannot carry (NaN, infinities:
+    PostgreSQL's ``jsonb`` refuses them), nesting deeper than :data:`MAX_DEPTH`, or more than
+    :data:`MAX_STORED_CHARS` of JSON text.
+    """
+    # One pass in C for the usual answer, which has none of these: JSON text escapes every NUL
+    # as \u0000, keeps an unpaired surrogate (which UTF-8 cannot encode) and, with allow_nan
+    # off, refuses NaN. The walk below, which names the problem, is for the rest (and for text
+    # that merely quotes "\u0000").
     try:
-        text = json.dumps(payload, ensure_ascii=False)
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
     except (TypeError, ValueError, RecursionError):
         pass
     else:
-        if "\\u0000" not in text:
+        if len(text) > MAX_STORED_CHARS:
+            return f"it is larger than {MAX_STORED_CHARS:,} characters of JSON"
+        if "\\u0000" not in text and _depth(payload) <= MAX_DEPTH:
             return None
-    pending: list[object] = [payload]
+    pending: list[tuple[object, int]] = [(payload, 0)]
     while pending:
-        value = pending.pop()
-        if isinstance(value, Mapping):
-            pending.extend(value.keys())
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
+        value, depth = pending.pop()
+        if isinstance(value, Mapping | list):
+            if depth >= MAX_DEPTH:
+                return f"it is nested more than {MAX_DEPTH} levels deep"
+            items = [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
+            pending.extend((item, depth + 1) for item in items)
         elif isinstance(value, str):
             if "\x00" in value:
                 return "it contains a NUL character"
@@ -220,11 +318,29 @@ def unstorable_problem(payload: object) -> str | None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 return "it contains an unpaired surrogate"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return "it contains a number that is not finite (NaN or Infinity)"
     return None
 
 
-def _json_text(payload: Mapping[str, Any]) -> str:
+def _depth(payload: object) -> int:
+    """How many levels of objects and arrays ``payload`` nests (a scalar: 0)."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(payload, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, Mapping):
+            deepest = max(deepest, depth + 1)
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            deepest = max(deepest, depth + 1)
+            pending.extend((item, depth + 1) for item in value)
+    return deepest
+
+
+def _json_text(payload: object) -> str:
+    """``payload`` as text for an error's record (never raising)."""
     try:
         return json.dumps(payload, ensure_ascii=True, default=str)
-    except (TypeError, ValueError):
-        return repr(payload)
+    except (TypeError, ValueError, RecursionError):
+        return "(not shown: it cannot be written as JSON)"

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
@@ -36,7 +36,13 @@ from trusthub_eval.exceptions import (
 from trusthub_eval.exceptions import NotFound as TrustHubNotFound
 from trusthub_eval.managers import LateAnswer, Recorded
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.payloads import check_evaluation, identify_evaluation, unstorable_problem
+from trusthub_eval.payloads import (
+    check_customer_profile,
+    check_evaluation,
+    check_policy,
+    identify_evaluation,
+    unstorable_problem,
+)
 from trusthub_eval.sids import SidKind, check_sid
 
 if TYPE_CHECKING:
@@ -49,6 +55,7 @@ __all__ = [
     "NoPolicy",
     "Outcome",
     "RetryLater",
+    "Synced",
     "UnknownPolicy",
     "backoff",
     "fetch_customer_profile",
@@ -131,7 +138,7 @@ def fetch_policy(sid: str, *, client: TrustHubClient | None = None) -> Policy:
             payload = trusthub.fetch_policy(sid)
         except TrustHubNotFound:
             raise UnknownPolicy(sid) from None
-    return Policy.objects.upsert_from_payload(payload)
+    return Policy.objects.upsert_from_payload(check_policy(payload, sid=sid))
 
 
 def _user_id(user: AbstractBaseUser | AnonymousUser | None) -> int | None:
@@ -680,35 +687,59 @@ def _send_completed_signals(evaluation: Evaluation, recorded: Recorded) -> None:
 # --- syncing -----------------------------------------------------------------------------------
 
 
-def sync_policies(*, client: TrustHubClient | None = None) -> int:
-    """Upsert every policy TrustHub lists; returns how many."""
-    with _client(client) as trusthub:
-        return _upsert_all(trusthub.list_policies(), Policy.objects.upsert_from_payload)
+class Synced(NamedTuple):
+    """What a sync stored, and one line for each record it skipped as unusable."""
+
+    stored: int
+    skipped: tuple[str, ...] = ()
 
 
-def sync_customer_profiles(*, client: TrustHubClient | None = None) -> int:
-    """Upsert every customer profile TrustHub lists; returns how many."""
+def sync_policies(*, client: TrustHubClient | None = None) -> Synced:
+    """Upsert every usable policy TrustHub lists; the rest are skipped and logged."""
     with _client(client) as trusthub:
         return _upsert_all(
-            trusthub.list_customer_profiles(), CustomerProfile.objects.upsert_from_payload
+            trusthub.list_policies(), check_policy, Policy.objects.upsert_from_payload
         )
 
 
-def _upsert_all(items: Iterable[Mapping[str, Any]], upsert: Callable[..., object]) -> int:
-    count = 0
+def sync_customer_profiles(*, client: TrustHubClient | None = None) -> Synced:
+    """Upsert every usable customer profile TrustHub lists; the rest are skipped and logged."""
+    with _client(client) as trusthub:
+        return _upsert_all(
+            trusthub.list_customer_profiles(),
+            check_customer_profile,
+            CustomerProfile.objects.upsert_from_payload,
+        )
+
+
+def _upsert_all(
+    items: Iterable[object],
+    check: Callable[[object], Mapping[str, Any]],
+    upsert: Callable[[Mapping[str, Any]], object],
+) -> Synced:
+    stored = 0
+    skipped: list[str] = []
     for item in items:
-        upsert(item)
-        count += 1
-    return count
+        try:
+            record = check(item)
+        except InvalidResponse as error:
+            logger.warning("Not syncing a record: %s", error.message)
+            skipped.append(error.message)
+            continue
+        upsert(record)
+        stored += 1
+    return Synced(stored, tuple(skipped))
 
 
-def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None = None) -> int:
-    """Import the profile's evaluations made elsewhere (the console, the SDK); returns how many.
+def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None = None) -> Synced:
+    """Import the profile's evaluations made elsewhere (the console, the SDK); the unusable
+    ones are skipped and logged.
 
     Each imported evaluation fires ``evaluation_completed``, and ``compliance_changed`` fires if
     they change the profile's compliance, as for an evaluation run here.
     """
     imported: list[Evaluation] = []
+    skipped: list[str] = []
     with _client(client) as trusthub:
         for item in trusthub.list_evaluations(profile.sid):
             try:
@@ -720,6 +751,7 @@ def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None 
                 )
             except InvalidResponse as error:
                 logger.warning("Not importing an evaluation of %s: %s", profile.sid, error.message)
+                skipped.append(error.message)
                 continue
             evaluation, created = Evaluation.objects.import_from_payload(
                 profile, payload, clock_skew=app_settings.RECONCILE_CLOCK_SKEW
@@ -735,7 +767,7 @@ def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None 
             fields=["compliance_status", "compliance_checked_at", "failing_requirements"]
         )
         _send_imported_signals(profile, imported, previous)
-    return len(imported)
+    return Synced(len(imported), tuple(skipped))
 
 
 def _send_imported_signals(
@@ -771,9 +803,12 @@ def fetch_customer_profile(sid: str, *, client: TrustHubClient | None = None) ->
     except CustomerProfile.DoesNotExist:
         pass
     with _client(client) as trusthub:
-        profile = CustomerProfile.objects.upsert_from_payload(trusthub.fetch_customer_profile(sid))
+        record = check_customer_profile(trusthub.fetch_customer_profile(sid), sid=sid)
+        profile = CustomerProfile.objects.upsert_from_payload(record)
         if profile.policy is not None and profile.policy.synced_at is None:
-            Policy.objects.upsert_from_payload(trusthub.fetch_policy(profile.policy.sid))
+            policy_sid = profile.policy.sid
+            record = check_policy(trusthub.fetch_policy(policy_sid), sid=policy_sid)
+            Policy.objects.upsert_from_payload(record)
     return CustomerProfile.objects.select_related("policy").get(pk=profile.pk)
 
 

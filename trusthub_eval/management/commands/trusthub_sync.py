@@ -25,16 +25,24 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             with TrustHubClient.from_settings() as client:
-                policies = services.sync_policies(client=client)
-                self.stdout.write(f"Policies: {policies}")
-                profiles = services.sync_customer_profiles(client=client)
-                self.stdout.write(f"Customer profiles: {profiles}")
+                self.report("Policies", services.sync_policies(client=client))
+                self.report("Customer profiles", services.sync_customer_profiles(client=client))
                 if options["evaluations"]:
-                    imported = sum(
-                        services.sync_evaluations(profile, client=client)
-                        for profile in CustomerProfile.objects.iterator()
-                    )
-                    self.stdout.write(f"Evaluations imported: {imported}")
+                    imported, skipped = 0, list[str]()
+                    for profile in CustomerProfile.objects.iterator():
+                        synced = services.sync_evaluations(profile, client=client)
+                        imported += synced.stored
+                        skipped.extend(synced.skipped)
+                    self.report("Evaluations imported", services.Synced(imported, tuple(skipped)))
         except TrustHubError as error:
             raise CommandError(f"TrustHub: {error}") from error
         self.stdout.write(self.style.SUCCESS("Synced."))
+
+    def report(self, what: str, synced: services.Synced) -> None:
+        """One line of what was stored; one more for each record skipped, on stderr."""
+        if not synced.skipped:
+            self.stdout.write(f"{what}: {synced.stored}")
+            return
+        self.stdout.write(f"{what}: {synced.stored} ({len(synced.skipped)} skipped as unusable)")
+        for line in synced.skipped:
+            self.stderr.write(f"Skipped: {line}")
