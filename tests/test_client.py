@@ -704,7 +704,7 @@ def test_twilio_code_20003_is_an_authentication_failure_whatever_the_status(
 
     # Said once, then what to do: no "HTTP 401 (code 20003): HTTP 401 (code 20003): …".
     assert str(info.value).count("20003") == 1
-    assert "TRUSTHUB_EVAL's ACCOUNT_SID and AUTH_TOKEN" in str(info.value)
+    assert "from the account_sid argument and the auth_token argument" in str(info.value)
 
 
 def test_non_object_json_2xx_after_get_is_retryable(

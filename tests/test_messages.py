@@ -20,17 +20,56 @@ def cli(*args: str) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_credentials_failure_is_said_once_with_what_to_check(sandbox, settings):
+def test_a_credentials_failure_is_said_once_naming_where_they_came_from(
+    sandbox, settings, monkeypatch
+):
     sync_world()
-    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "AUTH_TOKEN": "wrong"}
+    # The account from the settings, the token from the environment (Twilio SDK's variable).
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "AUTH_TOKEN": None}
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "wrong-token")
     with pytest.raises(CommandError) as failed:
         cli(UMBRELLA, "--wait")
     message = str(failed.value)
     evaluation = Evaluation.objects.get()
     assert message.startswith(f"Evaluation #{evaluation.pk} failed: HTTP 401 (code 20003): ")
     assert message.count("20003") == 1 and message.count("HTTP 401") == 1
-    assert "TRUSTHUB_EVAL's ACCOUNT_SID and AUTH_TOKEN" in message
-    assert "wrong" not in message
+    assert "TRUSTHUB_EVAL['ACCOUNT_SID'] and the environment variable TWILIO_AUTH_TOKEN" in message
+    assert "wrong-token" not in message
+
+
+@pytest.mark.parametrize(
+    ("setting", "environment", "named"),
+    [
+        (
+            {"AUTH_TOKEN": "two words"},
+            {},
+            "TRUSTHUB_EVAL['AUTH_TOKEN'] contains a character that cannot be sent",
+        ),
+        (
+            {"AUTH_TOKEN": None},
+            {"TWILIO_AUTH_TOKEN": "two words"},
+            "The environment variable TWILIO_AUTH_TOKEN contains a character that cannot",
+        ),
+        (
+            {"ACCOUNT_SID": None, "AUTH_TOKEN": None},
+            {"TWILIO_ACCOUNT_SID": "AC-not-a-sid", "TWILIO_AUTH_TOKEN": "token"},
+            "The Account SID (the environment variable TWILIO_ACCOUNT_SID) is not valid",
+        ),
+    ],
+)
+def test_a_bad_credential_names_the_setting_or_variable_it_came_from(
+    settings, monkeypatch, setting, environment, named
+):
+    from trusthub_eval.client import TrustHubClient
+    from trusthub_eval.exceptions import ImproperlyConfiguredCredentials
+
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, **setting}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ImproperlyConfiguredCredentials) as refused:
+        TrustHubClient.from_settings()
+    assert named in str(refused.value)
+    assert "two words" not in str(refused.value)
 
 
 @pytest.mark.django_db

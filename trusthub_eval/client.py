@@ -28,10 +28,12 @@ from . import __version__
 from .concurrency import RedisConcurrencyLimiter, limiter_from_settings
 from .conf import DEFAULTS, TWILIO_BASE_URL, app_settings
 from .exceptions import (
+    AuthenticationFailed,
     DeadlinePassed,
     ErrorKind,
     ImproperlyConfiguredCredentials,
     InvalidResponse,
+    PermissionDenied,
     TrustHubConnectionError,
     TrustHubError,
     TrustHubTimeout,
@@ -73,6 +75,13 @@ _CREDENTIALS_HELP = (
     "environment variables."
 )
 
+_CREDENTIAL_NAMES = ("ACCOUNT_SID", "AUTH_TOKEN", "API_KEY_SID", "API_KEY_SECRET")
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 # Causes inside a requests ConnectionError proving that no byte of the request reached TrustHub.
 _NOT_CONNECTED = (
     urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError, NameResolutionError
@@ -84,13 +93,15 @@ _NOT_CONNECTED = (
 
 
 class _Credentials:
-    """A basic-auth pair whose secret stays out of reprs, ``vars()`` dumps and pickles."""
+    """A basic-auth pair whose secret stays out of reprs, ``vars()`` dumps and pickles;
+    ``source`` says where the pair came from (settings, environment), for messages."""
 
-    __slots__ = ("_secret", "username")
+    __slots__ = ("_secret", "source", "username")
 
-    def __init__(self, username: str, secret: str) -> None:
+    def __init__(self, username: str, secret: str, source: str) -> None:
         self.username = username
         self._secret = secret
+        self.source = source
 
     def __repr__(self) -> str:
         return f"_Credentials(username={self.username!r}, secret='********')"
@@ -298,10 +309,19 @@ class TrustHubClient:
         session: requests.Session | None = None,
         page_size: int = int(DEFAULTS["PAGE_SIZE"]),
         limiter: RedisConcurrencyLimiter | None = None,
+        credential_sources: Mapping[str, str] | None = None,
     ) -> None:
         self.account_sid = account_sid or None
+        # Where each credential came from, by setting name, for messages; by default the
+        # arguments themselves.
+        sources = {name: f"the {name.lower()} argument" for name in _CREDENTIAL_NAMES}
+        sources.update(credential_sources or {})
         self._credentials = self._make_credentials(
-            account_sid or None, auth_token or None, api_key_sid or None, api_key_secret or None
+            account_sid or None,
+            auth_token or None,
+            api_key_sid or None,
+            api_key_secret or None,
+            sources,
         )
         self.base_url = self._validate_base_url(base_url)
         connect_timeout, read_timeout = timeout
@@ -333,6 +353,11 @@ class TrustHubClient:
             session=session,
             page_size=app_settings.PAGE_SIZE,
             limiter=limiter_from_settings(),
+            credential_sources={
+                name: source
+                for name in _CREDENTIAL_NAMES
+                if (source := app_settings.source_of(name)) is not None
+            },
         )
 
     @staticmethod
@@ -341,36 +366,42 @@ class TrustHubClient:
         auth_token: str | None,
         api_key_sid: str | None,
         api_key_secret: str | None,
+        sources: Mapping[str, str],
     ) -> _Credentials:
         # The values are never echoed: a secret pasted into the wrong setting must not leak.
         for name, value in (("AUTH_TOKEN", auth_token), ("API_KEY_SECRET", api_key_secret)):
             problem = credential_problem(value)
             if problem:
                 raise ImproperlyConfiguredCredentials(
-                    f"TRUSTHUB_EVAL['{name}'] {problem}. " + _CREDENTIALS_HELP
+                    f"{_capitalised(sources[name])} {problem}. " + _CREDENTIALS_HELP
                 )
         if account_sid is not None and not is_sid(account_sid, SidKind.ACCOUNT):
             raise ImproperlyConfiguredCredentials(
-                "The Account SID is not valid: expected 'AC' followed by 32 hexadecimal "
-                "digits. " + _CREDENTIALS_HELP
+                f"The Account SID ({sources['ACCOUNT_SID']}) is not valid: expected 'AC' "
+                "followed by 32 hexadecimal digits. " + _CREDENTIALS_HELP
             )
         if api_key_sid is not None or api_key_secret is not None:
             # An API key authenticates for the account that owns it (Twilio docs: "API keys").
             if api_key_sid is None or api_key_secret is None:
+                given = sources["API_KEY_SID" if api_key_sid is not None else "API_KEY_SECRET"]
                 raise ImproperlyConfiguredCredentials(
-                    "An API key needs both its SID and its secret. " + _CREDENTIALS_HELP
+                    f"An API key needs both its SID and its secret; only {given} is set. "
+                    + _CREDENTIALS_HELP
                 )
             if not is_sid(api_key_sid, SidKind.API_KEY):
                 raise ImproperlyConfiguredCredentials(
-                    "The API Key SID is not valid: expected 'SK' followed by 32 hexadecimal "
-                    "digits. " + _CREDENTIALS_HELP
+                    f"The API Key SID ({sources['API_KEY_SID']}) is not valid: expected 'SK' "
+                    "followed by 32 hexadecimal digits. " + _CREDENTIALS_HELP
                 )
-            return _Credentials(api_key_sid, api_key_secret)
+            source = f"{sources['API_KEY_SID']} and {sources['API_KEY_SECRET']}"
+            return _Credentials(api_key_sid, api_key_secret, source)
         if account_sid is not None and auth_token is not None:
-            return _Credentials(account_sid, auth_token)
+            source = f"{sources['ACCOUNT_SID']} and {sources['AUTH_TOKEN']}"
+            return _Credentials(account_sid, auth_token, source)
         if account_sid is not None:
             raise ImproperlyConfiguredCredentials(
-                "An Account SID was given without its Auth Token. " + _CREDENTIALS_HELP
+                f"An Account SID ({sources['ACCOUNT_SID']}) was given without its Auth Token. "
+                + _CREDENTIALS_HELP
             )
         raise ImproperlyConfiguredCredentials("No TrustHub credentials. " + _CREDENTIALS_HELP)
 
@@ -625,14 +656,16 @@ class TrustHubClient:
         if too_large is not None:
             unread = f"larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB; it was not read"
             if not 200 <= response.status_code <= 299:  # an error all the same, by its status
-                raise error_from_response(
-                    method,
-                    response.status_code,
-                    None,
-                    response.headers,
-                    path=path,
-                    reason=f"{response.reason or 'Error'} (TrustHub's answer was {unread})",
-                    redact=self._credentials.redact,
+                raise self._naming_credentials(
+                    error_from_response(
+                        method,
+                        response.status_code,
+                        None,
+                        response.headers,
+                        path=path,
+                        reason=f"{response.reason or 'Error'} (TrustHub's answer was {unread})",
+                        redact=self._credentials.redact,
+                    )
                 )
             # Processed, but what it said is lost: ambiguous after a POST.
             raise InvalidResponse(
@@ -643,14 +676,16 @@ class TrustHubClient:
         )
         status = response.status_code
         if not 200 <= status <= 299:
-            raise error_from_response(
-                method,
-                status,
-                body,
-                response.headers,
-                path=path,
-                reason=response.reason,
-                redact=self._credentials.redact,
+            raise self._naming_credentials(
+                error_from_response(
+                    method,
+                    status,
+                    body,
+                    response.headers,
+                    path=path,
+                    reason=response.reason,
+                    redact=self._credentials.redact,
+                )
             )
         try:
             value = json.loads(body)
@@ -666,6 +701,17 @@ class TrustHubClient:
                 body=self._credentials.redact(body.decode("utf-8", "replace")),
             )
         return value
+
+    def _naming_credentials(self, error: TrustHubError) -> TrustHubError:
+        """``error``, saying where the credentials came from if TrustHub refused them."""
+        if isinstance(error, AuthenticationFailed):
+            error.hint = (
+                f"Check the credentials, from {self._credentials.source}: they must belong to "
+                f"an account that {self.base_url} serves."
+            )
+        elif isinstance(error, PermissionDenied):
+            error.hint = f"The credentials in use came from {self._credentials.source}."
+        return error
 
     def _redacted(self, error: TrustHubError) -> TrustHubError:
         """``error`` with every echo of our secret removed from what it would store or log:

@@ -71,6 +71,17 @@ class AppSettings:
             value = os.environ.get(_ENV_FALLBACKS[name]) or None
         return value
 
+    def source_of(self, name: str) -> str | None:
+        """Where a credential's value comes from, for messages: the setting or the environment
+        variable (never the value); None if neither sets it."""
+        user = getattr(settings, "TRUSTHUB_EVAL", None) or {}
+        if user.get(name) not in (None, ""):
+            return f"TRUSTHUB_EVAL['{name}']"
+        variable = _ENV_FALLBACKS.get(name)
+        if variable and os.environ.get(variable):
+            return f"the environment variable {variable}"
+        return None
+
     @property
     def ACCOUNT_SID(self) -> str | None:
         return self._get("ACCOUNT_SID")  # type: ignore[no-any-return]

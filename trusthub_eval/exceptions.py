@@ -98,8 +98,8 @@ class TrustHubError(TrustHubEvalError):
     """Base class of every error raised while talking to TrustHub."""
 
     default_message: ClassVar[str] = "The call to TrustHub failed."
-    #: What to do about it, said after the message.
-    hint: ClassVar[str] = ""
+    #: What to do about it, said after the message (the client may set it per instance).
+    hint: str = ""
     #: The kind after an idempotent request (GET).
     default_kind: ClassVar[ErrorKind] = ErrorKind.PERMANENT
     #: Whether the error leaves a non-idempotent request (POST) in an unknown state.

@@ -65,6 +65,7 @@ __all__ = [
     "resolve_policy",
     "resume_queued",
     "run_evaluation",
+    "sync_all",
     "sync_customer_profiles",
     "sync_evaluations",
     "sync_policies",
@@ -793,6 +794,26 @@ def _send_imported_signals(
             )
 
     transaction.on_commit(send)
+
+
+def sync_all(
+    *, evaluations: bool = False, client: TrustHubClient | None = None
+) -> dict[str, Synced]:
+    """Sync the policies, then the customer profiles and, with ``evaluations``, every
+    profile's evaluations made elsewhere; what each stored and skipped, by name."""
+    with _client(client) as trusthub:
+        synced = {
+            "policies": sync_policies(client=trusthub),
+            "customer_profiles": sync_customer_profiles(client=trusthub),
+        }
+        if evaluations:
+            imported, skipped = 0, list[str]()
+            for profile in CustomerProfile.objects.iterator():
+                one = sync_evaluations(profile, client=trusthub)
+                imported += one.stored
+                skipped.extend(one.skipped)
+            synced["evaluations"] = Synced(imported, tuple(skipped))
+    return synced
 
 
 def fetch_customer_profile(sid: str, *, client: TrustHubClient | None = None) -> CustomerProfile:

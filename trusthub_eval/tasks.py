@@ -89,3 +89,14 @@ def evaluate_all_task() -> dict[str, int]:
         CustomerProfile.objects.all(), trigger=Evaluation.Trigger.SCHEDULE
     )
     return {"queued": result.queued, "in_flight": result.in_flight}
+
+
+@shared_task(name="trusthub_eval.sync", ignore_result=True)
+def sync_task(evaluations: bool = False) -> dict[str, int]:
+    """Schedule this to import new policies and customer profiles (and, with ``evaluations``,
+    evaluations made elsewhere) as ``manage.py trusthub_sync`` does; unusable records are
+    skipped and logged."""
+    synced = services.sync_all(evaluations=evaluations)
+    counts = {name: one.stored for name, one in synced.items()}
+    counts["skipped"] = sum(len(one.skipped) for one in synced.values())
+    return counts

@@ -9,7 +9,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from trusthub_eval import services
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.exceptions import TrustHubError
-from trusthub_eval.models import CustomerProfile
 
 
 class Command(BaseCommand):
@@ -25,17 +24,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             with TrustHubClient.from_settings() as client:
-                self.report("Policies", services.sync_policies(client=client))
-                self.report("Customer profiles", services.sync_customer_profiles(client=client))
-                if options["evaluations"]:
-                    imported, skipped = 0, list[str]()
-                    for profile in CustomerProfile.objects.iterator():
-                        synced = services.sync_evaluations(profile, client=client)
-                        imported += synced.stored
-                        skipped.extend(synced.skipped)
-                    self.report("Evaluations imported", services.Synced(imported, tuple(skipped)))
+                synced = services.sync_all(evaluations=options["evaluations"], client=client)
         except TrustHubError as error:
             raise CommandError(f"TrustHub: {error}") from error
+        for name, what in _SAID.items():
+            if name in synced:
+                self.report(what, synced[name])
         self.stdout.write(self.style.SUCCESS("Synced."))
 
     def report(self, what: str, synced: services.Synced) -> None:
@@ -46,3 +40,10 @@ class Command(BaseCommand):
         self.stdout.write(f"{what}: {synced.stored} ({len(synced.skipped)} skipped as unusable)")
         for line in synced.skipped:
             self.stderr.write(f"Skipped: {line}")
+
+
+_SAID = {
+    "policies": "Policies",
+    "customer_profiles": "Customer profiles",
+    "evaluations": "Evaluations imported",
+}
