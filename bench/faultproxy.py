@@ -16,6 +16,12 @@ A share of the /v1 requests (``fault_rate``) misbehaves, each with one kind draw
 - ``broken-body``: forwarded and processed, then a 2xx answer whose body is broken in one of the
   ``BROKEN_BODIES`` ways (truncated JSON, wrong types, wrong SIDs, NUL characters, oversized
   values). Non-2xx answers pass unchanged.
+- ``odd-answer``: an answer that is well-formed but hostile, one of ``ODD_ANSWERS``: dates a
+  database stores but cannot give back (years 0 and 10000 once in UTC), a result nested 900
+  levels deep, ``invalid`` fields of odd but documented shapes (forwarded and processed first,
+  then the real answer so changed); a listing that never ends (each page links a fresh next
+  page, answered by the proxy); a 400 whose message is 10 MB, and a 401 whose message echoes
+  the request's ``Authorization`` header (answered by the proxy: not processed).
 
 Apart from these, and only when asked for (``slow_rate``, 0 by default), a share of the
 ``POST …/Evaluations`` requests gets ``slow-answer``: forwarded and processed at once, then the
@@ -45,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-KINDS = ("429", "503", "reset", "forward-reset", "forward-stall", "broken-body")
+KINDS = ("429", "503", "reset", "forward-reset", "forward-stall", "broken-body", "odd-answer")
 # Not among the kinds drawn at ``fault_rate``: a slow answer is drawn at its own ``slow_rate``.
 SLOW_ANSWER = "slow-answer"
 
@@ -150,6 +156,99 @@ def break_body(body: bytes, variant: str, rng: random.Random) -> bytes:
     return json.dumps(data).encode()
 
 
+# --- odd but well-formed answers ---------------------------------------------------------------
+
+#: The page tokens the proxy answers itself, with an empty page linking the next such page.
+ENDLESS_PAGES = "endless-"
+
+
+def _deep(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def _deep_result(item: dict[str, Any]) -> None:
+    for result in _each_result(item):
+        result["valid"] = [{"object_field": "business_name", "nested": _deep(900)}]
+
+
+def _odd_invalid_fields(item: dict[str, Any]) -> None:
+    for result in _each_result(item):
+        # Every item's keys are optional in Twilio's examples: one with a name only, one empty.
+        result["invalid"] = [*(result.get("invalid") or []), {"friendly_name": "Business"}, {}]
+
+
+# Each changes one evaluation object (a create answer or an item of a list) in place.
+_ODD_ITEMS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "date-before-year-1": lambda item: item.update(date_created="0001-01-01T00:00:00+01:00"),
+    "date-after-year-9999": lambda item: item.update(date_created="9999-12-31T23:59:59-01:00"),
+    "deep-result": _deep_result,
+    "odd-invalid-fields": _odd_invalid_fields,
+}
+#: Answered by the proxy instead of forwarding: TrustHub never sees the request.
+_ODD_REFUSALS = ("huge-message-400", "echoed-credentials-401")
+ODD_ANSWERS = (*_ODD_ITEMS, "endless-listing", *_ODD_REFUSALS)
+
+
+def odd_body(body: bytes, variant: str) -> bytes:
+    """``body`` (a JSON 2xx answer) changed in the way ``variant`` names."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict):
+        return body
+    meta = data.get("meta")
+    if variant == "endless-listing":
+        if isinstance(meta, dict) and isinstance(meta.get("url"), str):
+            meta["next_page_url"] = _endless_page_url(meta["url"])
+        return json.dumps(data).encode()
+    change = _ODD_ITEMS[variant]
+    if isinstance(meta, dict):
+        for item in data.get("results") or []:
+            if isinstance(item, dict):
+                change(item)
+    else:
+        change(data)
+    return json.dumps(data).encode()
+
+
+def _endless_page_url(url: str) -> str:
+    split = urlsplit(url)
+    query = "&".join(
+        part for part in split.query.split("&") if part and not part.startswith("PageToken=")
+    )
+    token = f"PageToken={ENDLESS_PAGES}{uuid.uuid4().hex}"
+    return split._replace(query=f"{query}&{token}" if query else token).geturl()
+
+
+def endless_page(url: str) -> bytes:
+    """An empty page of a listing that never ends, linking a fresh next page."""
+    return json.dumps(
+        {
+            "results": [],
+            "meta": {
+                "page": 1,
+                "page_size": 50,
+                "first_page_url": url,
+                "previous_page_url": None,
+                "url": url,
+                "next_page_url": _endless_page_url(url),
+                "key": "results",
+            },
+        }
+    ).encode()
+
+
+def odd_refusal(variant: str, authorization: str | None) -> tuple[int, bytes]:
+    """The status and body the proxy answers for a refusal of ``_ODD_REFUSALS``."""
+    if variant == "huge-message-400":
+        return 400, twilio_error_body(400, 21201, "Invalid request: " + "x" * 10_000_000)
+    return 401, twilio_error_body(401, 20003, f"Authenticate: got Authorization: {authorization}")
+
+
 def twilio_error_body(status: int, code: int, message: str) -> bytes:
     """Twilio's classic error body."""
     return json.dumps(
@@ -179,6 +278,7 @@ class FaultProxy:
         fault_rate: float = 0.3,
         kinds: Iterable[str] = KINDS,
         broken_bodies: Iterable[str] = BROKEN_BODIES,
+        odd_answers: Iterable[str] = ODD_ANSWERS,
         stall: float = 3.0,
         slow_rate: float = 0.0,
         slow_delay: float = 5.0,
@@ -195,7 +295,12 @@ class FaultProxy:
         self.upstream_port = split.port or 80
         self.kinds = tuple(kinds)
         self.broken_bodies = tuple(broken_bodies)
-        unknown = (set(self.kinds) - set(KINDS)) | (set(self.broken_bodies) - set(BROKEN_BODIES))
+        self.odd_answers = tuple(odd_answers)
+        unknown = (
+            (set(self.kinds) - set(KINDS))
+            | (set(self.broken_bodies) - set(BROKEN_BODIES))
+            | (set(self.odd_answers) - set(ODD_ANSWERS))
+        )
         if unknown:
             raise ValueError(f"Unknown fault kinds: {', '.join(sorted(unknown))}")
         self.fault_rate = fault_rate
@@ -290,8 +395,10 @@ class FaultProxy:
                 kind = self._rng.choice(self.kinds)
                 if kind == "broken-body":
                     variant = self._rng.choice(self.broken_bodies)
+                elif kind == "odd-answer":
+                    variant = self._rng.choice(self.odd_answers)
                 self._counts[f"fault:{variant or kind}"] += 1
-            if kind not in ("429", "503", "reset"):
+            if kind not in ("429", "503", "reset") and variant not in _ODD_REFUSALS:
                 self._forwarded += 1
             return kind, variant, False
 
@@ -345,13 +452,23 @@ class _Handler(BaseHTTPRequestHandler):
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
-        path = urlsplit(self.path).path
+        split = urlsplit(self.path)
+        path = split.path
+        if f"PageToken={ENDLESS_PAGES}" in split.query:
+            # A page of a listing that never ends: the proxy's own, TrustHub never sees it.
+            proxy._record(self.command, path, None, b"", "endless-listing")
+            self._send(200, endless_page(f"http://{self.headers['Host']}{self.path}"), {})
+            return
         kind, variant, capped = proxy._admit(self.command, path)
         if capped:
             self._send(503, twilio_error_body(503, 20503, "Bench request cap reached"), {})
             return
-        if kind in ("429", "503", "reset"):
-            proxy._record(self.command, path, None, b"", kind)
+        if kind in ("429", "503", "reset") or variant in _ODD_REFUSALS:
+            proxy._record(self.command, path, None, b"", variant or kind)
+        if variant in _ODD_REFUSALS:
+            status, refusal = odd_refusal(variant, self.headers.get("Authorization"))
+            self._send(status, refusal, {})
+            return
         if kind == "429":
             headers = {"Retry-After": str(proxy.retry_after)}
             self._send(429, twilio_error_body(429, 20429, "Too Many Requests"), headers)
@@ -373,8 +490,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == SLOW_ANSWER:
             time.sleep(proxy.slow_delay)
-        if variant is not None and 200 <= status < 300:
+        if kind == "broken-body" and variant is not None and 200 <= status < 300:
             upstream_body = break_body(upstream_body, variant, proxy._variant_rng())
+        elif kind == "odd-answer" and variant is not None and 200 <= status < 300:
+            upstream_body = odd_body(upstream_body, variant)
         headers = {k: v for k, v in upstream_headers.items() if k.lower() in ("retry-after",)}
         self._send(status, upstream_body, headers)
 

@@ -15,6 +15,7 @@ own record of every evaluation it created. RELIABILITY.md explains the columns.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import contextlib
 import copy
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.dbstall import StallProxy  # noqa: E402
-from bench.faultproxy import BROKEN_BODIES, KINDS, FaultProxy  # noqa: E402
+from bench.faultproxy import BROKEN_BODIES, KINDS, ODD_ANSWERS, FaultProxy  # noqa: E402
 
 SCENARIOS = {
     "faults": "faults only",
@@ -449,6 +450,10 @@ class Result:
     created_unrecorded: int = 0
     failed_but_created: int = 0
     completed_wrong: int = 0
+    # Rows whose error text or stored answer holds the credentials (or their basic-auth form),
+    # and rows (with their requirement results) that cannot be read back whole.
+    secrets_stored: int = 0
+    unreadable: int = 0
     posts: int = 0
     gets: int = 0
     created_upstream: int = 0
@@ -512,6 +517,7 @@ class Bench:
             fault_rate=args.fault_rate,
             kinds=args.faults,
             broken_bodies=BROKEN_BODIES,
+            odd_answers=ODD_ANSWERS,
             # Past the workers' read timeout (bench/settings.py: 2 s).
             stall=3.0,
             seed=args.seed,
@@ -914,6 +920,7 @@ class Bench:
                     )
                 )
                 result.completed_wrong += wrong
+        result.secrets_stored, result.unreadable = self._check_readback([row["id"] for row in rows])
         counts = self.proxy.counts
         result.posts = counts.get("route:POST evaluations", 0)
         result.gets = counts.get("route:GET evaluations", 0)
@@ -954,6 +961,26 @@ class Bench:
             )
         result.notes += [f"still active: {_rows(n)}, {what}" for what, n in stuck.most_common(6)]
         result.notes += [f"failed: {_rows(n)}, {what}" for what, n in gave_up.most_common(4)]
+
+    def _check_readback(self, ids: list[int]) -> tuple[int, int]:
+        """(rows holding a secret, rows that cannot be read back), each row read on its own
+        with every field, its answer written as JSON again, and its requirement results."""
+        from trusthub_eval.models import Evaluation, RequirementResult
+
+        pair = f"{self.sandbox.account_sid}:{self.sandbox.auth_token}".encode()
+        secrets = (self.sandbox.auth_token, base64.b64encode(pair).decode())
+        holding = unreadable = 0
+        for pk in ids:
+            try:
+                row = Evaluation.objects.filter(pk=pk).values().get()
+                text = row["error_message"] + json.dumps(row["raw"])
+                results = list(RequirementResult.objects.filter(evaluation_id=pk).values())
+                json.dumps(results, default=str)
+            except Exception:  # noqa: BLE001 (counted: whatever a page would meet)
+                unreadable += 1
+                continue
+            holding += any(secret in text for secret in secrets)
+        return holding, unreadable
 
     @staticmethod
     def _stored_passed_flags(ids: list[int]) -> dict[int, list[bool]] | None:
@@ -1086,6 +1113,8 @@ COLUMNS = [
     ("created-but-unrecorded", lambda r: _bold(r.created_unrecorded)),
     ("failed-but-created", lambda r: _bold(r.failed_but_created)),
     ("completed-but-wrong", lambda r: _bold(r.completed_wrong)),
+    ("secrets stored", lambda r: _bold(r.secrets_stored)),
+    ("unreadable rows", lambda r: _bold(r.unreadable)),
     ("POSTs/eval", lambda r: f"{r.posts / r.total:.2f}" if r.total else "-"),
     ("GETs/eval", lambda r: f"{r.gets / r.total:.2f}" if r.total else "-"),
     (

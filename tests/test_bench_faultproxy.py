@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from bench.faultproxy import BROKEN_BODIES, FaultProxy
+from bench.faultproxy import BROKEN_BODIES, ODD_ANSWERS, FaultProxy
 from trusthub_eval.sandbox import SandboxServer
 
 PRIMARY = "RNdfbf3fae0e1107f8aded0e7cead80bf5"
@@ -223,3 +223,72 @@ def test_a_list_never_claims_another_policy(
     assert page["results"]
     assert all(item["customer_profile_sid"] != ACME for item in page["results"])
     assert {item["policy_sid"] for item in page["results"]} <= {PRIMARY, STARTER}
+
+
+def _depth(value: Any) -> int:
+    depth = 0
+    while isinstance(value, list | dict):
+        depth += 1
+        value = value[0] if isinstance(value, list) and value else None
+    return depth
+
+
+_ODD = {
+    "date-before-year-1": lambda body: body["date_created"].startswith("0001-01-01"),
+    "date-after-year-9999": lambda body: body["date_created"].startswith("9999-12-31"),
+    "deep-result": lambda body: _depth(body["results"][0]["valid"][0]["nested"]) == 900,
+    "odd-invalid-fields": lambda body: all(
+        r["invalid"][-2:] == [{"friendly_name": "Business"}, {}] for r in body["results"]
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(_ODD))
+def test_odd_answers_are_served_after_trusthub_processed_the_request(
+    sandbox: SandboxServer,
+    make_proxy: Callable[..., FaultProxy],
+    session: requests.Session,
+    variant: str,
+) -> None:
+    before = sandbox.evaluation_count(ACME)
+    proxy = make_proxy(fault_rate=1.0, kinds=["odd-answer"], odd_answers=[variant])
+
+    response = post(session, proxy)
+
+    assert response.status_code == 201
+    assert sandbox.evaluation_count(ACME) == before + 1
+    [created] = proxy.created
+    assert created.fault == variant
+    assert _ODD[variant](response.json())
+
+
+def test_odd_refusals_are_answered_without_reaching_trusthub(
+    sandbox: SandboxServer, make_proxy: Callable[..., FaultProxy], session: requests.Session
+) -> None:
+    before = sandbox.evaluation_count(ACME)
+    huge = make_proxy(fault_rate=1.0, kinds=["odd-answer"], odd_answers=["huge-message-400"])
+    echo = make_proxy(fault_rate=1.0, kinds=["odd-answer"], odd_answers=["echoed-credentials-401"])
+
+    refused = post(session, huge)
+    echoed = post(session, echo)
+
+    assert refused.status_code == 400 and len(refused.json()["message"]) > 10_000_000
+    assert echoed.status_code == 401
+    assert echoed.request.headers["Authorization"] in echoed.json()["message"]
+    assert sandbox.evaluation_count(ACME) == before
+    assert not huge.created and not echo.created
+
+
+def test_an_endless_listing_links_a_fresh_page_each_time(
+    sandbox: SandboxServer, make_proxy: Callable[..., FaultProxy], session: requests.Session
+) -> None:
+    proxy = make_proxy(fault_rate=1.0, kinds=["odd-answer"], odd_answers=["endless-listing"])
+    seen = set()
+    url = proxy.url + EVALUATIONS
+    for _ in range(5):
+        page = session.get(url).json()
+        url = page["meta"]["next_page_url"]
+        assert url.startswith(proxy.url + EVALUATIONS)
+        assert url not in seen
+        seen.add(url)
+    assert len(ODD_ANSWERS) == len(_ODD) + 3  # each variant is tried here

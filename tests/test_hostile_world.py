@@ -3,16 +3,24 @@ reported, the rest is kept, and no page of the app breaks on what was stored."""
 
 from __future__ import annotations
 
+import base64
+import collections
+import copy
+import html
 import io
 import json
+import re
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import pytest
 import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from tests.factories import client_for, sid
-from trusthub_eval.models import CustomerProfile, Policy
+from tests.factories import client_for, run_until_done, sid
+from tests.services import ROOT
+from trusthub_eval import services
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +132,180 @@ def test_evaluating_an_unknown_profile_refuses_an_unusable_record(sandbox, probl
     with pytest.raises(CommandError, match="unusable"):
         call_command("trusthub_evaluate", wanted, stdout=io.StringIO())
     assert not CustomerProfile.objects.exists()
+
+
+# --- a whole hostile world, then every page -----------------------------------------------------
+
+FIXTURES = ROOT / "fixtures" / "twilio"
+HOSTILE_DATES = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+# What each hostile POST answers (once): the evaluation path meets every item of the issue.
+HOSTILE_POSTS = {
+    "date-year-0": {"after_processing": True, "body": "date:" + HOSTILE_DATES[0]},
+    "date-year-10000": {"after_processing": True, "body": "date:" + HOSTILE_DATES[1]},
+    "deep-result": {"after_processing": True, "body": "deep"},
+    "odd-invalid-fields": {"after_processing": True, "body": "odd-invalid"},
+    "nan": {"after_processing": True, "body": "nan"},
+    "huge-400": {"status": 400, "code": 21201, "message": "Invalid " + "x" * 10_000_000},
+    "echoed-credentials-401": {"status": 401, "code": 20003, "message": "echo"},
+    "error-code-not-ascii": {"status": 400, "body": '{"code": "²", "message": "odd code"}'},
+}
+
+
+def hostile_answer(template: dict, kind: str, profile_sid: str, policy_sid: str) -> str:
+    answer = copy.deepcopy(template)
+    answer.update(customer_profile_sid=profile_sid, policy_sid=policy_sid, sid=sid("EL"))
+    if kind.startswith("date:"):
+        answer["date_created"] = kind[5:]
+    elif kind == "deep":
+        answer["results"][0]["valid"] = [{"nested": nested(900)}]
+    elif kind == "odd-invalid":
+        for result in answer["results"]:
+            result["invalid"] = [{"friendly_name": "Business"}, {}]
+    elif kind == "nan":
+        answer["results"][0]["valid"] = [{"score": float("nan")}]
+    return json.dumps(answer)
+
+
+def hostile_history(listing: dict, profile_sid: str, policy_sid: str) -> dict:
+    """The profile's real evaluations, and hostile ones made "in the Console"."""
+    template = json.loads((FIXTURES / "evaluation_create.json").read_text())
+    extra = [json.loads(hostile_answer(template, kind, profile_sid, policy_sid)) for kind in (
+        *(f"date:{date}" for date in HOSTILE_DATES), "deep", "odd-invalid", "nan",
+    )]  # fmt: skip
+    odd_but_usable = json.loads(hostile_answer(template, "odd-invalid", profile_sid, policy_sid))
+    odd_but_usable["results"][0]["failure_reason"] = "<script>alert('x')</script> " * 20
+    listing["results"] = [*listing["results"], *extra, odd_but_usable]
+    listing["meta"]["next_page_url"] = None
+    return listing
+
+
+def crawl(client, start: list[str], *, limit: int = 1500) -> dict[str, int]:
+    """GET every page reachable from ``start`` through the app's own links; status by URL.
+
+    Of the URLs of one page that differ only in their query's values (sorting, filters, page
+    numbers), the first few are followed.
+    """
+    seen: dict[str, int] = {}
+    variants: collections.Counter[tuple[str, frozenset[str]]] = collections.Counter()
+    pending = collections.deque(start)
+    while pending and len(seen) < limit:
+        url = pending.popleft()
+        if url in seen:
+            continue
+        response = client.get(url)
+        seen[url] = response.status_code
+        if response.status_code >= 400:
+            continue
+        text = response.content.decode()
+        if "html" in response.get("Content-Type", ""):
+            links = [html.unescape(link) for link in re.findall(r'href="([^"#]*)"', text)]
+        else:
+            links = re.findall(r'"(?:next|previous|url|location)": ?"([^"]+)"', text)
+        for link in links:
+            split = urlsplit(urljoin(url, link))
+            query = [(k, v) for k, v in parse_qsl(split.query) if k != "_changelist_filters"]
+            target = split.path + (f"?{urlencode(query)}" if query else "")
+            key = (split.path, frozenset(k for k, _ in query))
+            if (
+                split.netloc in ("", "testserver")
+                and _worth_following(split.path)
+                and target not in seen
+                and (not query or variants[key] < 3)
+            ):
+                variants[key] += 1
+                pending.append(target)
+    assert not pending, f"more than {limit} pages"
+    return seen
+
+
+def _worth_following(path: str) -> bool:
+    if path.startswith("/admin/"):
+        return path.startswith("/admin/trusthub_eval/")
+    return path.startswith("/api/")
+
+
+def test_no_page_breaks_on_a_hostile_world(sandbox, django_user_model, admin_client):
+    real = listed(sandbox, "/v1/CustomerProfiles")["results"]
+    policies = listed(sandbox, "/v1/Policies")
+    policies["results"] += unusable_policies(policies["results"][0])
+    profiles = listed(sandbox, "/v1/CustomerProfiles")
+    template = profiles["results"][0]
+    usable_but_odd = {
+        **template,
+        "sid": sid("BU"),
+        "friendly_name": "<img src=x onerror=alert(1)> Ünïcødé " + "名" * 200,
+        "valid_until": HOSTILE_DATES[1],
+        "date_created": HOSTILE_DATES[0],
+    }
+    profiles["results"] += [*unusable_profiles(template), usable_but_odd]
+    serve(sandbox, "/v1/Policies", policies)
+    serve(sandbox, "/v1/CustomerProfiles", profiles)
+    for profile in real:
+        path = f"/v1/CustomerProfiles/{profile['sid']}/Evaluations"
+        history = hostile_history(listed(sandbox, path), profile["sid"], profile["policy_sid"])
+        sandbox.add_fault(
+            method="GET", path=f"{path}$", after_processing=True, body=json.dumps(history)
+        )
+    out, err = io.StringIO(), io.StringIO()
+    call_command("trusthub_sync", "--evaluations", stdout=out, stderr=err)
+    assert "Synced." in out.getvalue()
+    sandbox.clear_faults()
+
+    # An evaluation of each real profile per hostile answer, run to its end.
+    template_answer = json.loads((FIXTURES / "evaluation_create.json").read_text())
+    by_sid = {p.sid: p for p in CustomerProfile.objects.select_related("policy")}
+    targets = [by_sid[p["sid"]] for p in real]
+    for n, (kind, fault) in enumerate(HOSTILE_POSTS.items()):
+        profile = targets[n % len(targets)]
+        evaluation, _ = services.request_evaluation(profile, trigger="cli")
+        fault = dict(fault)
+        if fault.get("after_processing"):
+            fault["body"] = hostile_answer(
+                template_answer, fault["body"], profile.sid, evaluation.policy.sid
+            )
+        if kind == "echoed-credentials-401":
+            pair = f"{sandbox.account_sid}:{sandbox.auth_token}".encode()
+            fault["message"] = f"Bad Authorization: Basic {base64.b64encode(pair).decode()}"
+        sandbox.add_fault(
+            method="POST", path=f"/v1/CustomerProfiles/{profile.sid}/Evaluations$", **fault
+        )
+        run_until_done(evaluation)
+        sandbox.clear_faults()
+    stored = " ".join(
+        f"{row['error_message']} {json.dumps(row['raw'])}"
+        for row in Evaluation.objects.values("error_message", "raw")
+    )
+    assert sandbox.auth_token not in stored
+
+    api = client_for(django_user_model.objects.create_superuser("crawler"))
+    evaluation = Evaluation.objects.order_by("pk").first()
+    api_pages = crawl(
+        api,
+        [
+            "/api/customer-profiles/",
+            "/api/customer-profiles/?page_size=1",
+            "/api/evaluations/",
+            "/api/evaluations/?page_size=1&ordering=requested_at",
+            "/api/evaluations/?q=²&page_size=²",
+            "/api/policies/",
+            "/api/schema/",
+            *[f"/api/evaluations/{pk}/" for pk in Evaluation.objects.values_list("pk", flat=True)],
+            *[f"/api/customer-profiles/{s}/evaluations/" for s in by_sid],
+        ],
+    )
+    admin_pages = crawl(
+        admin_client,
+        [
+            "/admin/trusthub_eval/",
+            "/admin/trusthub_eval/evaluation/?q=²",
+            f"/admin/trusthub_eval/evaluation/?customer_profile__id__exact={evaluation.customer_profile_id}",
+        ],
+    )
+    print(len(api_pages), len(admin_pages), sorted(admin_pages)[:40])
+    broken = {url: status for url, status in {**api_pages, **admin_pages}.items() if status >= 500}
+    assert not broken
+    # The crawl reached every stored row's page.
+    for pk in Evaluation.objects.values_list("pk", flat=True):
+        assert f"/admin/trusthub_eval/evaluation/{pk}/change/" in admin_pages
+    for pk in CustomerProfile.objects.values_list("pk", flat=True):
+        assert f"/admin/trusthub_eval/customerprofile/{pk}/change/" in admin_pages

@@ -82,8 +82,16 @@ _LIST_WITHOUT_SIDS = json.dumps(
         {"after_processing": True, "body": '{"results": "nope", "meta": {}}'},
         {"status": 429, "retry_after": 0},
         {"after_processing": True, "body": _LIST_WITHOUT_SIDS},
+        # Errors that would be final for another request: the evaluation may exist all the same.
+        {"status": 400, "message": "x" * 10_000_000},
+        {"status": 401, "code": 20003},
+        {"status": 404, "code": 20404},
+        {"after_processing": True, "body": '{"results": [], "meta": {"next_page_url": 7}}'},
     ],
-    ids=["503", "500", "reset", "html", "broken-envelope", "429", "items-without-sids"],
+    ids=[
+        "503", "500", "reset", "html", "broken-envelope", "429", "items-without-sids",
+        "huge-400", "401", "404", "next-page-not-a-string",
+    ],
 )
 def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, list_fault):
     evaluation, before = requested(sandbox)

@@ -198,7 +198,7 @@ def _record_problem(
     if problem is not None:
         return problem
     if not is_sid(payload.get("sid"), kind):
-        return f"'sid' is not a {kind.label} ({kind.value}…)"
+        return f"'sid' is not a valid {kind.label} ({kind.value}…)"
     if sid is not None and payload["sid"] != sid:
         return f"it is the record of {payload['sid']}, not of {sid}"
     problem = _names_problem(payload, texts)
@@ -207,7 +207,7 @@ def _record_problem(
     for name, sid_kind in sids.items():
         value = payload.get(name)
         if value is not None and not is_sid(value, sid_kind):
-            return f"{name!r} is not a {sid_kind.label} ({sid_kind.value}…)"
+            return f"{name!r} is not a valid {sid_kind.label} ({sid_kind.value}…)"
     return None
 
 

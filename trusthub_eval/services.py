@@ -532,13 +532,15 @@ def _keep_late_answer(evaluation: Evaluation, payload: Mapping[str, Any]) -> Out
 def _record_trusthub_error(
     evaluation: Evaluation, error: TrustHubError, *, posted: bool, free: bool = False
 ) -> Outcome:
-    """``free``: a transient failure that does not spend an attempt (a failed reconciliation)."""
+    """``free``: a failed reconciliation within RECONCILE_TIMEOUT. It spends no attempt and is
+    never final, whatever the error: TrustHub may hold the evaluation all the same, and only a
+    listing read to its end can tell (past the timeout the row fails, marked)."""
     return _record_error(
         evaluation,
         message=str(error),
         posted=posted,
         code=error.code,
-        permanent=error.permanent,
+        permanent=error.permanent and not free,
         retry_after=error.retry_after,
         # Waiting for one of our own concurrency slots, or a claim too old to post on, is not
         # an attempt at TrustHub: nothing was sent.
@@ -809,7 +811,14 @@ def sync_all(
         if evaluations:
             imported, skipped = 0, list[str]()
             for profile in CustomerProfile.objects.iterator():
-                one = sync_evaluations(profile, client=trusthub)
+                try:
+                    one = sync_evaluations(profile, client=trusthub)
+                except TrustHubNotFound:
+                    # Deleted in TrustHub (the Console, the SDK) since it was imported here.
+                    message = f"Customer profile {profile.sid} is not in TrustHub any more."
+                    logger.warning("Not importing evaluations: %s", message)
+                    skipped.append(message)
+                    continue
                 imported += one.stored
                 skipped.extend(one.skipped)
             synced["evaluations"] = Synced(imported, tuple(skipped))

@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -458,6 +459,11 @@ class _HTTPServer(ThreadingHTTPServer):
     # Tests open many connections at once (concurrency caps); the default backlog of 5 drops some.
     request_queue_size = 128
     sandbox: SandboxServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (a read timeout, an answer too large to read) is no error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 _V1_ROUTES: Final[list[tuple[re.Pattern[str], dict[str, str]]]] = [
