@@ -115,6 +115,17 @@ def test_sync_keeps_the_usable_records_and_reports_the_rest(sandbox, django_user
     assert seen == stored
 
 
+def test_sync_of_evaluations_goes_on_past_a_profile_deleted_in_trusthub(sandbox):
+    from tests.factories import make_profile, sync_world
+
+    sync_world()
+    gone = make_profile()  # known here, deleted in TrustHub since
+    out, err = io.StringIO(), io.StringIO()
+    call_command("trusthub_sync", "--evaluations", stdout=out, stderr=err)
+    assert f"Skipped: Customer profile {gone.sid} is not in TrustHub any more." in err.getvalue()
+    assert Evaluation.objects.filter(trigger="sync").exclude(customer_profile=gone).exists()
+
+
 @pytest.mark.parametrize("problem", ["wrong-sid", "bad-name"])
 def test_evaluating_an_unknown_profile_refuses_an_unusable_record(sandbox, problem):
     profile = listed(sandbox, "/v1/CustomerProfiles")["results"][0]
@@ -301,7 +312,6 @@ def test_no_page_breaks_on_a_hostile_world(sandbox, django_user_model, admin_cli
             f"/admin/trusthub_eval/evaluation/?customer_profile__id__exact={evaluation.customer_profile_id}",
         ],
     )
-    print(len(api_pages), len(admin_pages), sorted(admin_pages)[:40])
     broken = {url: status for url, status in {**api_pages, **admin_pages}.items() if status >= 500}
     assert not broken
     # The crawl reached every stored row's page.

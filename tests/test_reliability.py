@@ -89,8 +89,17 @@ _LIST_WITHOUT_SIDS = json.dumps(
         {"after_processing": True, "body": '{"results": [], "meta": {"next_page_url": 7}}'},
     ],
     ids=[
-        "503", "500", "reset", "html", "broken-envelope", "429", "items-without-sids",
-        "huge-400", "401", "404", "next-page-not-a-string",
+        "503",
+        "500",
+        "reset",
+        "html",
+        "broken-envelope",
+        "429",
+        "items-without-sids",
+        "huge-400",
+        "401",
+        "404",
+        "next-page-not-a-string",
     ],
 )
 def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, list_fault):
