@@ -350,6 +350,23 @@ def test_requesting_also_needs_to_see_evaluations_as_in_the_api(client, world):
     assert not Evaluation.objects.filter(customer_profile=profile).exists()
 
 
+def test_without_view_evaluation_the_profile_page_shows_no_evaluation_history(client, world):
+    acme = world[ACME]
+    evaluate(acme, requested_by=staff("requester", *VIEW_ALL))
+    client.force_login(staff("profiles-only", "view_customerprofile"))
+    response = client.get(url("customerprofile_change", acme.pk))
+    assert response.status_code == 200
+    body, page = response.content.decode(), text(response)
+    # What the API's profile shows stays: the latest verdict.
+    assert "Latest compliance: Compliant" in page
+    assert "Evaluation history" not in page and "Compliance over time" not in page
+    assert "requester" not in page
+    for evaluation in acme.evaluations.all():
+        assert url("evaluation_change", evaluation.pk) not in body
+        assert evaluation.sid not in body
+    assert url("evaluation_changelist") not in body
+
+
 def test_anonymous_users_are_sent_to_the_login_page(client, world):
     response = client.post(url("customerprofile_reevaluate", world[ACME].pk))
     assert response.status_code == 302 and "/login/" in response["Location"]

@@ -14,6 +14,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
@@ -569,6 +570,15 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
         # The API's rule too: the permission, and seeing profiles and evaluations.
         return can_request_evaluations(request.user)
 
+    def has_evaluation_view_permission(self, request: HttpRequest) -> bool:
+        """Whether the evaluations' own pages open for this user: the profile's page shows
+        their history (rows, timeline, links) only then, as the API lists them only then."""
+        try:
+            evaluations = self.admin_site.get_model_admin(Evaluation)
+        except NotRegistered:
+            return False
+        return bool(evaluations.has_view_permission(request))
+
     def _throttled(self, request: HttpRequest) -> bool:
         """Whether the API's trigger throttle refuses this request (then say so)."""
         wait = trigger_wait(request)
@@ -763,8 +773,29 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             context.update(self.profile_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
+    def get_fieldsets(self, request: HttpRequest, obj: CustomerProfile | None = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if self.has_evaluation_view_permission(request):
+            return fieldsets
+        # Django links a related object whether or not its page would open.
+        hidden = "latest_evaluation"
+        return [
+            (name, {**options, "fields": [f for f in options["fields"] if f != hidden]})
+            for name, options in fieldsets
+        ]
+
     def profile_context(self, request: HttpRequest, profile: CustomerProfile) -> dict[str, Any]:
         """History, timeline and the re-evaluate button for the profile's page."""
+        context = {
+            "can_request_evaluation": self.has_request_evaluation_permission(request),
+            "reevaluate_url": reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_reevaluate",
+                args=[quote(profile.pk)],
+            ),
+            "raw_json": _pretty(profile.raw) if profile.raw is not None else "",
+        }
+        if not self.has_evaluation_view_permission(request):
+            return context
         history = list(
             Evaluation.objects.filter(customer_profile=profile)
             .select_related("policy", "requested_by")
@@ -783,17 +814,13 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             .order_by("-requested_at", "-id")[:TIMELINE_LIMIT]
         )
         return {
+            **context,
+            "can_view_evaluations": True,
             "history": history[:HISTORY_LIMIT],
             "history_more": len(history) > HISTORY_LIMIT,
             "history_url": f"{all_url}?customer_profile__id__exact={profile.pk}",
             "timeline": render_timeline(timeline_points(finished)),
             "timeline_limit": TIMELINE_LIMIT,
-            "can_request_evaluation": self.has_request_evaluation_permission(request),
-            "reevaluate_url": reverse(
-                f"admin:{self.opts.app_label}_{self.opts.model_name}_reevaluate",
-                args=[quote(profile.pk)],
-            ),
-            "raw_json": _pretty(profile.raw) if profile.raw is not None else "",
         }
 
 
