@@ -365,6 +365,33 @@ def test_without_view_evaluation_the_profile_page_shows_no_evaluation_history(cl
         assert url("evaluation_change", evaluation.pk) not in body
         assert evaluation.sid not in body
     assert url("evaluation_changelist") not in body
+    assert "historylink" not in body
+
+
+def test_with_view_evaluation_history_opens_the_profiles_evaluations(client, world):
+    acme = world[ACME]
+    evaluate(acme, requested_by=staff("requester", *VIEW_ALL))
+    client.force_login(staff("viewer", "view_customerprofile", "view_evaluation"))
+    response = client.get(url("customerprofile_change", acme.pk))
+    body, page = response.content.decode(), text(response)
+    assert "Evaluation history" in page and "requester" in page
+    assert len(response.context["history"]) == 6
+    # "History" beside "Re-evaluate now" is the evaluations, not Django's (empty) change log.
+    link = re.search(r'<a href="([^"]+)" class="historylink"', body)
+    assert link is not None
+    assert url("customerprofile_history", acme.pk) not in body
+    listing = client.get(html.unescape(link.group(1)))
+    assert listing.status_code == 200
+    shown = listing.context["cl"].result_list
+    assert {e.pk for e in shown} == set(acme.evaluations.values_list("pk", flat=True))
+
+
+def test_the_other_pages_link_to_no_empty_change_log(admin_client, world):
+    evaluation = world[ACME].evaluations.first()
+    policy = Policy.objects.get(sid=PRIMARY_POLICY)
+    for name, pk in (("evaluation", evaluation.pk), ("policy", policy.pk)):
+        body = admin_client.get(url(f"{name}_change", pk)).content.decode()
+        assert url(f"{name}_history", pk) not in body
 
 
 def test_anonymous_users_are_sent_to_the_login_page(client, world):
