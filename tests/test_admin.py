@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
-from django.db import connection
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import JSONField, Value
+from django.db.models.functions import Cast
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -28,7 +30,13 @@ from tests.factories import (
     sync_world,
 )
 from trusthub_eval import services
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.models import (
+    CustomerProfile,
+    DuplicateEvaluation,
+    Evaluation,
+    Policy,
+    RequirementResult,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -954,3 +962,72 @@ def test_a_never_evaluated_profile_shows_no_count_of_failing_requirements(admin_
     evaluate(profile)
     page = text(admin_client.get(url("customerprofile_change", profile.pk)))
     assert re.search(r"Failing: [1-9]", page)
+
+
+def test_a_payload_nested_deeper_than_python_decodes_leaves_every_page_working(admin_client, world):
+    acme = world[ACME]
+    newest, previous = acme.evaluations.order_by("-requested_at")[:2]
+    duplicate = DuplicateEvaluation.objects.create(
+        sid="EL" + "d" * 32, evaluation=newest, customer_profile=acme, policy=acme.policy
+    )
+    # Written as JSON text: Python's own encoder gives up long before this depth.
+    deep = "[" * 1500 + '"deep"' + "]" * 1500
+    try:
+        with transaction.atomic():
+            for model, pks in (
+                (Evaluation, [newest.pk, previous.pk]),
+                (CustomerProfile, [acme.pk]),
+                (DuplicateEvaluation, [duplicate.pk]),
+            ):
+                model.objects.filter(pk__in=pks).update(raw=Cast(Value(deep), JSONField()))
+    except (IntegrityError, OperationalError) as refused:
+        pytest.skip(f"this database stores no JSON nested this deep: {refused}")
+    for page in (
+        url("evaluation_change", previous.pk),
+        url("evaluation_change", newest.pk),  # compared with the previous one
+        url("customerprofile_change", acme.pk),  # its latest evaluation, history, timeline
+        url("duplicateevaluation_change", duplicate.pk),
+        url("evaluation_changelist"),
+        url("customerprofile_changelist"),
+    ):
+        response = admin_client.get(page)
+        assert response.status_code == 200, page
+    # Shown as stored, escaped.
+    body = admin_client.get(url("evaluation_change", newest.pk)).content.decode()
+    assert "[" * 1500 + "&quot;deep&quot;" + "]" * 1500 in body
+
+
+def test_a_huge_payload_is_shown_in_part_and_said_so(admin_client, world):
+    evaluation = world[ACME].evaluations.first()
+    Evaluation.objects.filter(pk=evaluation.pk).update(raw=["x" * 300_000, "THE END"])
+    response = admin_client.get(url("evaluation_change", evaluation.pk))
+    assert response.status_code == 200
+    assert "THE END" not in response.content.decode()
+    assert re.search(r"The first 100,000 of 300,\d{3} characters", text(response))
+
+
+def test_no_page_reads_a_payload_it_does_not_show(admin_client, world):
+    acme = world[ACME]
+    response = admin_client.get(url("customerprofile_change", acme.pk))
+    profile = response.context["original"]
+    # Its own payload is shown, read as text; the others are not shown at all.
+    assert "raw" in profile.get_deferred_fields()
+    assert "raw" in profile.latest_evaluation.get_deferred_fields()
+    assert {"raw", "requirements"} <= profile.policy.get_deferred_fields()
+    assert response.context["history"]
+    for row in response.context["history"]:
+        assert "raw" in row.get_deferred_fields()
+
+    newest = acme.evaluations.order_by("-requested_at").first()
+    response = admin_client.get(url("evaluation_change", newest.pk))
+    evaluation = response.context["original"]
+    assert "raw" in evaluation.get_deferred_fields()
+    assert "raw" in evaluation.customer_profile.get_deferred_fields()
+    assert {"raw", "requirements"} <= evaluation.policy.get_deferred_fields()
+    assert "raw" in response.context["previous"].get_deferred_fields()
+
+    for changelist in ("customerprofile_changelist", "evaluation_changelist"):
+        rows = admin_client.get(url(changelist)).context["cl"].result_list
+        assert rows
+        for row in rows:
+            assert "raw" in row.get_deferred_fields()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -19,7 +20,8 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast, Length, Substr
 from django.http import (
     Http404,
     HttpRequest,
@@ -57,6 +59,8 @@ HISTORY_LIMIT = 20
 TIMELINE_LIMIT = 200
 # The re-evaluation confirmation page names this many of the selected profiles.
 CONFIRMATION_PREVIEW = 10
+# A page shows at most this many characters of a stored payload, and reads no more.
+PAYLOAD_SHOWN = 100_000
 
 
 # --- what the pages show, as plain functions ---------------------------------------------------
@@ -297,6 +301,42 @@ def _pretty(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredJSON:
+    """A JSON column as a page shows it: ``text``, out of ``length`` characters stored."""
+
+    text: str = ""
+    length: int = 0
+
+    @property
+    def cut(self) -> bool:
+        return self.length > len(self.text)
+
+
+def stored_json(obj: CustomerProfile | DuplicateEvaluation | Evaluation | Policy) -> StoredJSON:
+    """The row's ``raw`` payload as text: pretty-printed when whole and readable, else as stored.
+
+    Read from the database as text rather than through the model field, which decodes it:
+    whatever TrustHub sent may be too big for a page, or nested deeper than Python's JSON
+    decoder recurses (a RecursionError, and the page a 500).
+    """
+    text = Cast("raw", TextField())
+    row = (
+        type(obj)
+        ._default_manager.filter(pk=obj.pk)
+        .values_list(Substr(text, 1, PAYLOAD_SHOWN), Length(text))
+        .first()
+    )
+    if row is None or row[0] is None:
+        return StoredJSON()
+    shown, length = row
+    if length <= len(shown):
+        # Pretty when whole and decodable; otherwise as stored (the template escapes it).
+        with contextlib.suppress(ValueError, RecursionError):
+            shown = _pretty(json.loads(shown))
+    return StoredJSON(shown, length)
+
+
 def invalid_fields(value: object) -> list[Mapping[str, Any]]:
     """A result's ``invalid`` list with only the dictionaries (the payload is free-form)."""
     return [item for item in _list(value) if isinstance(item, Mapping)]
@@ -317,8 +357,7 @@ _FORM_FIELDS = 20
 
 
 class LeanChangeList(ChangeList):
-    """A changelist that leaves TrustHub's JSON payloads in the database: no column shows them,
-    and whose pages never hold more rows than its action form can send back."""
+    """A changelist whose pages never hold more rows than its action form can send back."""
 
     def get_results(self, request: HttpRequest) -> None:
         # Each selected row is one POST field, and Django refuses a form with more fields than
@@ -343,14 +382,14 @@ class LeanChangeList(ChangeList):
             for key, values in request.GET.lists()
         ):
             raise IncorrectLookupParameters(gettext("A filter value contains a NUL character."))
-        queryset = super().get_queryset(request, exclude_parameters)
-        return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
+        return super().get_queryset(request, exclude_parameters)
 
 
 class ReadOnlyAdmin(ModelAdmin):
     """Nobody edits a TrustHub record by hand: these pages only show what TrustHub said."""
 
-    # Columns a changelist never shows, left unread (payloads of a few kilobytes per row).
+    # Payloads no page shows from the rows it loads, left unread: a page reads its own
+    # through stored_json(), and shows related rows by name.
     list_defer: tuple[str, ...] = ("raw",)
 
     # Big tables: no second COUNT for "N total", an estimated count for the paginator, and no
@@ -365,6 +404,13 @@ class ReadOnlyAdmin(ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return LeanChangeList
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        # The change page shows the same related rows as the list.
+        queryset = super().get_queryset(request)
+        if isinstance(self.list_select_related, list | tuple):
+            queryset = queryset.select_related(*self.list_select_related)
+        return queryset.defer(*self.list_defer)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -407,7 +453,7 @@ class PolicyAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         if obj is not None:
             context["requirement_sections"] = describe_requirements(obj.requirements)
-            context["raw_json"] = _pretty(obj.raw) if obj.raw is not None else ""
+            context["raw_json"] = stored_json(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
 
@@ -792,7 +838,7 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
                 f"admin:{self.opts.app_label}_{self.opts.model_name}_reevaluate",
                 args=[quote(profile.pk)],
             ),
-            "raw_json": _pretty(profile.raw) if profile.raw is not None else "",
+            "raw_json": stored_json(profile),
         }
         if not self.has_evaluation_view_permission(request):
             return context
@@ -855,7 +901,13 @@ class DuplicateEvaluationAdmin(ReadOnlyAdmin):
 
     list_display = ["sid", "evaluation", "customer_profile", "policy", "status", "recorded_at"]
     list_select_related = ["evaluation", "customer_profile", "policy"]
-    list_defer = ("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+    list_defer = (
+        "raw",
+        "evaluation__raw",
+        "customer_profile__raw",
+        "policy__raw",
+        "policy__requirements",
+    )
     raw_id_fields = ["evaluation", "customer_profile", "policy"]
     search_fields = ["=sid"]
     fields = [
@@ -866,8 +918,14 @@ class DuplicateEvaluationAdmin(ReadOnlyAdmin):
         "status",
         "date_created",
         "recorded_at",
-        "raw",
+        "payload",
     ]
+    readonly_fields = ["payload"]
+
+    @admin.display(description=_("TrustHub payload"))
+    def payload(self, duplicate: DuplicateEvaluation) -> SafeString | str:
+        text = stored_json(duplicate).text
+        return format_html('<pre class="trusthub-json">{}</pre>', text) if text else "-"
 
 
 # --- evaluations -------------------------------------------------------------------------------
@@ -938,14 +996,6 @@ class EvaluationAdmin(ReadOnlyAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.health_template, context)
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Evaluation]:
-        # The change page shows all three; the changelist joins them anyway.
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("customer_profile", "policy", "requested_by")
-        )
 
     def get_fieldsets(self, request: HttpRequest, obj: Evaluation | None = None) -> Any:
         main = [
@@ -1054,7 +1104,7 @@ class EvaluationAdmin(ReadOnlyAdmin):
             "previous": previous,
             "diff": diff,
             "diff_groups": diff_groups,
-            "raw_json": _pretty(evaluation.raw) if evaluation.raw is not None else "",
+            "raw_json": stored_json(evaluation),
         }
 
 
@@ -1071,6 +1121,8 @@ def previous_evaluation(evaluation: Evaluation) -> Evaluation | None:
             | Q(requested_at=evaluation.requested_at, pk__lt=evaluation.pk)
         )
         .order_by("-requested_at", "-id")
+        # What the comparison names; its results are rows of their own.
+        .only("sid", "requested_at")
         .first()
     )
 
