@@ -757,7 +757,12 @@ def test_evaluation_page_of_a_queued_and_of_a_failed_evaluation(admin_client, wo
     response = admin_client.get(url("evaluation_change", failed.pk))
     assert 'href="https://www.twilio.com/docs/errors/20404"' in response.content.decode()
     assert "failed before TrustHub gave an answer" in text(response)
-    assert "Failed" in text(response)
+    # The evaluation failed, not the profile's compliance.
+    assert "Compliance: Evaluation failed" in text(response)
+    assert "Compliance: Failed" not in text(response)
+    history = admin_client.get(url("customerprofile_change", unknown.pk))
+    row = history.content.decode().split('class="trusthub-state-failed"')[1].split("</tr>")[0]
+    assert "Evaluation failed" in row
 
 
 def test_evaluation_page_escapes_results(admin_client, world):

@@ -101,6 +101,13 @@ def test_timeline_links_points_and_escapes_their_tooltips():
     assert "2025-01-01 12:00" in svg  # the tooltip starts with the date
 
 
+def test_timeline_says_a_failed_evaluation_failed_not_the_profile():
+    svg = render_timeline([TimelinePoint(T0, "failed", label="Evaluation #8")])
+    labels = re.findall(r'<text class="tl-label"[^>]*>([^<]*)</text>', svg)
+    assert labels[:3] == ["Compliant", "Noncompliant", "Evaluation failed"]
+    assert "<title>2025-01-01 12:00 · Evaluation failed · Evaluation #8</title>" in svg
+
+
 def test_timeline_with_a_single_point_centres_it():
     dots = circles(render_timeline([TimelinePoint(T0, "compliant")], width=400))
     assert len(dots) == 1

@@ -85,7 +85,8 @@ _BADGES = {
     # key: (admin icon, label, CSS modifier)
     "compliant": ("icon-yes.svg", _("Compliant"), "compliant"),
     "noncompliant": ("icon-no.svg", _("Noncompliant"), "noncompliant"),
-    "failed": ("icon-alert.svg", _("Failed"), "failed"),
+    # The request failed: TrustHub gave no verdict, which "Failed" under "Compliance" would seem.
+    "failed": ("icon-alert.svg", _("Evaluation failed"), "failed"),
     "queued": ("icon-clock.svg", _("Queued"), "pending"),
     "running": ("icon-clock.svg", _("Running"), "pending"),
     "": ("icon-unknown.svg", _("Not evaluated"), "unknown"),

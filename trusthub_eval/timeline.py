@@ -22,7 +22,8 @@ OUTCOMES: Final = (COMPLIANT, NONCOMPLIANT, FAILED)
 COLOURS: Final = {COMPLIANT: "#287a38", NONCOMPLIANT: "#ba2121", FAILED: "#9a5c00"}
 
 WIDTH: Final = 1000
-_LEFT: Final = 112
+# Room for the lane labels, the longest "Evaluation failed".
+_LEFT: Final = 128
 _RIGHT: Final = 16
 _TOP: Final = 22
 _LANE: Final = 30
@@ -168,9 +169,13 @@ def render_timeline(points: Sequence[TimelinePoint], *, width: int = WIDTH) -> S
 
 
 def _lane_label(outcome: str) -> str:
-    return {COMPLIANT: _("Compliant"), NONCOMPLIANT: _("Noncompliant"), FAILED: _("Failed")}[
-        outcome
-    ]
+    labels = {
+        COMPLIANT: _("Compliant"),
+        NONCOMPLIANT: _("Noncompliant"),
+        # Not a verdict: the evaluation itself failed.
+        FAILED: _("Evaluation failed"),
+    }
+    return labels[outcome]
 
 
 def _date(when: datetime.datetime, pattern: str = "%Y-%m-%d %H:%M") -> str:
