@@ -595,6 +595,28 @@ def test_evaluation_list_shows_who_what_when_and_how_long(admin_client, world):
     assert re.search(r'<td class="field-duration">\d+(\.\d)? (ms|s)</td>', row)
 
 
+def test_duration_is_the_time_it_ran_and_the_time_queued_is_shown_as_waited(admin_client, world):
+    requested = timezone.now() - datetime.timedelta(hours=1)
+    evaluation = Evaluation.objects.create(
+        customer_profile=world[UMBRELLA],
+        policy=world[UMBRELLA].policy,
+        trigger="schedule",
+        state="completed",
+        status="noncompliant",
+        requested_at=requested,
+        started_at=requested + datetime.timedelta(minutes=10),
+        completed_at=requested + datetime.timedelta(minutes=10, seconds=2),
+    )
+    page = text(admin_client.get(url("evaluation_change", evaluation.pk)))
+    assert "Duration: 2.0 s" in page
+    assert "Waited: 10 min 0 s" in page
+    listing = admin_client.get(url("evaluation_changelist")).content.decode()
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", listing, flags=re.S) if str(evaluation) in r)
+    assert '<td class="field-duration">2.0 s</td>' in row
+    history = admin_client.get(url("customerprofile_change", world[UMBRELLA].pk)).content.decode()
+    assert '<td class="nowrap">2.0 s</td>' in history.split('id="trusthub-history"')[1]
+
+
 @pytest.mark.parametrize(
     ("query", "count"),
     [

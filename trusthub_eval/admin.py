@@ -141,7 +141,8 @@ def format_duration(delta: datetime.timedelta | None) -> str:
 
 
 def evaluation_duration(evaluation: Evaluation) -> str:
-    """How long TrustHub took to answer; empty for an import, which we did not time."""
+    """How long the evaluation ran (not how long it waited); empty for an import, which we
+    did not time."""
     if evaluation.trigger == Evaluation.Trigger.SYNC:
         return ""
     return format_duration(evaluation.duration)
@@ -960,7 +961,7 @@ class EvaluationAdmin(ReadOnlyAdmin):
         "number, or part of a customer profile's name."
     )
     date_hierarchy = "requested_at"
-    readonly_fields = ["compliance", "duration", "error"]
+    readonly_fields = ["compliance", "duration", "waited", "error"]
     change_form_template = "trusthub_eval/admin/evaluation/change_form.html"
     change_list_template = "trusthub_eval/admin/evaluation/change_list.html"
     health_template = "trusthub_eval/admin/evaluation/health.html"
@@ -1022,7 +1023,7 @@ class EvaluationAdmin(ReadOnlyAdmin):
             (
                 _("Timing"),
                 {
-                    "fields": ["started_at", "completed_at", "duration", "attempts"],
+                    "fields": ["waited", "started_at", "completed_at", "duration", "attempts"],
                     "classes": ["collapse"],
                 },
             ),
@@ -1046,6 +1047,10 @@ class EvaluationAdmin(ReadOnlyAdmin):
     @admin.display(description=_("duration"))
     def duration(self, evaluation: Evaluation) -> str:
         return evaluation_duration(evaluation)
+
+    @admin.display(description=_("waited"))
+    def waited(self, evaluation: Evaluation) -> str:
+        return format_duration(evaluation.waited)
 
     @admin.display(description=_("error code"))
     def error(self, evaluation: Evaluation) -> SafeString | str:
