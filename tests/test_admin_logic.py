@@ -101,6 +101,47 @@ def test_timeline_links_points_and_escapes_their_tooltips():
     assert "2025-01-01 12:00" in svg  # the tooltip starts with the date
 
 
+def test_timeline_says_a_failed_evaluation_failed_not_the_profile():
+    svg = render_timeline([TimelinePoint(T0, "failed", label="Evaluation #8")])
+    labels = re.findall(r'<text class="tl-label"[^>]*>([^<]*)</text>', svg)
+    assert labels[:3] == ["Compliant", "Noncompliant", "Evaluation failed"]
+    assert "<title>2025-01-01 12:00 · Evaluation failed · Evaluation #8</title>" in svg
+
+
+def axis_labels(svg: str) -> list[str]:
+    return re.findall(r'text-anchor="(?:start|middle|end)">([^<]*)</text>', svg)
+
+
+@pytest.mark.parametrize(
+    ("offsets", "expected"),
+    [
+        # Within one minute: seconds tell the ticks apart.
+        (
+            [0, 20, 50],
+            [
+                "01-01 12:00:00",
+                "01-01 12:00:12",
+                "01-01 12:00:25",
+                "01-01 12:00:37",
+                "01-01 12:00:50",
+            ],
+        ),
+        # Within three seconds: each second once.
+        ([0, 1, 2], ["01-01 12:00:00", "01-01 12:00:01", "01-01 12:00:02"]),
+        # Within three days: whole days would repeat.
+        (
+            [0, 3 * 86400],
+            ["01-01 12:00", "01-02 06:00", "01-03 00:00", "01-03 18:00", "01-04 12:00"],
+        ),
+        ([0, 30 * 86400], ["2025-01-01", "2025-01-09", "2025-01-16", "2025-01-24", "2025-01-31"]),
+    ],
+    ids=["one-minute", "three-seconds", "three-days", "a-month"],
+)
+def test_timeline_axis_labels_are_distinct(offsets, expected):
+    points = [TimelinePoint(T0 + datetime.timedelta(seconds=s), "compliant") for s in offsets]
+    assert axis_labels(render_timeline(points)) == expected
+
+
 def test_timeline_with_a_single_point_centres_it():
     dots = circles(render_timeline([TimelinePoint(T0, "compliant")], width=400))
     assert len(dots) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -14,11 +15,13 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast, Length, Substr
 from django.http import (
     Http404,
     HttpRequest,
@@ -56,6 +59,8 @@ HISTORY_LIMIT = 20
 TIMELINE_LIMIT = 200
 # The re-evaluation confirmation page names this many of the selected profiles.
 CONFIRMATION_PREVIEW = 10
+# A page shows at most this many characters of a stored payload, and reads no more.
+PAYLOAD_SHOWN = 100_000
 
 
 # --- what the pages show, as plain functions ---------------------------------------------------
@@ -80,7 +85,8 @@ _BADGES = {
     # key: (admin icon, label, CSS modifier)
     "compliant": ("icon-yes.svg", _("Compliant"), "compliant"),
     "noncompliant": ("icon-no.svg", _("Noncompliant"), "noncompliant"),
-    "failed": ("icon-alert.svg", _("Failed"), "failed"),
+    # The request failed: TrustHub gave no verdict, which "Failed" under "Compliance" would seem.
+    "failed": ("icon-alert.svg", _("Evaluation failed"), "failed"),
     "queued": ("icon-clock.svg", _("Queued"), "pending"),
     "running": ("icon-clock.svg", _("Running"), "pending"),
     "": ("icon-unknown.svg", _("Not evaluated"), "unknown"),
@@ -135,7 +141,8 @@ def format_duration(delta: datetime.timedelta | None) -> str:
 
 
 def evaluation_duration(evaluation: Evaluation) -> str:
-    """How long TrustHub took to answer; empty for an import, which we did not time."""
+    """How long the evaluation ran (not how long it waited); empty for an import, which we
+    did not time."""
     if evaluation.trigger == Evaluation.Trigger.SYNC:
         return ""
     return format_duration(evaluation.duration)
@@ -296,6 +303,42 @@ def _pretty(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredJSON:
+    """A JSON column as a page shows it: ``text``, out of ``length`` characters stored."""
+
+    text: str = ""
+    length: int = 0
+
+    @property
+    def cut(self) -> bool:
+        return self.length > len(self.text)
+
+
+def stored_json(obj: CustomerProfile | DuplicateEvaluation | Evaluation | Policy) -> StoredJSON:
+    """The row's ``raw`` payload as text: pretty-printed when whole and readable, else as stored.
+
+    Read from the database as text rather than through the model field, which decodes it:
+    whatever TrustHub sent may be too big for a page, or nested deeper than Python's JSON
+    decoder recurses (a RecursionError, and the page a 500).
+    """
+    text = Cast("raw", TextField())
+    row = (
+        type(obj)
+        ._default_manager.filter(pk=obj.pk)
+        .values_list(Substr(text, 1, PAYLOAD_SHOWN), Length(text))
+        .first()
+    )
+    if row is None or row[0] is None:
+        return StoredJSON()
+    shown, length = row
+    if length <= len(shown):
+        # Pretty when whole and decodable; otherwise as stored (the template escapes it).
+        with contextlib.suppress(ValueError, RecursionError):
+            shown = _pretty(json.loads(shown))
+    return StoredJSON(shown, length)
+
+
 def invalid_fields(value: object) -> list[Mapping[str, Any]]:
     """A result's ``invalid`` list with only the dictionaries (the payload is free-form)."""
     return [item for item in _list(value) if isinstance(item, Mapping)]
@@ -316,8 +359,7 @@ _FORM_FIELDS = 20
 
 
 class LeanChangeList(ChangeList):
-    """A changelist that leaves TrustHub's JSON payloads in the database: no column shows them,
-    and whose pages never hold more rows than its action form can send back."""
+    """A changelist whose pages never hold more rows than its action form can send back."""
 
     def get_results(self, request: HttpRequest) -> None:
         # Each selected row is one POST field, and Django refuses a form with more fields than
@@ -342,14 +384,14 @@ class LeanChangeList(ChangeList):
             for key, values in request.GET.lists()
         ):
             raise IncorrectLookupParameters(gettext("A filter value contains a NUL character."))
-        queryset = super().get_queryset(request, exclude_parameters)
-        return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
+        return super().get_queryset(request, exclude_parameters)
 
 
 class ReadOnlyAdmin(ModelAdmin):
     """Nobody edits a TrustHub record by hand: these pages only show what TrustHub said."""
 
-    # Columns a changelist never shows, left unread (payloads of a few kilobytes per row).
+    # Payloads no page shows from the rows it loads, left unread: a page reads its own
+    # through stored_json(), and shows related rows by name.
     list_defer: tuple[str, ...] = ("raw",)
 
     # Big tables: no second COUNT for "N total", an estimated count for the paginator, and no
@@ -364,6 +406,13 @@ class ReadOnlyAdmin(ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return LeanChangeList
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        # The change page shows the same related rows as the list.
+        queryset = super().get_queryset(request)
+        if isinstance(self.list_select_related, list | tuple):
+            queryset = queryset.select_related(*self.list_select_related)
+        return queryset.defer(*self.list_defer)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -406,7 +455,7 @@ class PolicyAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         if obj is not None:
             context["requirement_sections"] = describe_requirements(obj.requirements)
-            context["raw_json"] = _pretty(obj.raw) if obj.raw is not None else ""
+            context["raw_json"] = stored_json(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
 
@@ -568,6 +617,15 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
     def has_request_evaluation_permission(self, request: HttpRequest) -> bool:
         # The API's rule too: the permission, and seeing profiles and evaluations.
         return can_request_evaluations(request.user)
+
+    def has_evaluation_view_permission(self, request: HttpRequest) -> bool:
+        """Whether the evaluations' own pages open for this user: the profile's page shows
+        their history (rows, timeline, links) only then, as the API lists them only then."""
+        try:
+            evaluations = self.admin_site.get_model_admin(Evaluation)
+        except NotRegistered:
+            return False
+        return bool(evaluations.has_view_permission(request))
 
     def _throttled(self, request: HttpRequest) -> bool:
         """Whether the API's trigger throttle refuses this request (then say so)."""
@@ -763,8 +821,29 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             context.update(self.profile_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
+    def get_fieldsets(self, request: HttpRequest, obj: CustomerProfile | None = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if self.has_evaluation_view_permission(request):
+            return fieldsets
+        # Django links a related object whether or not its page would open.
+        hidden = "latest_evaluation"
+        return [
+            (name, {**options, "fields": [f for f in options["fields"] if f != hidden]})
+            for name, options in fieldsets
+        ]
+
     def profile_context(self, request: HttpRequest, profile: CustomerProfile) -> dict[str, Any]:
         """History, timeline and the re-evaluate button for the profile's page."""
+        context = {
+            "can_request_evaluation": self.has_request_evaluation_permission(request),
+            "reevaluate_url": reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_reevaluate",
+                args=[quote(profile.pk)],
+            ),
+            "raw_json": stored_json(profile),
+        }
+        if not self.has_evaluation_view_permission(request):
+            return context
         history = list(
             Evaluation.objects.filter(customer_profile=profile)
             .select_related("policy", "requested_by")
@@ -783,17 +862,13 @@ class CustomerProfileAdmin(ReadOnlyAdmin):
             .order_by("-requested_at", "-id")[:TIMELINE_LIMIT]
         )
         return {
+            **context,
+            "can_view_evaluations": True,
             "history": history[:HISTORY_LIMIT],
             "history_more": len(history) > HISTORY_LIMIT,
             "history_url": f"{all_url}?customer_profile__id__exact={profile.pk}",
             "timeline": render_timeline(timeline_points(finished)),
             "timeline_limit": TIMELINE_LIMIT,
-            "can_request_evaluation": self.has_request_evaluation_permission(request),
-            "reevaluate_url": reverse(
-                f"admin:{self.opts.app_label}_{self.opts.model_name}_reevaluate",
-                args=[quote(profile.pk)],
-            ),
-            "raw_json": _pretty(profile.raw) if profile.raw is not None else "",
         }
 
 
@@ -828,7 +903,13 @@ class DuplicateEvaluationAdmin(ReadOnlyAdmin):
 
     list_display = ["sid", "evaluation", "customer_profile", "policy", "status", "recorded_at"]
     list_select_related = ["evaluation", "customer_profile", "policy"]
-    list_defer = ("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+    list_defer = (
+        "raw",
+        "evaluation__raw",
+        "customer_profile__raw",
+        "policy__raw",
+        "policy__requirements",
+    )
     raw_id_fields = ["evaluation", "customer_profile", "policy"]
     search_fields = ["=sid"]
     fields = [
@@ -839,8 +920,14 @@ class DuplicateEvaluationAdmin(ReadOnlyAdmin):
         "status",
         "date_created",
         "recorded_at",
-        "raw",
+        "payload",
     ]
+    readonly_fields = ["payload"]
+
+    @admin.display(description=_("TrustHub payload"))
+    def payload(self, duplicate: DuplicateEvaluation) -> SafeString | str:
+        text = stored_json(duplicate).text
+        return format_html('<pre class="trusthub-json">{}</pre>', text) if text else "-"
 
 
 # --- evaluations -------------------------------------------------------------------------------
@@ -851,17 +938,9 @@ HEALTH_OLDEST = 20
 
 @admin.register(Evaluation)
 class EvaluationAdmin(ReadOnlyAdmin):
-    list_display = [
-        "__str__",
-        "profile",
-        "policy_name",
-        "compliance",
-        "state",
-        "trigger",
-        "requested_by",
-        "requested_at",
-        "duration",
-    ]
+    # Six columns, to fit beside the navigation and the filters at 1,400 px: the badge tells
+    # the state, the policy goes under the profile, the trigger under who asked.
+    list_display = ["__str__", "profile", "compliance", "requested", "requested_at", "duration"]
     list_filter = ["status", "state", "trigger", ("policy", PolicyFilter)]
     list_select_related = ["customer_profile", "policy", "requested_by"]
     list_defer = ("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
@@ -874,7 +953,7 @@ class EvaluationAdmin(ReadOnlyAdmin):
         "number, or part of a customer profile's name."
     )
     date_hierarchy = "requested_at"
-    readonly_fields = ["compliance", "duration", "error"]
+    readonly_fields = ["compliance", "duration", "waited", "error"]
     change_form_template = "trusthub_eval/admin/evaluation/change_form.html"
     change_list_template = "trusthub_eval/admin/evaluation/change_list.html"
     health_template = "trusthub_eval/admin/evaluation/health.html"
@@ -912,14 +991,6 @@ class EvaluationAdmin(ReadOnlyAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.health_template, context)
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Evaluation]:
-        # The change page shows all three; the changelist joins them anyway.
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("customer_profile", "policy", "requested_by")
-        )
-
     def get_fieldsets(self, request: HttpRequest, obj: Evaluation | None = None) -> Any:
         main = [
             "customer_profile",
@@ -944,22 +1015,30 @@ class EvaluationAdmin(ReadOnlyAdmin):
             (
                 _("Timing"),
                 {
-                    "fields": ["started_at", "completed_at", "duration", "attempts"],
+                    "fields": ["waited", "started_at", "completed_at", "duration", "attempts"],
                     "classes": ["collapse"],
                 },
             ),
             (_("TrustHub"), {"fields": trusthub, "classes": ["collapse"]}),
         ]
 
-    @admin.display(description=_("customer profile"))
+    @admin.display(description=_("customer profile and policy"))
     def profile(self, evaluation: Evaluation) -> SafeString:
         profile = evaluation.customer_profile
-        return format_html('<a href="{}">{}</a>', _change_url(profile), profile)
+        return format_html(
+            '<a href="{}">{}</a><div class="trusthub-quiet">{}</div>',
+            _change_url(profile),
+            profile,
+            evaluation.policy,
+        )
 
-    @admin.display(description=_("policy"))
-    def policy_name(self, evaluation: Evaluation) -> str:
-        # A method rather than the field, so that long policy names wrap (see the profiles').
-        return str(evaluation.policy)
+    @admin.display(description=_("requested by"))
+    def requested(self, evaluation: Evaluation) -> SafeString | str:
+        trigger = evaluation.get_trigger_display()
+        if evaluation.requested_by is None:
+            return trigger
+        who = evaluation.requested_by
+        return format_html('{}<div class="trusthub-quiet">{}</div>', who, trigger)
 
     @admin.display(description=_("compliance"))
     def compliance(self, evaluation: Evaluation) -> SafeString:
@@ -968,6 +1047,10 @@ class EvaluationAdmin(ReadOnlyAdmin):
     @admin.display(description=_("duration"))
     def duration(self, evaluation: Evaluation) -> str:
         return evaluation_duration(evaluation)
+
+    @admin.display(description=_("waited"))
+    def waited(self, evaluation: Evaluation) -> str:
+        return format_duration(evaluation.waited)
 
     @admin.display(description=_("error code"))
     def error(self, evaluation: Evaluation) -> SafeString | str:
@@ -1027,7 +1110,7 @@ class EvaluationAdmin(ReadOnlyAdmin):
             "previous": previous,
             "diff": diff,
             "diff_groups": diff_groups,
-            "raw_json": _pretty(evaluation.raw) if evaluation.raw is not None else "",
+            "raw_json": stored_json(evaluation),
         }
 
 
@@ -1044,6 +1127,8 @@ def previous_evaluation(evaluation: Evaluation) -> Evaluation | None:
             | Q(requested_at=evaluation.requested_at, pk__lt=evaluation.pk)
         )
         .order_by("-requested_at", "-id")
+        # What the comparison names; its results are rows of their own.
+        .only("sid", "requested_at")
         .first()
     )
 

@@ -316,10 +316,18 @@ class Evaluation(models.Model):
 
     @property
     def duration(self) -> Any:
-        """Time from request to answer, once there is one."""
-        if self.completed_at is None:
+        """How long the latest attempt ran, from its start to the answer (or the failure)."""
+        if self.started_at is None or self.completed_at is None:
             return None
-        return self.completed_at - self.requested_at
+        return self.completed_at - self.started_at
+
+    @property
+    def waited(self) -> Any:
+        """How long the request waited for its latest attempt to start: in the queue, and in
+        earlier attempts and their backoff."""
+        if self.started_at is None:
+            return None
+        return self.started_at - self.requested_at
 
 
 class RequirementResult(models.Model):

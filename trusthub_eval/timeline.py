@@ -22,13 +22,16 @@ OUTCOMES: Final = (COMPLIANT, NONCOMPLIANT, FAILED)
 COLOURS: Final = {COMPLIANT: "#287a38", NONCOMPLIANT: "#ba2121", FAILED: "#9a5c00"}
 
 WIDTH: Final = 1000
-_LEFT: Final = 112
+# Room for the lane labels, the longest "Evaluation failed".
+_LEFT: Final = 128
 _RIGHT: Final = 16
 _TOP: Final = 22
 _LANE: Final = 30
 _RADIUS: Final = 6
 # Room inside the plot so the first and last dots are not cut by its edges.
 _PAD: Final = 12
+# The axis's date formats, coarsest first: the first that tells every tick apart is used.
+_TICK_FORMATS: Final = ("%Y-%m-%d", "%m-%d %H:%M", "%m-%d %H:%M:%S")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +149,19 @@ def render_timeline(points: Sequence[TimelinePoint], *, width: int = WIDTH) -> S
             # Named for screen readers as the tooltip names it for the mouse.
             dot = format_html('<a href="{}" aria-label="{}">{}</a>', point.url, tip, dot)
         svg += dot
-    # Dated ticks along the axis: a whole-day format unless everything happened within two days.
-    ticks = [0.0, 0.25, 0.5, 0.75, 1.0] if span > 0 else [0.5]
-    short = span < 2 * 86400
-    for fraction in ticks:
-        when = first + datetime.timedelta(seconds=span * fraction)
+    # Dated ticks along the axis, each date once: the coarsest format that tells them apart
+    # (with the time of day within two days), and when even seconds repeat, fewer ticks.
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0] if span > 0 else [0.5]
+    moments = [first + datetime.timedelta(seconds=span * fraction) for fraction in fractions]
+    for pattern in _TICK_FORMATS[0 if span >= 2 * 86400 else 1 :]:
+        labels = [_date(when, pattern) for when in moments]
+        if len(set(labels)) == len(labels):
+            break
+    drawn: set[str] = set()
+    for fraction, when, label in zip(fractions, moments, labels, strict=True):
+        if label in drawn:
+            continue
+        drawn.add(label)
         x = f"{x_of(when):.1f}"
         anchor = "start" if fraction == 0 and span > 0 else "end" if fraction == 1 else "middle"
         svg += format_html(
@@ -162,15 +173,19 @@ def render_timeline(points: Sequence[TimelinePoint], *, width: int = WIDTH) -> S
             y2=axis_y + 4,
             ty=axis_y + 17,
             a=anchor,
-            t=_date(when, "%m-%d %H:%M" if short else "%Y-%m-%d"),
+            t=label,
         )
     return svg + SafeString("</svg>")
 
 
 def _lane_label(outcome: str) -> str:
-    return {COMPLIANT: _("Compliant"), NONCOMPLIANT: _("Noncompliant"), FAILED: _("Failed")}[
-        outcome
-    ]
+    labels = {
+        COMPLIANT: _("Compliant"),
+        NONCOMPLIANT: _("Noncompliant"),
+        # Not a verdict: the evaluation itself failed.
+        FAILED: _("Evaluation failed"),
+    }
+    return labels[outcome]
 
 
 def _date(when: datetime.datetime, pattern: str = "%Y-%m-%d %H:%M") -> str:

@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 from django.db import connections
 
+from tests.factories import ACME, INITECH, STARK, UMBRELLA, sync_world
 from tests.services import CHROMIUM_BIN
+from trusthub_eval import services
+from trusthub_eval.models import Evaluation, Policy
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -49,3 +52,26 @@ def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             # (asgiref's Local), apart from pytest-django's: close them, or PostgreSQL refuses
             # to drop the test database at the end ("being accessed by other users").
             connections.close_all()
+
+
+@pytest.fixture
+def history(sandbox) -> dict[str, Any]:
+    """Profiles with every kind of verdict and state, and an evaluation with a diff."""
+    profiles = sync_world()
+    services.sync_evaluations(profiles[ACME])
+    for sid in (INITECH, UMBRELLA):
+        evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")
+        services.run_evaluation(evaluation.pk)
+    # A failed one (TrustHub refused it for good) and one still queued.
+    sandbox.add_fault(method="POST", path="Evaluations$", status=400, code=21000, times=1)
+    failed, _ = services.request_evaluation(profiles[STARK], trigger="cli")
+    services.run_evaluation(failed.pk)
+    assert Evaluation.objects.get(pk=failed.pk).state == "failed"
+    services.request_evaluation(profiles[STARK], trigger="cli")
+    acme_history = list(profiles[ACME].evaluations.order_by("requested_at"))
+    return {
+        "acme": profiles[ACME].pk,
+        "stark": profiles[STARK].pk,
+        "regressed": acme_history[2].pk,
+        "policy": Policy.objects.order_by("pk").first().pk,
+    }

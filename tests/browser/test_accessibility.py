@@ -15,10 +15,7 @@ from typing import Any
 import pytest
 
 from tests.browser.test_admin_browser import VIEW_ALL, log_in, staff
-from tests.factories import ACME, INITECH, STARK, UMBRELLA, sync_world
 from tests.services import AXE_JS
-from trusthub_eval import services
-from trusthub_eval.models import Evaluation, Policy
 
 pytestmark = [pytest.mark.browser, pytest.mark.axe, pytest.mark.django_db(transaction=True)]
 
@@ -73,29 +70,6 @@ def violations(page: Any, *, label: str = "") -> list[dict[str, Any]]:
 
 def describe(found: list[dict[str, Any]]) -> str:
     return json.dumps(found, indent=1)[:4000]
-
-
-@pytest.fixture
-def history(sandbox) -> dict[str, Any]:
-    """Profiles with every kind of verdict and state, and an evaluation with a diff."""
-    profiles = sync_world()
-    services.sync_evaluations(profiles[ACME])
-    for sid in (INITECH, UMBRELLA):
-        evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")
-        services.run_evaluation(evaluation.pk)
-    # A failed one (TrustHub refused it for good) and one still queued.
-    sandbox.add_fault(method="POST", path="Evaluations$", status=400, code=21000, times=1)
-    failed, _ = services.request_evaluation(profiles[STARK], trigger="cli")
-    services.run_evaluation(failed.pk)
-    assert Evaluation.objects.get(pk=failed.pk).state == "failed"
-    services.request_evaluation(profiles[STARK], trigger="cli")
-    acme_history = list(profiles[ACME].evaluations.order_by("requested_at"))
-    return {
-        "acme": profiles[ACME].pk,
-        "stark": profiles[STARK].pk,
-        "regressed": acme_history[2].pk,
-        "policy": Policy.objects.order_by("pk").first().pk,
-    }
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])

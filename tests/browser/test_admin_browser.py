@@ -58,15 +58,17 @@ def staff(username: str, *codenames: str) -> User:
     return user
 
 
-def log_in(page: Any, live_server: Any, username: str) -> None:
+def log_in(page: Any, live_server: Any, username: str, *, fold_navigation: bool = True) -> None:
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
     page.wait_for_url(f"{live_server.url}/admin/")
-    # Fold the admin's navigation sidebar (the admin remembers it), as people with wide lists do.
-    page.goto(f"{live_server.url}/admin/trusthub_eval/customerprofile/")
-    page.click("#toggle-nav-sidebar")
+    if fold_navigation:
+        # Fold the admin's navigation sidebar (the admin remembers it), as people with wide
+        # lists do.
+        page.goto(f"{live_server.url}/admin/trusthub_eval/customerprofile/")
+        page.click("#toggle-nav-sidebar")
 
 
 def profile_url(live_server: Any, profile: CustomerProfile) -> str:
@@ -195,3 +197,30 @@ def test_without_the_permission_there_is_no_action_and_no_button(page, live_serv
     assert page.locator("button:has-text('Re-evaluate now')").count() == 0
     screenshot(page, "profile-view-only")
     assert not Evaluation.objects.exists()
+
+
+def test_every_column_of_the_lists_shows_at_1400_px_beside_the_navigation(
+    page, live_server, history
+):
+    # Someone who may re-evaluate: the lists of profiles have their checkbox column too.
+    staff("operator", *VIEW_ALL, "request_evaluation")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    log_in(page, live_server, "operator", fold_navigation=False)
+    for changelist in ("customerprofile", "evaluation"):
+        page.goto(f"{live_server.url}/admin/trusthub_eval/{changelist}/")
+        assert page.locator("#nav-sidebar").is_visible()
+        assert page.locator("#changelist-filter").is_visible()
+        frame = page.locator("#changelist .results").bounding_box()
+        headers = page.locator("#result_list thead th")
+        assert headers.count() >= 6
+        for index in range(headers.count()):
+            box = headers.nth(index).bounding_box()
+            name = headers.nth(index).inner_text()
+            assert box["x"] >= frame["x"] - 0.5, name
+            assert box["x"] + box["width"] <= frame["x"] + frame["width"] + 0.5, name
+        # Nothing hidden to scroll to either.
+        assert page.evaluate(
+            "() => { const r = document.querySelector('#changelist .results');"
+            " return r.scrollWidth <= r.clientWidth; }"
+        )
+        screenshot(page, f"{changelist}-list-1400")

@@ -229,5 +229,5 @@ def verdict(passed: bool | None) -> str:
 
 @register.filter
 def duration(evaluation: Evaluation) -> str:
-    """How long TrustHub took to answer the evaluation."""
+    """How long the evaluation ran, from the start of its latest attempt to the answer."""
     return evaluation_duration(evaluation)
