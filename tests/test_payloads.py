@@ -57,3 +57,18 @@ def answer(**result_changes: object) -> dict:
 )
 def test_unstorable_text_is_found_wherever_it_is(payload, problem):
     assert unstorable_problem(payload) == problem
+
+
+@pytest.mark.django_db
+def test_an_answer_as_deep_as_allowed_is_stored_and_read_back_on_every_database():
+    from tests.factories import make_profile
+    from trusthub_eval.models import Evaluation
+
+    payload = answer(valid=nested(MAX_DEPTH - 3))
+    assert unstorable_problem(payload) is None
+    profile = make_profile()
+    evaluation = Evaluation.objects.create(
+        customer_profile=profile, policy=profile.policy, trigger="cli", raw=payload
+    )
+    evaluation.refresh_from_db()
+    assert evaluation.raw == payload

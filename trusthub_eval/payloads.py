@@ -34,9 +34,10 @@ _RESULT_NAMES = ("requirement_name", "requirement_friendly_name", "friendly_name
 #: far-off ``valid_until``.
 DATE_RANGE = range(1970, 9001)
 #: How deeply an answer may nest. TrustHub's deepest documented value (an invalid field of a
-#: result of an evaluation) is four levels down; Python's JSON and template code recurse, and
-#: a page that reads a value nested a thousand levels deep fails.
-MAX_DEPTH = 32
+#: result of an evaluation) is five levels down. MariaDB refuses JSON nested deeper than 31
+#: levels, and Python's JSON and template code recurse: a page that reads a value nested a
+#: thousand levels deep fails.
+MAX_DEPTH = 24
 #: The most JSON text (in characters) of one answer or record that is stored.
 MAX_STORED_CHARS = 1_000_000
 
