@@ -43,6 +43,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -316,7 +317,7 @@ class FaultProxy:
         self._counts: collections.Counter[str] = collections.Counter()
         self._forwarded = 0
         self.capped = False
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd = _Server((host, port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.request_queue_size = 128
         self._httpd.proxy = self  # type: ignore[attr-defined]
@@ -433,6 +434,13 @@ class FaultProxy:
     def _variant_rng(self) -> random.Random:
         with self._lock:
             return random.Random(self._rng.random())
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (a read timeout, an answer too large to read) is no error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
