@@ -11,7 +11,7 @@ theirs, field by field.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from django.contrib.auth import get_user_model
@@ -21,7 +21,13 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from trusthub_eval.api import compiled
-from trusthub_eval.api.serializers import NAMESPACE, url_writer
+from trusthub_eval.api.serializers import (
+    NAMESPACE,
+    CustomerProfileSerializer,
+    EvaluationSerializer,
+    PolicySerializer,
+    url_writer,
+)
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
 Writer = Callable[[Any], Any]
@@ -63,6 +69,8 @@ class Rows:
     """The rows of one list: the columns a page selects, and the object written for each row."""
 
     model: ClassVar[type[Model]]
+    # The serializer whose output write() is: a view writes rows only while it uses this one.
+    serializer_class: ClassVar[type[serializers.BaseSerializer[Any]]]
 
     def __init__(self, request: Request, format: str | None = None) -> None:
         self.request = request
@@ -96,6 +104,12 @@ class Rows:
         """
         return compiled.mark(cls.queryset(), **conditions)
 
+    @classmethod
+    def reads(cls, rows: Sequence[Any]) -> bool:
+        """Whether ``rows`` have this list's columns (as :meth:`where` selects them), which
+        write() takes; a view's own queryset of model instances, say, does not."""
+        return not rows or getattr(rows[0], "_fields", None) == cls.columns()
+
     def url(self, basename: str, lookup_url_kwarg: str) -> Writer:
         return url_writer(f"{NAMESPACE}:{basename}", lookup_url_kwarg, self.request, self.format)
 
@@ -107,6 +121,7 @@ class EvaluationRows(Rows):
     """What ``EvaluationSerializer`` writes for each evaluation."""
 
     model = Evaluation
+    serializer_class = EvaluationSerializer
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -176,6 +191,7 @@ class CustomerProfileRows(Rows):
     """What ``CustomerProfileSerializer`` writes for each profile, its latest evaluation nested."""
 
     model = CustomerProfile
+    serializer_class = CustomerProfileSerializer
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -261,6 +277,7 @@ class PolicyRows(Rows):
     """What ``PolicySerializer`` writes for each policy."""
 
     model = Policy
+    serializer_class = PolicySerializer
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
