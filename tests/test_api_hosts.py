@@ -1,7 +1,8 @@
-"""A host's subclass of an API view: its serializer and queryset are the ones used."""
+"""A host's subclass of an API view: its serializer, queryset and FilterSet are the ones used."""
 
 from __future__ import annotations
 
+import django_filters
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import include, path
@@ -9,6 +10,7 @@ from rest_framework import serializers as drf_serializers
 
 from tests.factories import client_for, make_profile
 from trusthub_eval.api import serializers, views
+from trusthub_eval.api.filters import EvaluationFilter
 from trusthub_eval.models import CustomerProfile, Evaluation
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
@@ -56,12 +58,36 @@ class ApiOnly(views.EvaluationViewSet):
         )
 
 
+class CompletedByDefault(EvaluationFilter):
+    """django-filter's recipe for a default: put it into the data."""
+
+    def __init__(self, data=None, *args, **kwargs):
+        data = data.copy() if data is not None else None
+        if data is not None:
+            data.setdefault("state", Evaluation.State.COMPLETED)
+        super().__init__(data, *args, **kwargs)
+
+
+class StateRequired(EvaluationFilter):
+    state = django_filters.ChoiceFilter(choices=Evaluation.State.choices, required=True)
+
+
+class DefaultedEvaluations(views.EvaluationViewSet):
+    filterset_class = CompletedByDefault
+
+
+class RequiringEvaluations(views.EvaluationViewSet):
+    filterset_class = StateRequired
+
+
 urlpatterns = [
     path("api/", include("trusthub_eval.api.urls")),
     path("host/evaluations/", HostEvaluations.as_view({"get": "list"})),
     path("host/customer-profiles/", HostProfiles.as_view({"get": "list"})),
     path("host/customer-profiles/<str:sid>/evaluations/", HostHistory.as_view()),
     path("host/api-only/", ApiOnly.as_view({"get": "list"})),
+    path("host/defaulted/", DefaultedEvaluations.as_view({"get": "list"})),
+    path("host/requiring/", RequiringEvaluations.as_view({"get": "list"})),
 ]
 
 
@@ -126,3 +152,23 @@ def test_a_host_queryset_of_model_instances_is_written_by_the_serializer(api, pr
     assert len(rows) == 2
     assert {row["trigger"] for row in rows} == {"api"}
     assert rows == [row for row in results(api.get("/api/evaluations/")) if row["trigger"] == "api"]
+
+
+def test_a_filterset_default_holds_with_only_pagination_parameters(api, profiles):
+    for url in ("/host/defaulted/", "/host/defaulted/?page_size=1"):
+        rows = every_page(api, url)  # the next links carry a cursor and nothing else
+        assert len(rows) == 2
+        assert {row["state"] for row in rows} == {"completed"}
+    queued = results(api.get("/host/defaulted/?page_size=5&state=queued"))
+    assert {row["state"] for row in queued} == {"queued"}
+
+
+def test_a_required_filter_is_required_with_only_pagination_parameters(api, profiles):
+    for query in ("", "?page_size=5"):
+        response = api.get(f"/host/requiring/{query}")
+        assert response.status_code == 400
+        assert list(response.json()) == ["state"]
+    page = api.get("/host/requiring/?page_size=1&state=queued")
+    assert [row["state"] for row in results(page)] == ["queued"]
+    cursor_only = page.json()["next"].replace("state=queued", "").replace("&&", "&")
+    assert api.get(cursor_only).status_code == 400
