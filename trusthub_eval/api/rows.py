@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from trusthub_eval.api import compiled
+from trusthub_eval.api.permissions import can_view
 from trusthub_eval.api.serializers import (
     NAMESPACE,
     CustomerProfileSerializer,
@@ -221,7 +222,7 @@ class CustomerProfileRows(Rows):
         url = self.url("customerprofile-detail", "sid")
         evaluations_url = self.url("customerprofile-evaluations", "sid")
         evaluation_url = self.url("evaluation-detail", "pk")
-        return [
+        written = [
             {
                 "url": url(sid),
                 "sid": sid,
@@ -271,6 +272,11 @@ class CustomerProfileRows(Rows):
                 latest_completed_at,
             ) in rows
         ]
+        # As CustomerProfileSerializer leaves it out (see shows_evaluations there).
+        if not can_view(self.request.user, Evaluation):
+            for profile in written:
+                del profile["latest_evaluation"]
+        return written
 
 
 class PolicyRows(Rows):
