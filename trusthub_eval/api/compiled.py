@@ -3,11 +3,11 @@
 Building a page's queryset and compiling it took a third of the CPU time of a one-row page
 (issue 9), and the SQL of a list's page depends only on its shape: which conditions and
 filters, whether a cursor and which way. The values (a profile's SID, a filter's value, the
-cursor's position) are parameters, and so is the number of rows. So the SQL is compiled once
-per shape by the ORM itself, for stand-in values, and each request puts its own values where
-the stand-ins' are, prepared by the same fields the ORM's lookups prepare them with. When the
-stand-ins cannot be told apart in the compiled parameters, or a queryset is anything but a
-marked template, the ORM runs it as usual.
+cursor's position) are parameters, and the number of rows is the LIMIT the ORM writes last. So
+the SQL is compiled once per shape by the ORM itself, for stand-in values, and each request
+puts its own values where the stand-ins' are, prepared by the same fields the ORM's lookups
+prepare them with, and its own LIMIT. When the stand-ins cannot be told apart in the compiled
+parameters, or a queryset is anything but a marked template, the ORM runs it as usual.
 """
 
 from __future__ import annotations
@@ -131,7 +131,6 @@ class Statement:
 
     alias: str
     sql: str  # without a LIMIT
-    limited_sql: str  # the same, then LIMIT and a parameter for it
     params: tuple[Any, ...]
     slots: tuple[tuple[int, int], ...]  # (index among the parameters, index among the values)
     fields: tuple[models.Field[Any, Any], ...]  # each value's field, which prepares it
@@ -145,10 +144,9 @@ class Statement:
         for index, value_index in self.slots:
             field = self.fields[value_index]
             params[index] = field.get_db_prep_value(values[value_index], connection)
-        sql = self.sql
-        if limit is not None:
-            sql = self.limited_sql
-            params.append(limit)
+        # The LIMIT as Django writes it (a number in the text, not a parameter), so that the
+        # database gets the ORM's own SQL and plans each page for its size.
+        sql = self.sql if limit is None else f"{self.sql} LIMIT {int(limit)}"
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             fetched = cursor.fetchall()
@@ -168,11 +166,11 @@ class Statement:
 
 
 # (key, alias) -> the statement, or None where the ORM runs it; least recently used first. A key
-# is a template and a cursor kind, not anything a client chooses freely: the page size is a
-# parameter, and a template is a list's conditions and which of its filters have values (every
-# combination of the app's evaluation filters, with the three cursor kinds, makes 768 keys). A
-# host's FilterSet may have more filters than that bound allows for: then the least recently
-# used statement makes room, and the others stay.
+# is a template and a cursor kind, not anything a client chooses freely: the page size is not
+# part of it (see Statement.rows), and a template is a list's conditions and which of its
+# filters have values (every combination of the app's evaluation filters, with the three
+# cursor kinds, makes 768 keys). A host's FilterSet may have more filters than that bound
+# allows for: then the least recently used statement makes room, and the others stay.
 _statements: collections.OrderedDict[tuple[Any, str], Statement | None] = collections.OrderedDict()
 _MAX_STATEMENTS = 1024
 _lock = threading.Lock()  # guards _statements and _compiling
@@ -201,13 +199,14 @@ def statement(
                 return _statements[entry]
         try:
             compiled = _compile(build, tuple(fields), alias)
+            with _lock:
+                _statements[entry] = compiled
+                if len(_statements) > _MAX_STATEMENTS:
+                    _statements.popitem(last=False)
         finally:
+            # After the statement is kept: a thread that finds no lock finds the statement.
             with _lock:
                 _compiling.pop(entry, None)
-        with _lock:
-            _statements[entry] = compiled
-            if len(_statements) > _MAX_STATEMENTS:
-                _statements.popitem(last=False)
     return compiled
 
 
@@ -223,9 +222,9 @@ def _compile(
     ``build`` must give a ``values_list(named=True)`` queryset of plain columns whose SQL
     depends on the values only through their parameters. It is compiled once, for stand-in
     values and sliced to a stand-in limit; each parameter that is a stand-in as ``fields``
-    prepare it is that value's slot, and the LIMIT the ORM writes last becomes a parameter.
-    None when that does not hold (a value the ORM folds into the SQL, a field without
-    stand-ins, a limit written otherwise): the caller then runs the ORM.
+    prepare it is that value's slot, and the LIMIT the ORM writes last is left for each
+    request to write. None when that does not hold (a value the ORM folds into the SQL, a
+    field without stand-ins, a limit written otherwise): the caller then runs the ORM.
     """
     connection = connections[alias]
     try:
@@ -239,7 +238,7 @@ def _compile(
     except (TypeError, ValueError, ValidationError, EmptyResultSet, FieldDoesNotExist):
         return None
     # Django writes a slice's bound into the SQL text, as its last clause on every database
-    # the app supports; as a parameter it serves every page size.
+    # the app supports: without it, the statement serves every page size.
     limit = f" LIMIT {_LIMIT_PROBE}"
     if not limited_sql.endswith(limit):
         return None
@@ -266,7 +265,6 @@ def _compile(
     return Statement(
         alias=alias,
         sql=sql,
-        limited_sql=f"{sql} LIMIT %s",
         params=tuple(params),
         slots=tuple(slots),
         fields=fields,
