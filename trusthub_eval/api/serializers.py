@@ -473,20 +473,6 @@ class ProfileFilterSchema(StrictSerializerSchema):  # type: ignore[no-untyped-ca
         return schema
 
 
-class CustomerProfileSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
-    """Describe in the schema that latest_evaluation may be left out (see shows_evaluations)."""
-
-    target_class = CustomerProfileSerializer
-    match_subclasses = True
-
-    def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
-        schema: dict[str, Any] = auto_schema._map_serializer(
-            self.target, direction, bypass_extensions=True
-        )
-        schema["required"] = [name for name in schema["required"] if name != "latest_evaluation"]
-        return schema
-
-
 _DISPATCHED_HELP = _(
     "Whether the task broker took the wake-up message: false if it could not be reached (the "
     "evaluation is saved and runs once the broker is back), null if nothing was sent."
