@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import threading
+import time
 
 import django_filters
 import pytest
-from django.db import models
+from django.db import connections, models
 from django.http import QueryDict
 from django.utils import timezone
 from rest_framework.request import Request
@@ -121,6 +123,84 @@ def test_a_value_the_orm_writes_into_the_sql_is_left_to_the_orm(data):
     assert statement is not None
     for attempts in (0, 1, 5):
         assert statement.rows([attempts]) == list(filtered([attempts]))
+
+
+def test_no_page_size_or_value_a_client_picks_adds_a_statement(graded):
+    compiled._statements.clear()
+    newest_first = Evaluation.objects.order_by("-requested_at", "-id")
+    for size in range(1, 201):
+        for status in ("", "compliant", "noncompliant"):
+            query = f"page_size={size}&status={status}"
+            queryset = filtered(EvaluationFilter, query, EvaluationRows.where())
+            paginator = EvaluationPagination()
+            rows = paginator.paginate_queryset(
+                queryset, Request(APIRequestFactory().get(f"/?{query}"))
+            )
+            expected = newest_first.filter(status=status) if status else newest_first
+            assert [row.id for row in rows] == [e.id for e in expected[:size]]
+    for size in (1, 2, 3, 5, 7, 11):
+        walk(EvaluationPagination, EvaluationRows.where, size)  # after cursors, both ways
+    # The unfiltered list's first page, the status filter's, and the list after a cursor both
+    # ways: four statements for all those pages.
+    assert len(compiled._statements) == 4
+    assert None not in compiled._statements.values()
+
+
+def ordered_by_id(counter: list):
+    base = EvaluationRows.queryset()
+
+    def build(values):
+        counter.append(values)
+        return base.filter(attempts__gte=values[0]).order_by("id")
+
+    return build
+
+
+def test_a_miss_compiles_once_even_when_threads_miss_together(data):
+    compiled._statements.clear()
+    builds: list = []
+    build = ordered_by_id(builds)
+
+    def slow_build(values):
+        time.sleep(0.2)  # the other threads miss meanwhile
+        return build(values)
+
+    ready = threading.Barrier(4)
+    found = []
+
+    def miss():
+        try:
+            ready.wait()
+            found.append(compiled.statement("once", slow_build, [models.IntegerField()], "default"))
+        finally:
+            connections.close_all()  # this thread's own
+
+    threads = [threading.Thread(target=miss) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert len(found) == 4 and found[0] is not None
+    assert all(statement is found[0] for statement in found)
+    assert compiled.statement("once", build, [models.IntegerField()], "default") is found[0]
+    assert len(builds) == 1
+    assert found[0].rows([0], 5) == list(build([0])[:5])
+
+
+def test_the_least_recently_used_statement_makes_room(data, monkeypatch):
+    monkeypatch.setattr(compiled, "_MAX_STATEMENTS", 3)
+    compiled._statements.clear()
+    builds: list = []
+    build = ordered_by_id(builds)
+    fields = [models.IntegerField()]
+    first = {key: compiled.statement(key, build, fields, "default") for key in "abc"}
+    assert compiled.statement("a", build, fields, "default") is first["a"]  # used again
+    compiled.statement("d", build, fields, "default")
+    assert [key for key, _ in compiled._statements] == ["c", "a", "d"]
+    assert compiled.statement("c", build, fields, "default") is first["c"]
+    assert compiled.statement("a", build, fields, "default") is first["a"]
+    assert len(builds) == 4  # a, b, c, d: nothing kept was compiled again
 
 
 # --- filtered lists ---

@@ -61,9 +61,12 @@ def queries_for(client: APIClient, url: str) -> int:
 # --- the same output as the serializers ------------------------------------------------------
 
 
-def serialized(serializer_class, instances, url: str) -> list[dict]:
-    """What the DRF serializer writes for ``instances``, through the same JSON renderer."""
+def serialized(serializer_class, instances, url: str, user=None) -> list[dict]:
+    """What the DRF serializer writes for ``instances`` (to ``user``), through the same JSON
+    renderer."""
     request = Request(APIRequestFactory().get(url))
+    if user is not None:
+        request.user = user
     data = serializer_class(instances, many=True, context={"request": request}).data
     return json.loads(JSONRenderer().render(data))
 
@@ -134,7 +137,7 @@ def varied(django_user_model):
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/St_Johns", "Asia/Kathmandu"])
-def test_every_list_writes_what_its_serializer_writes(api, varied, zone):
+def test_every_list_writes_what_its_serializer_writes(api, reader, varied, zone):
     with override_settings(TIME_ZONE=zone):
         evaluations = Evaluation.objects.select_related(
             "customer_profile", "policy", "requested_by"
@@ -150,7 +153,7 @@ def test_every_list_writes_what_its_serializer_writes(api, varied, zone):
 
         profiles = CustomerProfile.objects.with_latest_evaluation().order_by("friendly_name", "sid")
         url = "/api/customer-profiles/"
-        expected = serialized(serializers.CustomerProfileSerializer, profiles, url)
+        expected = serialized(serializers.CustomerProfileSerializer, profiles, url, reader)
         assert_same_rows(api.get(url), expected)
 
         policies = Policy.objects.order_by("friendly_name", "sid")

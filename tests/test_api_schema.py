@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import schemathesis
 from django.core.cache import cache
@@ -9,6 +11,7 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from drf_spectacular.drainage import GENERATOR_STATS
+from drf_spectacular.settings import SPECTACULAR_DEFAULTS, spectacular_settings
 from drf_spectacular.validation import validate_schema
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -17,6 +20,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks
 
+import trusthub_eval
 from tests.factories import INITECH, STARK, sync_world
 from trusthub_eval import services
 
@@ -278,3 +282,52 @@ def test_swagger_ui_is_served_without_a_cdn(client, admin_user):
     html = page.content.decode()
     assert "cdn.jsdelivr.net" not in html
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
+
+
+@pytest.fixture
+def unconfigured_host(settings, monkeypatch):
+    """A host that never configured drf-spectacular: its settings are the defaults.
+
+    drf-spectacular reads SPECTACULAR_SETTINGS once, at import, so its settings object is
+    set as such a host's would be.
+    """
+    settings.SPECTACULAR_SETTINGS = {}
+    names = ("TITLE", "DESCRIPTION", "VERSION", "SWAGGER_UI_DIST", "SWAGGER_UI_FAVICON_HREF")
+    for name in names:
+        monkeypatch.setattr(spectacular_settings, name, SPECTACULAR_DEFAULTS[name])
+
+
+def test_the_schema_has_the_apps_title_and_version(client, unconfigured_host):
+    for _ in range(2):  # and again: the host's settings are as they were
+        info = client.get(SCHEMA_URL, HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["info"]
+        assert info["title"] == "TrustHub evaluations API"
+        assert info["version"] == trusthub_eval.__version__
+        assert spectacular_settings.TITLE == ""
+
+
+def hosts_named(page) -> set[str]:
+    assert page.status_code == 200
+    return set(re.findall(r"https?://([^/\"'\s]+)", page.content.decode()))
+
+
+def test_swagger_ui_needs_no_other_host_when_the_sidecar_is_installed(
+    client, unconfigured_host, settings, monkeypatch
+):
+    page = client.get("/api/docs/")
+    assert hosts_named(page) <= {"testserver"}
+    html = page.content.decode()
+    assert "<title>TrustHub evaluations API</title>" in html
+    for name in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"):
+        assert f"/static/drf_spectacular_sidecar/swagger-ui-dist/{name}" in html
+    # A host that says where the files are is followed.
+    mirror = "https://mirror.example/swagger-ui"
+    settings.SPECTACULAR_SETTINGS = {"SWAGGER_UI_DIST": mirror}
+    monkeypatch.setattr(spectacular_settings, "SWAGGER_UI_DIST", mirror)
+    assert "mirror.example" in hosts_named(client.get("/api/docs/"))
+    # Without the sidecar, drf-spectacular's CDN (the README says how to get the sidecar).
+    settings.SPECTACULAR_SETTINGS = {}
+    monkeypatch.setattr(
+        spectacular_settings, "SWAGGER_UI_DIST", SPECTACULAR_DEFAULTS["SWAGGER_UI_DIST"]
+    )
+    settings.INSTALLED_APPS = [app for app in settings.INSTALLED_APPS if "sidecar" not in app]
+    assert "cdn.jsdelivr.net" in hosts_named(client.get("/api/docs/"))

@@ -2,18 +2,20 @@
 
 Building a page's queryset and compiling it took a third of the CPU time of a one-row page
 (issue 9), and the SQL of a list's page depends only on its shape: which conditions and
-filters, whether a cursor and which way, how many rows. The values (a profile's SID, a filter's
-value, the cursor's position) are parameters. So the SQL is compiled once per shape by the ORM
-itself, for stand-in values, and each request puts its own values where the stand-ins' are,
-prepared by the same fields the ORM's lookups prepare them with. When the stand-ins cannot be
-told apart in the compiled parameters, or a queryset is anything but a marked template, the
-ORM runs it as usual.
+filters, whether a cursor and which way. The values (a profile's SID, a filter's value, the
+cursor's position) are parameters, and the number of rows is the LIMIT the ORM writes last. So
+the SQL is compiled once per shape by the ORM itself, for stand-in values, and each request
+puts its own values where the stand-ins' are, prepared by the same fields the ORM's lookups
+prepare them with, and its own LIMIT. When the stand-ins cannot be told apart in the compiled
+parameters, or a queryset is anything but a marked template, the ORM runs it as usual.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -128,22 +130,25 @@ class Statement:
     """A queryset's SQL for any values: where each value goes, and how its column converts."""
 
     alias: str
-    sql: str
+    sql: str  # without a LIMIT
     params: tuple[Any, ...]
     slots: tuple[tuple[int, int], ...]  # (index among the parameters, index among the values)
     fields: tuple[models.Field[Any, Any], ...]  # each value's field, which prepares it
     converters: tuple[tuple[int, tuple[Callable[..., Any], ...], Any], ...]
     row: Any  # the named tuple class values_list(named=True) makes
 
-    def rows(self, values: Sequence[Any]) -> list[Any]:
-        """The rows for ``values``, as the ORM would return them."""
+    def rows(self, values: Sequence[Any], limit: int | None = None) -> list[Any]:
+        """The rows for ``values`` (the first ``limit`` of them), as the ORM would return them."""
         connection = connections[self.alias]
         params = list(self.params)
         for index, value_index in self.slots:
             field = self.fields[value_index]
             params[index] = field.get_db_prep_value(values[value_index], connection)
+        # The LIMIT as Django writes it (a number in the text, not a parameter), so that the
+        # database gets the ORM's own SQL and plans each page for its size.
+        sql = self.sql if limit is None else f"{self.sql} LIMIT {int(limit)}"
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, params)
+            cursor.execute(sql, params)
             fetched = cursor.fetchall()
         make = self.row._make
         if not self.converters:
@@ -160,69 +165,93 @@ class Statement:
         return result
 
 
-# (key, alias) -> the statement, or None where the ORM runs it. A key is a template and a
-# shape, of which a list has a few hundred at most (page sizes times cursor kinds).
-_statements: dict[tuple[Any, str], Statement | None] = {}
-_MAX_STATEMENTS = 4096
+# (key, alias) -> the statement, or None where the ORM runs it; least recently used first. A key
+# is a template and a cursor kind, not anything a client chooses freely: the page size is not
+# part of it (see Statement.rows), and a template is a list's conditions and which of its
+# filters have values (every combination of the app's evaluation filters, with the three
+# cursor kinds, makes 768 keys). A host's FilterSet may have more filters than that bound
+# allows for: then the least recently used statement makes room, and the others stay.
+_statements: collections.OrderedDict[tuple[Any, str], Statement | None] = collections.OrderedDict()
+_MAX_STATEMENTS = 1024
+_lock = threading.Lock()  # guards _statements and _compiling
+# A lock per key being compiled, so that threads missing the same key compile it once between
+# them while a thread compiling another key holds up no one.
+_compiling: dict[tuple[Any, str], threading.Lock] = {}
 
 
 def statement(
     key: Any, build: Build, fields: Sequence[models.Field[Any, Any]], alias: str
 ) -> Statement | None:
-    """``build(values)``'s SQL for any values, compiled once per ``key`` and database alias."""
-    try:
-        return _statements[key, alias]
-    except KeyError:
-        pass
-    compiled = _compile(build, tuple(fields), alias)
-    if len(_statements) >= _MAX_STATEMENTS:
-        _statements.clear()
-    _statements[key, alias] = compiled
+    """``build(values)``'s SQL for any values, compiled once per ``key`` and database alias.
+
+    ``build`` gives the rows in order, unsliced: :meth:`Statement.rows` takes the limit.
+    """
+    entry = (key, alias)
+    with _lock:
+        if entry in _statements:
+            _statements.move_to_end(entry)
+            return _statements[entry]
+        compiling = _compiling.setdefault(entry, threading.Lock())
+    with compiling:
+        with _lock:
+            if entry in _statements:  # compiled by another thread while this one waited
+                _statements.move_to_end(entry)
+                return _statements[entry]
+        try:
+            compiled = _compile(build, tuple(fields), alias)
+            with _lock:
+                _statements[entry] = compiled
+                if len(_statements) > _MAX_STATEMENTS:
+                    _statements.popitem(last=False)
+        finally:
+            # After the statement is kept: a thread that finds no lock finds the statement.
+            with _lock:
+                _compiling.pop(entry, None)
     return compiled
+
+
+# A page size no request asks for, to find the LIMIT in the compiled SQL.
+_LIMIT_PROBE = 1_000_003
 
 
 def _compile(
     build: Build, fields: tuple[models.Field[Any, Any], ...], alias: str
 ) -> Statement | None:
-    """``build(values)``'s SQL for any values.
+    """``build(values)``'s SQL for any values, compiled once.
 
     ``build`` must give a ``values_list(named=True)`` queryset of plain columns whose SQL
-    depends on the values only through their parameters. It is compiled for two sets of
-    stand-in values; the parameters that differ are the values' slots, each checked to be
-    exactly its stand-in as ``fields`` prepare it. None when that does not hold (a value the
-    ORM folds into the SQL, a field without stand-ins): the caller then runs the ORM.
+    depends on the values only through their parameters. It is compiled once, for stand-in
+    values and sliced to a stand-in limit; each parameter that is a stand-in as ``fields``
+    prepare it is that value's slot, and the LIMIT the ORM writes last is left for each
+    request to write. None when that does not hold (a value the ORM folds into the SQL, a
+    field without stand-ins, a limit written otherwise): the caller then runs the ORM.
     """
     connection = connections[alias]
     try:
-        first = [_stand_in(field, n) for n, field in enumerate(fields)]
-        second = [_stand_in(field, n, other=True) for n, field in enumerate(fields)]
-        compiled = []
-        for values in (first, second):
-            queryset = build(values)
-            compiler = queryset.query.get_compiler(using=alias)
-            sql, params = compiler.as_sql()
-            compiled.append((queryset, compiler, sql, tuple(params)))
+        stand_ins = [_stand_in(field, n) for n, field in enumerate(fields)]
+        queryset = build(stand_ins)
+        compiler = queryset[:_LIMIT_PROBE].query.get_compiler(using=alias)
+        limited_sql, params = compiler.as_sql()
+        prepared = [
+            field.get_db_prep_value(stand_ins[n], connection) for n, field in enumerate(fields)
+        ]
     except (TypeError, ValueError, ValidationError, EmptyResultSet, FieldDoesNotExist):
         return None
-    (queryset, compiler, sql, params), (_, _, other_sql, other_params) = compiled
-    if sql != other_sql or len(params) != len(other_params):
+    # Django writes a slice's bound into the SQL text, as its last clause on every database
+    # the app supports: without it, the statement serves every page size.
+    limit = f" LIMIT {_LIMIT_PROBE}"
+    if not limited_sql.endswith(limit):
         return None
-    prepared = [
-        [field.get_db_prep_value(values[n], connection) for n, field in enumerate(fields)]
-        for values in (first, second)
-    ]
+    sql = limited_sql[: -len(limit)]
     slots = []
-    for index, (one, two) in enumerate(zip(params, other_params, strict=True)):
-        if one == two:
-            if any(one == value for value in prepared[0]):
-                return None  # a stand-in left unchanged: not a parameter after all
-            continue
-        matches = [n for n in range(len(fields)) if one == prepared[0][n] and two == prepared[1][n]]
-        if len(matches) != 1:
+    for index, param in enumerate(params):
+        matches = [n for n, value in enumerate(prepared) if param == value]
+        if len(matches) > 1:
             return None
-        slots.append((index, matches[0]))
+        if matches:
+            slots.append((index, matches[0]))
     if {n for _, n in slots} != set(range(len(fields))):
-        return None
+        return None  # a value that is not a parameter as it is
     names = list(getattr(queryset, "_fields", None) or ())
     columns = [column for column, _, _ in compiler.select]
     if (
@@ -236,7 +265,7 @@ def _compile(
     return Statement(
         alias=alias,
         sql=sql,
-        params=params,
+        params=tuple(params),
         slots=tuple(slots),
         fields=fields,
         converters=tuple(
@@ -250,13 +279,12 @@ def _compile(
 _STAND_IN_TIME = datetime.datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
 
 
-def _stand_in(field: models.Field[Any, Any], n: int, *, other: bool = False) -> Any:
-    """A value for ``field`` unlike any other stand-in (the ``n``-th value, first or other set)."""
-    k = 2 * n + int(other)
+def _stand_in(field: models.Field[Any, Any], n: int) -> Any:
+    """A value for ``field`` unlike any other stand-in (the ``n``-th value)."""
     if isinstance(field, models.DateTimeField):
-        return _STAND_IN_TIME + datetime.timedelta(days=k)
+        return _STAND_IN_TIME + datetime.timedelta(days=n)
     if isinstance(field, models.IntegerField | models.AutoField):
-        return 31_001 + k  # within every integer column's range
+        return 31_001 + n  # within every integer column's range
     if isinstance(field, models.CharField | models.TextField):
-        return f"stand-in {k} for a value"
+        return f"stand-in {n} for a value"
     raise TypeError(field)

@@ -182,11 +182,12 @@ class KeysetPagination(BasePagination):
         def build(values: Sequence[Any], base: QuerySet[Any, Any] = queryset) -> Any:
             if cursor is not None:
                 base = base.filter(_beyond(fields, list(values), reverse=reverse))
-            return base.order_by(*order)[:limit]
+            return base.order_by(*order)
 
         marked = compiled.template_of(queryset)
         if marked is not None and None not in marked[1]:
-            # A list's template: its SQL is compiled once for this shape (see compiled.py).
+            # A list's template: its SQL is compiled once for this shape, whatever the page
+            # size (see compiled.py).
             template, values = marked
             model = queryset.model
             keys = [compiled.field_of(model, name) for name, _ in fields] if cursor else []
@@ -196,14 +197,14 @@ class KeysetPagination(BasePagination):
                 return build(values[count:], template.build(values[:count]))
 
             statement = compiled.statement(
-                (template, tuple(self.ordering), cursor is not None, reverse, limit),
+                (template, tuple(self.ordering), cursor is not None, reverse),
                 build_template,
                 [*template.fields(), *keys],
                 queryset.db,
             )
             if statement is not None:
-                return statement.rows([*values, *position])
-        return list(build(position))
+                return statement.rows([*values, *position], limit)
+        return list(build(position)[:limit])
 
     @staticmethod
     def _clean(model: type[Model], name: str, value: Any) -> Any:

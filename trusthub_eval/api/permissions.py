@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from django.db.models import Model
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
 from rest_framework.request import Request
@@ -13,7 +14,20 @@ from rest_framework.views import APIView
 
 from trusthub_eval.permissions import REQUEST_PERMISSIONS, preload_permissions
 
-__all__ = ["REQUEST_PERMISSIONS", "ModelPermissions", "SchemaPermission"]
+__all__ = ["REQUEST_PERMISSIONS", "ModelPermissions", "SchemaPermission", "can_view"]
+
+
+def view_permission(model: type[Model]) -> str:
+    """The permission to read ``model``'s records through the API."""
+    return f"{model._meta.app_label}.view_{model._meta.model_name}"
+
+
+def can_view(user: Any, model: type[Model]) -> bool:
+    """Whether ``user`` may read ``model``'s records: wherever the API shows them, nested in
+    another record's answer too, by the rule its list and detail views follow."""
+    return bool(
+        user is not None and user.is_authenticated and user.has_perm(view_permission(model))
+    )
 
 
 class ModelPermissions(BasePermission):
@@ -35,8 +49,7 @@ class ModelPermissions(BasePermission):
             raise MethodNotAllowed(request.method or "")
         preload_permissions(user)
         if request.method in SAFE_METHODS:
-            model = view.queryset.model  # type: ignore[attr-defined]
-            return user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
+            return user.has_perm(view_permission(view.queryset.model))  # type: ignore[attr-defined]
         write: Mapping[str, Sequence[str]] = getattr(view, "write_permissions", {})
         required = write.get(request.method or "")
         return required is not None and user.has_perms(required)

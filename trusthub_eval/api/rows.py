@@ -11,7 +11,7 @@ theirs, field by field.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from django.contrib.auth import get_user_model
@@ -21,7 +21,14 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from trusthub_eval.api import compiled
-from trusthub_eval.api.serializers import NAMESPACE, url_writer
+from trusthub_eval.api.permissions import can_view
+from trusthub_eval.api.serializers import (
+    NAMESPACE,
+    CustomerProfileSerializer,
+    EvaluationSerializer,
+    PolicySerializer,
+    url_writer,
+)
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
 Writer = Callable[[Any], Any]
@@ -63,6 +70,8 @@ class Rows:
     """The rows of one list: the columns a page selects, and the object written for each row."""
 
     model: ClassVar[type[Model]]
+    # The serializer whose output write() is: a view writes rows only while it uses this one.
+    serializer_class: ClassVar[type[serializers.BaseSerializer[Any]]]
 
     def __init__(self, request: Request, format: str | None = None) -> None:
         self.request = request
@@ -96,6 +105,12 @@ class Rows:
         """
         return compiled.mark(cls.queryset(), **conditions)
 
+    @classmethod
+    def reads(cls, rows: Sequence[Any]) -> bool:
+        """Whether ``rows`` have this list's columns (as :meth:`where` selects them), which
+        write() takes; a view's own queryset of model instances, say, does not."""
+        return not rows or getattr(rows[0], "_fields", None) == cls.columns()
+
     def url(self, basename: str, lookup_url_kwarg: str) -> Writer:
         return url_writer(f"{NAMESPACE}:{basename}", lookup_url_kwarg, self.request, self.format)
 
@@ -107,6 +122,7 @@ class EvaluationRows(Rows):
     """What ``EvaluationSerializer`` writes for each evaluation."""
 
     model = Evaluation
+    serializer_class = EvaluationSerializer
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -176,6 +192,7 @@ class CustomerProfileRows(Rows):
     """What ``CustomerProfileSerializer`` writes for each profile, its latest evaluation nested."""
 
     model = CustomerProfile
+    serializer_class = CustomerProfileSerializer
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -205,7 +222,7 @@ class CustomerProfileRows(Rows):
         url = self.url("customerprofile-detail", "sid")
         evaluations_url = self.url("customerprofile-evaluations", "sid")
         evaluation_url = self.url("evaluation-detail", "pk")
-        return [
+        written = [
             {
                 "url": url(sid),
                 "sid": sid,
@@ -255,12 +272,18 @@ class CustomerProfileRows(Rows):
                 latest_completed_at,
             ) in rows
         ]
+        # As CustomerProfileSerializer leaves it out (see shows_evaluations there).
+        if not can_view(self.request.user, Evaluation):
+            for profile in written:
+                del profile["latest_evaluation"]
+        return written
 
 
 class PolicyRows(Rows):
     """What ``PolicySerializer`` writes for each policy."""
 
     model = Policy
+    serializer_class = PolicySerializer
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:

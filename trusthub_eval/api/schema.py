@@ -14,7 +14,10 @@ from typing import Any, TypeVar
 
 from django.db.models import TextChoices
 from drf_spectacular import utils
-from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.extensions import (
+    OpenApiSerializerExtension,
+    OpenApiSerializerFieldExtension,
+)
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework.schemas.inspectors import DefaultSchema, ViewInspector
@@ -138,3 +141,17 @@ class VerdictFieldExtension(OpenApiSerializerFieldExtension):  # type: ignore[no
 
     def map_serializer_field(self, auto_schema: AutoSchema, direction: Any) -> dict[str, Any]:
         return _enum_schema(auto_schema, "EvaluationStatusEnum", blank=False, null=True)
+
+
+class CustomerProfileSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """A profile's latest_evaluation may be left out (see api.serializers.shows_evaluations)."""
+
+    target_class = "trusthub_eval.api.serializers.CustomerProfileSerializer"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_serializer(
+            self.target, direction, bypass_extensions=True
+        )
+        schema["required"] = [name for name in schema["required"] if name != "latest_evaluation"]
+        return schema

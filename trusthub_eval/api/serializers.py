@@ -18,6 +18,7 @@ from rest_framework import serializers
 from rest_framework.reverse import preserve_builtin_query_params, reverse
 
 from trusthub_eval.api.filters import CustomerProfileFilter, sid_schema
+from trusthub_eval.api.permissions import can_view
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 from trusthub_eval.sids import SidKind, sid_validator
 
@@ -203,7 +204,14 @@ class CustomerProfileSerializer(serializers.ModelSerializer[CustomerProfile]):
     compliance_status = VerdictField(
         help_text=_("The verdict of the most recent completed evaluation; null if none.")
     )
-    latest_evaluation = EvaluationSummarySerializer(read_only=True, allow_null=True)
+    latest_evaluation = EvaluationSummarySerializer(
+        read_only=True,
+        allow_null=True,
+        help_text=_(
+            "The most recently requested evaluation, whatever its state; null if none. Left "
+            "out for users without trusthub_eval.view_evaluation."
+        ),
+    )
 
     class Meta:
         model = CustomerProfile
@@ -226,6 +234,25 @@ class CustomerProfileSerializer(serializers.ModelSerializer[CustomerProfile]):
             "evaluations_url",
         ]
         read_only_fields = fields
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        if not shows_evaluations(self.context):
+            del fields["latest_evaluation"]
+        return fields
+
+
+def shows_evaluations(context: Mapping[str, Any]) -> bool:
+    """Whether the answer a serializer's ``context`` is for may show evaluations nested in it.
+
+    Not for a user who may not read evaluations themselves, as the evaluation list would not
+    show them either. A serializer without a request has no one to hide them from, and the
+    schema (drf-spectacular's stand-in view) describes them for everyone.
+    """
+    request = context.get("request")
+    if request is None or getattr(context.get("view"), "swagger_fake_view", False):
+        return True
+    return can_view(request.user, Evaluation)
 
 
 class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
