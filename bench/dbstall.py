@@ -13,9 +13,9 @@ byte in either direction for ``stall`` seconds (its answer waits here), with no 
 and then forwarding resumes as if nothing happened. The other connections are not touched.
 
 The claim is recognised in both of the app's forms: PostgreSQL's single statement
-(``WITH claimed AS (UPDATE "trusthub_eval_evaluation" …``, trusthub_eval/statements.py) and the
-ORM's (``UPDATE "trusthub_eval_evaluation" SET "state" = 'running', … "attempts" + 1``,
-trusthub_eval/managers.py). TLS is not followed: the bench's PostgreSQL has no SSL, so the
+(``WITH claimed AS (UPDATE "trusthub_eval_evaluation" …``, trusthub_eval/queue/postgresql.py)
+and the ORM's (``UPDATE "trusthub_eval_evaluation" SET "state" = 'running', … "attempts" + 1``,
+trusthub_eval/queue/portable.py). TLS is not followed: the bench's PostgreSQL has no SSL, so the
 server refuses a client's ``SSLRequest``; a connection that did switch to TLS is forwarded
 untouched and never stalls.
 
@@ -36,9 +36,9 @@ import threading
 import time
 
 _CLAIM = (
-    # trusthub_eval.statements._claim_sql
+    # trusthub_eval.queue.postgresql._claim_sql
     re.compile(rb"WITH\s+claimed\s+AS\s*\(\s*UPDATE\s+\"?trusthub_eval_evaluation\"?\s", re.I),
-    # EvaluationQuerySet.claim's ORM path: state to running (a literal with client-side
+    # trusthub_eval.queue.portable.claim: state to running (a literal with client-side
     # binding, a placeholder with server-side binding) with the attempt counted.
     re.compile(
         rb"UPDATE\s+\"?trusthub_eval_evaluation\"?\s+SET\s+\"?state\"?\s*=\s*"

@@ -10,7 +10,7 @@ from django.db.models import F
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from trusthub_eval import services
+from trusthub_eval import queue, sync
 from trusthub_eval.exceptions import RetryLater
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
@@ -29,8 +29,8 @@ def sid(prefix: str) -> str:
 
 def sync_world() -> dict[str, CustomerProfile]:
     """Import the sandbox's policies and profiles; the profiles by SID."""
-    services.sync_policies()
-    services.sync_customer_profiles()
+    sync.sync_policies()
+    sync.sync_customer_profiles()
     return {profile.sid: profile for profile in CustomerProfile.objects.select_related("policy")}
 
 
@@ -65,7 +65,7 @@ def run_until_done(evaluation: Evaluation) -> Evaluation:
     """Run attempts in-process, as the task's retries would, until the row is finished."""
     for _ in range(20):
         try:
-            services.run_evaluation(evaluation.pk)
+            queue.run_evaluation(evaluation.pk)
         except RetryLater:
             continue
         break

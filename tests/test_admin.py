@@ -29,7 +29,7 @@ from tests.factories import (
     make_profile,
     sync_world,
 )
-from trusthub_eval import services
+from trusthub_eval import queue, services, sync
 from trusthub_eval.models import (
     CustomerProfile,
     DuplicateEvaluation,
@@ -65,7 +65,7 @@ def url(name: str, *args: object) -> str:
 def evaluate(profile: CustomerProfile, **kwargs: object) -> Evaluation:
     """Request and run an evaluation against the sandbox, as a worker would."""
     evaluation, _ = services.request_evaluation(profile, trigger="cli", **kwargs)
-    services.run_evaluation(evaluation.pk)
+    queue.run_evaluation(evaluation.pk)
     evaluation.refresh_from_db()
     return evaluation
 
@@ -95,7 +95,7 @@ def _fresh_throttle():
 def world(sandbox):
     """The sandbox's profiles and policies, with Acme's history of five evaluations imported."""
     profiles = sync_world()
-    services.sync_evaluations(profiles[ACME])
+    sync.sync_evaluations(profiles[ACME])
     return profiles
 
 

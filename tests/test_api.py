@@ -23,7 +23,7 @@ from tests.factories import (
     sid,
     sync_world,
 )
-from trusthub_eval import services
+from trusthub_eval import queue, services
 from trusthub_eval.api import views
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 
@@ -609,7 +609,7 @@ def test_policies(api):
 def test_evaluation_detail_shows_each_requirement_and_why_it_failed(api, sandbox):
     profile = sync_world()[INITECH]
     queued, _ = services.request_evaluation(profile, trigger="cli")
-    services.run_evaluation(queued.pk)
+    queue.run_evaluation(queued.pk)
     body = api.get(f"/api/evaluations/{queued.pk}/").json()
     assert body["status"] == "noncompliant" and body["sid"].startswith("EL")
     stored = list(RequirementResult.objects.filter(evaluation=queued).order_by("position"))

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi import checks
 
 import trusthub_eval
 from tests.factories import INITECH, STARK, sync_world
-from trusthub_eval import services
+from trusthub_eval import queue, services
 
 pytestmark = pytest.mark.django_db
 
@@ -220,7 +220,7 @@ def api_schema(sandbox, settings, django_user_model):
     profiles = sync_world()
     for sid in (INITECH, STARK):
         evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     admin = django_user_model.objects.create_superuser("fuzzer")
     settings.FUZZ_TOKEN = Token.objects.create(user=admin).key
     # A real WSGI handler closes the database connection after each request, which would

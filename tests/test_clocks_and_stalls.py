@@ -32,10 +32,10 @@ from tests.factories import (
     sync_world,
 )
 from tests.worker import BROKERS, SKEWED_CLOCK, celery_worker, publish_through, remove_queue
-from trusthub_eval import dispatch, services
+from trusthub_eval import dispatch, queue, services
 from trusthub_eval.clock import database_now
 from trusthub_eval.models import DuplicateEvaluation, Evaluation
-from trusthub_eval.services import Outcome, RetryLater
+from trusthub_eval.queue import Outcome, RetryLater, rows, sweep
 from trusthub_eval.tasks import run_evaluation_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,7 +91,7 @@ def test_the_database_clock_is_utc_whatever_the_sessions_time_zone(sandbox):
             cursor.execute("SET time_zone = '+05:00'")
     assert close_to_the_database_clock(timezone.now(), within=2)
     evaluation = queued()
-    Evaluation.objects.claim(evaluation.pk, running_timeout=30)
+    rows.claim(evaluation.pk, running_timeout=30)
     evaluation.refresh_from_db()
     assert close_to_the_database_clock(evaluation.started_at, within=2)
 
@@ -100,7 +100,7 @@ def test_the_database_clock_is_utc_whatever_the_sessions_time_zone(sandbox):
 def test_a_skewed_worker_stamps_its_claim_with_the_database_clock(sandbox, worker_clock, skew):
     evaluation = queued()
     worker_clock(skew)
-    claimed = Evaluation.objects.claim(evaluation.pk, running_timeout=30)
+    claimed = rows.claim(evaluation.pk, running_timeout=30)
     assert claimed is not None
     assert close_to_the_database_clock(claimed.started_at)
     assert claimed.posted_at == claimed.started_at  # the claim's own posting mark
@@ -108,20 +108,17 @@ def test_a_skewed_worker_stamps_its_claim_with_the_database_clock(sandbox, worke
 
 def test_a_fast_worker_never_takes_a_claim_that_is_still_fresh(sandbox, worker_clock):
     evaluation = queued()
-    assert Evaluation.objects.claim(evaluation.pk, running_timeout=30) is not None
+    assert rows.claim(evaluation.pk, running_timeout=30) is not None
     # Another worker, ten minutes ahead, sweeps and tries to claim it.
     worker_clock(600)
-    assert (
-        evaluation.pk
-        not in Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30).running
-    )
-    assert Evaluation.objects.claim(evaluation.pk, running_timeout=30) is None
+    assert evaluation.pk not in sweep.due_for_sweep(overdue_after=20, running_timeout=30).running
+    assert rows.claim(evaluation.pk, running_timeout=30) is None
     # Once the claim is older than RUNNING_TIMEOUT by the database's clock, it may, and only
     # one past the limit: 29 s old is still held.
     age_claim(evaluation, 29)
-    assert Evaluation.objects.claim(evaluation.pk, running_timeout=30) is None
+    assert rows.claim(evaluation.pk, running_timeout=30) is None
     age_claim(evaluation, 2)
-    assert Evaluation.objects.claim(evaluation.pk, running_timeout=30) is not None
+    assert rows.claim(evaluation.pk, running_timeout=30) is not None
 
 
 def test_a_row_left_by_a_killed_fast_worker_is_taken_over_after_running_timeout(
@@ -129,14 +126,11 @@ def test_a_row_left_by_a_killed_fast_worker_is_taken_over_after_running_timeout(
 ):
     evaluation = queued()
     worker_clock(600)
-    Evaluation.objects.claim(evaluation.pk, running_timeout=30)  # then the worker dies
+    rows.claim(evaluation.pk, running_timeout=30)  # then the worker dies
     worker_clock(-180)  # a slow worker sweeps
-    assert (
-        evaluation.pk
-        not in Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30).running
-    )
+    assert evaluation.pk not in sweep.due_for_sweep(overdue_after=20, running_timeout=30).running
     age_claim(evaluation, 31)
-    due = Evaluation.objects.due_for_sweep(overdue_after=20, running_timeout=30)
+    due = sweep.due_for_sweep(overdue_after=20, running_timeout=30)
     assert due.running == [evaluation.pk]
 
 
@@ -145,11 +139,11 @@ def test_retry_and_completion_times_come_from_the_database(sandbox, worker_clock
     worker_clock(600)
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=503)
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     evaluation.refresh_from_db()
     # Due again within the backoff (at most 0.05 s in the suite), by the database's clock.
     assert close_to_the_database_clock(evaluation.next_attempt_at)
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     evaluation.refresh_from_db()
     assert close_to_the_database_clock(evaluation.completed_at)
     assert evaluation.customer_profile.compliance_checked_at == evaluation.completed_at
@@ -166,7 +160,7 @@ def test_a_new_request_is_due_by_the_database_clock(sandbox, worker_clock):
     Evaluation.objects.filter(pk=evaluation.pk).update(
         next_attempt_at=database_now() - datetime.timedelta(seconds=30)
     )
-    assert services.resume_queued(older_than=20) == 1
+    assert queue.resume_queued(older_than=20) == 1
 
 
 @pytest.mark.dbserver  # SQLite's clock is the worker's own: there is no other
@@ -175,7 +169,7 @@ def test_a_worker_whose_clock_runs_ten_minutes_ahead_says_so_and_takes_no_fresh_
 ):
     """A real worker process ten minutes ahead, sweeping every half second."""
     evaluation = queued()
-    claimed = Evaluation.objects.claim(evaluation.pk, running_timeout=60)
+    claimed = rows.claim(evaluation.pk, running_timeout=60)
     assert claimed is not None
     fast = {
         "PYTHONPATH": os.pathsep.join([str(SKEWED_CLOCK), os.environ.get("PYTHONPATH", "")]),
@@ -244,11 +238,11 @@ def test_a_claim_that_took_too_long_releases_the_row_instead_of_posting(
     held.wait(5)
     try:
         if outcome == "posted":
-            assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+            assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
             assert posts(sandbox, UMBRELLA) == 1
             return
         with pytest.raises(RetryLater, match="Not sent"):
-            services.run_evaluation(evaluation.pk)
+            queue.run_evaluation(evaluation.pk)
     finally:
         holder.join()
     evaluation.refresh_from_db()
@@ -276,7 +270,7 @@ def _run_in_thread(evaluation: Evaluation) -> tuple[threading.Thread, list]:
 
     def run() -> None:
         try:
-            result.append(services.run_evaluation(evaluation.pk))
+            result.append(queue.run_evaluation(evaluation.pk))
         except RetryLater as retry:
             result.append(retry)
         finally:
@@ -307,7 +301,7 @@ def test_a_late_answer_is_taken_by_a_row_that_holds_none(sandbox, settings):
     age_claim(evaluation, 301)
     sandbox.add_fault(method="GET", path=EVALUATIONS, status=503)
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     first.join()
     assert result == [Outcome.COMPLETED]
     evaluation.refresh_from_db()
@@ -315,7 +309,7 @@ def test_a_late_answer_is_taken_by_a_row_that_holds_none(sandbox, settings):
     assert (evaluation.state, evaluation.sid) == ("completed", created)
     assert evaluation.requirement_results.exists()
     # A later delivery changes nothing.
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED
     assert posts(sandbox, UMBRELLA) == 1
 
 
@@ -332,7 +326,7 @@ def test_a_late_answer_whose_row_holds_another_is_kept_as_a_known_duplicate(
     _until(lambda: sandbox.stats["in_flight"] == 1)
     age_claim(evaluation, 301)
     with caplog.at_level(logging.INFO, logger="trusthub_eval"):
-        assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+        assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
         first.join()
     assert result == [Outcome.SKIPPED]
     evaluation.refresh_from_db()
@@ -357,8 +351,8 @@ def test_a_late_answer_whose_row_holds_another_is_kept_as_a_known_duplicate(
     out = io.StringIO()
     call_command("trusthub_status", stdout=out)
     assert "Duplicates" in out.getvalue()
-    queue = admin_client.get(reverse("admin:trusthub_eval_evaluation_health"))
-    assert queue.context["health"].duplicates_recently == 1
+    page = admin_client.get(reverse("admin:trusthub_eval_evaluation_health"))
+    assert page.context["health"].duplicates_recently == 1
     listing = admin_client.get(reverse("admin:trusthub_eval_duplicateevaluation_changelist"))
     assert duplicate.sid in listing.content.decode()
     page = admin_client.get(
@@ -379,14 +373,11 @@ def test_the_sweep_leaves_the_newest_overdue_rows_whose_messages_still_wait(sand
             next_attempt_at=long_ago + datetime.timedelta(seconds=offset)
         )
     # The broker holds three messages for the queue: at most the two oldest lost theirs.
-    assert (
-        Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300, waiting=3).queued
-        == ids[:2]
-    )
+    assert sweep.due_for_sweep(overdue_after=60, running_timeout=300, waiting=3).queued == ids[:2]
     # They are not sent again before another SWEEP_AFTER; the others still are.
-    due = Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300)
+    due = sweep.due_for_sweep(overdue_after=60, running_timeout=300)
     assert (due.queued, due.running) == (ids[2:], [])
-    due = Evaluation.objects.due_for_sweep(overdue_after=60, running_timeout=300)
+    due = sweep.due_for_sweep(overdue_after=60, running_timeout=300)
     assert (due.queued, due.running) == ([], [])
 
 
@@ -396,8 +387,8 @@ def test_waiting_counts_the_messages_the_broker_holds(broker, settings, tmp_path
 
     broker = broker or "filesystem"
     url, options = _broker(broker, tmp_path)
-    queue = f"trusthub-test-waiting-{time.monotonic_ns()}"
-    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "TASK_QUEUE": queue}
+    queue_name = f"trusthub-test-waiting-{time.monotonic_ns()}"
+    settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "TASK_QUEUE": queue_name}
     with publish_through(url, options):
         try:
             assert dispatch.waiting() in (None, 0)  # nothing sent to it yet
@@ -406,7 +397,7 @@ def test_waiting_counts_the_messages_the_broker_holds(broker, settings, tmp_path
             assert dispatch.waiting() == 3
         finally:
             if url != "filesystem://":
-                remove_queue(url, queue)
+                remove_queue(url, queue_name)
 
 
 def test_the_sweep_runs_ahead_of_a_backlog(sandbox, settings, tmp_path):
@@ -506,12 +497,12 @@ def test_a_dead_workers_rows_are_sent_ahead_of_the_backlog(sandbox, settings, tm
     Evaluation.objects.filter(pk=lost.pk).update(
         next_attempt_at=database_now() - datetime.timedelta(minutes=5)
     )
-    Evaluation.objects.claim(stale.pk, running_timeout=300)
+    rows.claim(stale.pk, running_timeout=300)
     age_claim(stale, 301)  # its worker died five minutes ago
     url, options = _broker("filesystem", tmp_path)
     settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "TASK_QUEUE": "evaluations"}
     with publish_through(url, options):
-        assert services.resume_queued(older_than=60) == 2
+        assert queue.resume_queued(older_than=60) == 2
         # The lost message goes to the evaluations' queue, the dead worker's row to the sweep's.
         assert dispatch.waiting() == 1
         assert dispatch.waiting(dispatch.sweep_queue()) == 1

@@ -14,7 +14,7 @@ import redis
 from tests.factories import ACME, INITECH, STARK, UMBRELLA, sync_world
 from tests.sandbox_fixtures import DEMO_WORLD
 from tests.services import REDIS_URL
-from trusthub_eval import services
+from trusthub_eval import queue, services
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.concurrency import RedisConcurrencyLimiter, limiter_from_settings
 from trusthub_eval.exceptions import ConcurrencyLimited, RateLimited
@@ -214,13 +214,13 @@ def test_waiting_for_a_slot_is_retried_without_spending_an_attempt(sandbox, sett
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
     cap = limiter_from_settings()
     # Another worker holds the only slot.
-    with cap.slot(), pytest.raises(services.RetryLater) as retry:
-        services.run_evaluation(evaluation.pk)
+    with cap.slot(), pytest.raises(queue.RetryLater) as retry:
+        queue.run_evaluation(evaluation.pk)
     assert retry.value.evaluation_id == evaluation.pk
     assert not [r for r in sandbox.requests_log if r["method"] == "POST"]  # nothing was sent
     evaluation.refresh_from_db()
     assert (evaluation.state, evaluation.attempts) == ("queued", 0)
-    assert services.run_evaluation(evaluation.pk) == services.Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == queue.Outcome.COMPLETED
     evaluation.refresh_from_db()
     assert evaluation.attempts == 1
     assert Evaluation.objects.get(pk=evaluation.pk).posted_at is None

@@ -26,10 +26,10 @@ from tests.factories import (
     sync_world,
     wait_idle,
 )
-from trusthub_eval import services
+from trusthub_eval import queue
 from trusthub_eval.client import shared_client
 from trusthub_eval.models import Evaluation
-from trusthub_eval.services import Outcome
+from trusthub_eval.queue import Outcome, rows
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,7 @@ def evaluate(profile) -> Evaluation:
     evaluation = Evaluation.objects.create(
         customer_profile=profile, policy=profile.policy, trigger="cli"
     )
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     return evaluation
 
 
@@ -147,7 +147,7 @@ def test_queries_per_evaluation_are_few_and_flat(sandbox):
             trigger="cli",
         )
         with CaptureQueriesContext(connection) as queries:
-            assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+            assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
         counts[evaluation.requirement_results.count()] = len(queries.captured_queries)
     assert set(counts) == {4, 40}
     assert counts[4] == counts[40]
@@ -173,7 +173,7 @@ def test_the_mark_is_committed_before_the_post_is_sent(sandbox):
 
     def work() -> None:
         try:
-            outcome.append(services.run_evaluation(evaluation.pk))
+            outcome.append(queue.run_evaluation(evaluation.pk))
         finally:
             connection.close()
 
@@ -196,10 +196,10 @@ def test_a_worker_lost_between_claim_and_post_costs_one_listing(sandbox, setting
         customer_profile=profile, policy=profile.policy, trigger="cli"
     )
     # A worker claims it and dies before sending anything.
-    assert Evaluation.objects.claim(evaluation.pk, running_timeout=300) is not None
+    assert rows.claim(evaluation.pk, running_timeout=300) is not None
     sandbox.reset()
     age_claim(evaluation, 301)
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     wait_idle(sandbox)
     methods = [r["method"] for r in sandbox.requests_log]
     assert methods == ["GET", "POST"]  # the listing shows none, so it posts once
@@ -213,7 +213,7 @@ def test_an_attempt_that_never_posts_clears_the_claims_mark(sandbox, settings):
         customer_profile=profile, policy=profile.policy, trigger="cli"
     )
     settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "BASE_URL": "ftp://nowhere"}
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert not evaluation.may_exist_upstream
     assert "TrustHub may hold" not in evaluation.error_message

@@ -16,7 +16,7 @@ import requests
 from django.core.management import call_command
 
 from tests.services import PRISM_BIN, ROOT, SPEC_PATH
-from trusthub_eval import services
+from trusthub_eval import services, sync
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.models import Evaluation
 
@@ -133,7 +133,7 @@ def test_trusthub_evaluate_wait_completes_against_prism(prism, capsys):
 @pytest.mark.django_db
 def test_sync_against_prism_stores_the_spec_examples(prism):
     client = full_lists()
-    assert services.sync_policies(client=client) == (1, ())  # its example passes our checks
-    assert services.sync_customer_profiles(client=client) == (1, ())
+    assert sync.sync_policies(client=client) == (1, ())  # its example passes our checks
+    assert sync.sync_customer_profiles(client=client) == (1, ())
     profile = services.fetch_customer_profile(EXAMPLE_PROFILE)
-    assert services.sync_evaluations(profile, client=client).stored >= 1
+    assert sync.sync_evaluations(profile, client=client).stored >= 1

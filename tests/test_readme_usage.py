@@ -13,9 +13,9 @@ from celery import current_app
 
 from tests.factories import UMBRELLA, sync_world
 from tests.services import ROOT
-from trusthub_eval import services
+from trusthub_eval import queue, services
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.services import RetryLater
+from trusthub_eval.queue import RetryLater
 
 README = (ROOT / "README.md").read_text()
 
@@ -94,7 +94,7 @@ def test_the_readme_fault_example_works_as_written(sandbox, db):
     )
     assert response.status_code == 201
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     # TrustHub created the evaluation, and the answer was a 502: the row awaits reconciliation.
     assert sandbox.evaluation_count(UMBRELLA) == before + 1
     evaluation.refresh_from_db()

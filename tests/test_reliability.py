@@ -21,10 +21,10 @@ from django.db import connection
 from django.urls import reverse
 
 from tests.factories import UMBRELLA, client_for, posts, run_until_done, sync_world
-from trusthub_eval import services
+from trusthub_eval import queue, services, sync
 from trusthub_eval.checks import check_settings
 from trusthub_eval.models import Evaluation
-from trusthub_eval.services import Outcome, RetryLater
+from trusthub_eval.queue import Outcome, RetryLater, rows
 
 pytestmark = pytest.mark.django_db
 
@@ -110,7 +110,7 @@ def test_a_failed_reconciliation_keeps_the_mark_and_never_posts_twice(sandbox, l
     sandbox.add_fault(method="GET", path=EVALUATIONS, times=2, **list_fault)
     for _ in range(3):
         with pytest.raises(RetryLater):
-            services.run_evaluation(evaluation.pk)
+            queue.run_evaluation(evaluation.pk)
         evaluation.refresh_from_db()
         assert evaluation.state == "queued"
         assert evaluation.posted_at is not None  # still "TrustHub may hold one"
@@ -124,7 +124,7 @@ def test_failed_listings_spend_no_attempts_within_the_reconcile_timeout(sandbox,
     sandbox.add_fault(method="GET", path=EVALUATIONS, status=503, times=4)
     for _ in range(5):  # the first attempt, then two past the limit and more
         with pytest.raises(RetryLater):
-            services.run_evaluation(evaluation.pk)
+            queue.run_evaluation(evaluation.pk)
     evaluation.refresh_from_db()
     assert (evaluation.state, evaluation.attempts) == ("queued", 1)
     assert evaluation.posted_at is not None
@@ -138,14 +138,14 @@ def test_giving_up_while_reconciling_says_so_and_sync_adopts_it_into_the_row(san
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
     sandbox.add_fault(method="GET", path=EVALUATIONS, status=503)
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED  # the last allowed attempt
+        queue.run_evaluation(evaluation.pk)
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED  # the last allowed attempt
     evaluation.refresh_from_db()
     assert evaluation.may_exist_upstream
     assert UMBRELLA in evaluation.error_message
     assert "trusthub_sync --evaluations" in evaluation.error_message
     # One past the last attempt: a late message changes nothing.
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED
     (created,) = created_since(sandbox, before)
 
     call_command("trusthub_sync", "--evaluations", stdout=None)
@@ -162,7 +162,7 @@ def test_the_last_attempt_after_a_definite_answer_clears_the_mark(sandbox, setti
     settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "MAX_ATTEMPTS": 1}
     evaluation, _ = requested(sandbox)
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=503)  # not processed
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert not evaluation.may_exist_upstream
     assert "Gave up after 1 attempts" in evaluation.error_message
@@ -235,7 +235,7 @@ def test_an_unusable_answer_is_never_completed_and_the_real_one_is_adopted(sandb
     evaluation, before = requested(sandbox)
     sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, body=body)
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     evaluation.refresh_from_db()
     assert (evaluation.state, evaluation.sid, evaluation.status) == ("queued", None, None)
     assert evaluation.posted_at is not None  # TrustHub did process it
@@ -248,7 +248,7 @@ def test_a_failed_row_keeps_what_trusthub_answered(sandbox, settings):
     evaluation, _ = requested(sandbox)
     body = _result(passed="false")
     sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, body=json.dumps(body))
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert evaluation.raw == body
     assert "'passed'" in evaluation.error_message
@@ -260,7 +260,7 @@ def test_an_error_body_too_deep_to_show_is_kept_as_text(sandbox, admin_client):
     deep = json.loads("[" * 900 + "]" * 900)
     body = json.dumps({"code": 20001, "message": "Nope", "more": deep})
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=400, body=body)
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert evaluation.raw == body
     assert "Nope" in evaluation.error_message
@@ -271,7 +271,7 @@ def test_an_error_body_too_deep_to_show_is_kept_as_text(sandbox, admin_client):
 def test_an_error_body_with_an_out_of_range_code_is_recorded(sandbox):
     evaluation, _ = requested(sandbox)
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=400, code=2**40, message="Nope")
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert evaluation.error_code is None
     assert "Nope" in evaluation.error_message
@@ -299,7 +299,7 @@ def test_dates_out_of_range_never_reach_a_page(sandbox, admin_client, django_use
     sandbox.add_fault(
         method="GET", path="/v1/CustomerProfiles$", after_processing=True, body=json.dumps(listed)
     )
-    services.sync_customer_profiles()
+    sync.sync_customer_profiles()
     profile = profiles[UMBRELLA]
     profile.refresh_from_db()
     assert (profile.valid_until, profile.date_created, profile.date_updated) == (None, None, None)
@@ -315,7 +315,7 @@ def test_dates_out_of_range_never_reach_a_page(sandbox, admin_client, django_use
     sandbox.add_fault(
         method="GET", path=EVALUATIONS, after_processing=True, body=json.dumps(history)
     )
-    assert services.sync_evaluations(profile).stored == 1
+    assert sync.sync_evaluations(profile).stored == 1
     # An answer so dated is not stored either.
     for date in HOSTILE_DATES:
         evaluation, _ = services.request_evaluation(profile, trigger="cli")
@@ -326,7 +326,7 @@ def test_dates_out_of_range_never_reach_a_page(sandbox, admin_client, django_use
             body=json.dumps(_answer(date_created=date)),
         )
         with pytest.raises(RetryLater):
-            services.run_evaluation(evaluation.pk)
+            queue.run_evaluation(evaluation.pk)
         run_until_done(evaluation)
     assert Evaluation.objects.filter(date_created__isnull=False).count() == 3
 
@@ -355,12 +355,12 @@ def test_sync_adopts_into_a_queued_row_awaiting_reconciliation(sandbox):
     evaluation, before = requested(sandbox)
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=502, after_processing=True)
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     (created,) = created_since(sandbox, before)
-    services.sync_evaluations(evaluation.customer_profile)
+    sync.sync_evaluations(evaluation.customer_profile)
     evaluation.refresh_from_db()
     assert (evaluation.state, evaluation.sid) == ("completed", created)
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED  # the retry's message
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED  # the retry's message
     assert Evaluation.objects.filter(sid=created).get().pk == evaluation.pk
     assert posts(sandbox, UMBRELLA) == 1
 
@@ -375,7 +375,7 @@ def test_an_import_made_while_the_worker_reconciles_is_merged_into_the_row(sandb
     )
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     (created,) = created_since(sandbox, before)
     # The worker's listing is slow; meanwhile an operator imports the profile's evaluations.
     sandbox.add_fault(method="GET", path=EVALUATIONS, after_processing=True, delay=1.0)
@@ -383,7 +383,7 @@ def test_an_import_made_while_the_worker_reconciles_is_merged_into_the_row(sandb
 
     def work() -> None:
         try:
-            outcome.append(services.run_evaluation(evaluation.pk))
+            outcome.append(queue.run_evaluation(evaluation.pk))
         finally:
             connection.close()  # this thread's own connection
 
@@ -392,7 +392,7 @@ def test_an_import_made_while_the_worker_reconciles_is_merged_into_the_row(sandb
     deadline = time.monotonic() + 5
     while not sandbox.stats["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.01)
-    services.sync_evaluations(evaluation.customer_profile)
+    sync.sync_evaluations(evaluation.customer_profile)
     imported = Evaluation.objects.get(sid=created)
     assert imported.trigger == "sync"  # the row was running, so the import did not touch it
     worker.join(10)
@@ -414,7 +414,7 @@ def test_an_answer_naming_another_requests_evaluation_is_not_trusted(sandbox):
         method="POST", path=EVALUATIONS, after_processing=True, body=json.dumps(first.raw)
     )
     with pytest.raises(RetryLater):
-        services.run_evaluation(second.pk)
+        queue.run_evaluation(second.pk)
     second = run_until_done(second)
     assert second.state == "completed"
     assert created_since(sandbox, before) == {first.sid, second.sid}
@@ -426,10 +426,10 @@ def test_an_answer_naming_another_requests_evaluation_is_not_trusted(sandbox):
 
 def test_a_row_left_running_by_a_database_failure_is_reclaimed_by_its_token(sandbox):
     evaluation, _ = requested(sandbox)
-    claimed = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
+    claimed = rows.claim(evaluation.pk, running_timeout=300)
     token = claimed.started_at.isoformat()
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED  # fresh and running
-    assert services.run_evaluation(evaluation.pk, token=token) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED  # fresh and running
+    assert queue.run_evaluation(evaluation.pk, token=token) == Outcome.COMPLETED
 
 
 @pytest.mark.dbserver
@@ -464,7 +464,7 @@ def test_losing_the_database_connection_mid_attempt_is_retried_without_a_second_
     killer = threading.Thread(target=kill_when_posted, daemon=True)
     killer.start()
     with pytest.raises(RetryLater) as retry:
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     killer.join(5)
     assert retry.value.token is None  # the row could be put back in the queue
     evaluation.refresh_from_db()
@@ -485,11 +485,11 @@ def test_an_unexpected_exception_mid_attempt_never_strands_the_row(sandbox, sett
         "MAX_ATTEMPTS": 2,
     }
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     evaluation.refresh_from_db()
     assert evaluation.state == "queued"
     assert "ConnectionError" in evaluation.error_message
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert evaluation.state == "failed"
     assert "Gave up after 2 attempts" in evaluation.error_message
@@ -502,7 +502,7 @@ def test_a_credential_that_cannot_be_sent_is_refused_without_quoting_it(sandbox,
     settings.TRUSTHUB_EVAL = {**settings.TRUSTHUB_EVAL, "AUTH_TOKEN": token}
     caplog.set_level(logging.DEBUG)
 
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
 
     evaluation.refresh_from_db()
     assert "AUTH_TOKEN" in evaluation.error_message
@@ -535,7 +535,7 @@ def test_status_reports_the_queue_and_failures(sandbox, settings):
         call_command("trusthub_status", "--check")
 
     sandbox.add_fault(method="POST", path=EVALUATIONS, status=500, after_processing=True)
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     health = status()
     assert (health["queued"], health["failed_recently"], health["may_exist_upstream"]) == (0, 1, 1)
     assert health["failures_by_code"] == [[20500, 1]]
@@ -613,7 +613,7 @@ def test_a_huge_error_message_is_stored_cut_and_the_api_page_stays_small(sandbox
         body=json.dumps({"code": 21211, "message": message, "status": 400}),
     )
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert len(evaluation.error_message) < 2_200
     assert "characters in all" in evaluation.error_message
@@ -635,7 +635,7 @@ def test_credentials_echoed_in_an_error_are_never_stored(sandbox):
         body=json.dumps({"code": 20003, "message": echo, "more_info": echo, "status": 401}),
     )
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     stored = evaluation.error_message + json.dumps(evaluation.raw)
     assert sandbox.auth_token not in stored

@@ -22,9 +22,9 @@ from tests.factories import (
     sync_world,
     wait_idle,
 )
-from trusthub_eval import services, signals
+from trusthub_eval import queue, services, signals, sync
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
-from trusthub_eval.services import Outcome, RetryLater
+from trusthub_eval.queue import Outcome, RetryLater, rows
 
 pytestmark = pytest.mark.django_db
 
@@ -119,7 +119,7 @@ def test_request_enqueues_on_commit_and_the_task_stores_the_outcome(
 def test_compliant_profile_is_recorded_compliant(sandbox):
     profile = sync_world()[ACME]
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     evaluation.refresh_from_db()
     assert evaluation.status == "compliant"
     assert not evaluation.requirement_results.filter(passed=False).exists()
@@ -142,10 +142,10 @@ def test_failing_requirement_is_a_query(sandbox):
 def test_a_second_claim_of_the_same_row_does_nothing(sandbox):
     profile = sync_world()[UMBRELLA]
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    claimed = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
+    claimed = rows.claim(evaluation.pk, running_timeout=300)
     assert claimed is not None and claimed.state == Evaluation.State.RUNNING
-    assert Evaluation.objects.claim(evaluation.pk, running_timeout=300) is None
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert rows.claim(evaluation.pk, running_timeout=300) is None
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED
     assert posts(sandbox, UMBRELLA) == 0
     evaluation.refresh_from_db()
     assert evaluation.attempts == 1
@@ -154,7 +154,7 @@ def test_a_second_claim_of_the_same_row_does_nothing(sandbox):
 def test_a_finished_row_is_never_run_again(sandbox):
     profile = sync_world()[UMBRELLA]
     evaluation = run_until_done(services.request_evaluation(profile, trigger="cli")[0])
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED
     assert posts(sandbox, UMBRELLA) == 1
 
 
@@ -164,7 +164,7 @@ def test_a_row_left_running_by_a_dead_worker_is_claimed_again(sandbox):
     Evaluation.objects.filter(pk=evaluation.pk).update(
         state="running", started_at=timezone.now() - datetime.timedelta(hours=1), attempts=1
     )
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     evaluation.refresh_from_db()
     assert evaluation.attempts == 2 and evaluation.state == "completed"
 
@@ -172,11 +172,11 @@ def test_a_row_left_running_by_a_dead_worker_is_claimed_again(sandbox):
 def test_an_outcome_is_not_stored_by_a_worker_that_lost_its_claim(sandbox):
     profile = sync_world()[UMBRELLA]
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    mine = Evaluation.objects.claim(evaluation.pk, running_timeout=300)
+    mine = rows.claim(evaluation.pk, running_timeout=300)
     # Another worker reclaims it as stale meanwhile.
     Evaluation.objects.filter(pk=evaluation.pk).update(started_at=timezone.now())
     answer = {"sid": "EL" + "0" * 32, "status": "compliant", "results": [{"passed": True}]}
-    assert Evaluation.objects.record_result(mine, answer) is None
+    assert rows.complete(mine, answer) is None
     evaluation.refresh_from_db()
     assert evaluation.sid is None and evaluation.state == "running"
     assert not evaluation.requirement_results.exists()
@@ -187,12 +187,12 @@ def test_429_is_retried_with_retry_after_and_then_completes(sandbox):
     sandbox.add_fault(method="POST", path="Evaluations$", status=429, code=20429, retry_after=3)
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
     with pytest.raises(RetryLater) as retry:
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     assert retry.value.countdown >= 3
     evaluation.refresh_from_db()
     assert evaluation.state == "queued" and evaluation.error_code == 20429
     assert evaluation.posted_at is None  # a 429 was not processed: nothing to reconcile
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     evaluation.refresh_from_db()
     assert evaluation.attempts == 2
     assert evaluation.error_code is None and evaluation.error_message == ""
@@ -204,14 +204,14 @@ def test_unknown_profile_fails_with_20404_and_is_not_retried(sandbox):
     sync_world()
     profile = make_profile()
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert evaluation.state == "failed"
     assert evaluation.error_code == 20404
     assert "not found" in evaluation.error_message.lower()
     assert evaluation.attempts == 1
     assert evaluation.completed_at is not None
-    assert services.run_evaluation(evaluation.pk) == Outcome.SKIPPED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.SKIPPED
     assert posts(sandbox, profile.sid) == 1
 
 
@@ -231,12 +231,12 @@ def test_read_timeout_after_creation_ends_as_one_row_with_that_sid(sandbox, sett
     sandbox.add_fault(method="POST", path="Evaluations$", after_processing=True, delay=1.5)
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
     with pytest.raises(RetryLater):
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     evaluation.refresh_from_db()
     assert evaluation.state == "queued" and evaluation.posted_at is not None
     assert sandbox.evaluation_count(UMBRELLA) == 1  # TrustHub made it; we did not hear back
 
-    assert services.run_evaluation(evaluation.pk) == Outcome.COMPLETED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.COMPLETED
     evaluation.refresh_from_db()
     wait_idle(sandbox)  # the stalled POST is logged once its answer has been sent
     remote = sandbox.requests_log
@@ -284,7 +284,7 @@ def test_auth_token_never_reaches_logs_rows_or_errors(sandbox, settings, caplog)
     caplog.set_level(logging.DEBUG)
     profile = make_profile()
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    assert services.run_evaluation(evaluation.pk) == Outcome.FAILED
+    assert queue.run_evaluation(evaluation.pk) == Outcome.FAILED
     evaluation.refresh_from_db()
     assert evaluation.error_code == 20003
     assert "wrong-token-0123456789" not in evaluation.error_message
@@ -391,9 +391,9 @@ def test_sync_imports_policies_profiles_and_history_idempotently(sandbox):
     assert Policy.objects.get(sid=PRIMARY_POLICY).requirements["end_user"]
     acme = profiles[ACME]
     assert acme.status == "twilio-approved" and acme.policy.sid == PRIMARY_POLICY
-    imported = sum(services.sync_evaluations(p).stored for p in profiles.values())
+    imported = sum(sync.sync_evaluations(p).stored for p in profiles.values())
     assert imported == 5
-    assert sum(services.sync_evaluations(p).stored for p in profiles.values()) == 0
+    assert sum(sync.sync_evaluations(p).stored for p in profiles.values()) == 0
     sync_world()
     assert CustomerProfile.objects.count() == 7
     history = Evaluation.objects.filter(trigger="sync")
@@ -416,24 +416,24 @@ def test_fetch_customer_profile_imports_an_unknown_one_with_its_policy(sandbox):
 def test_resume_queued_resends_old_queued_rows(sandbox):
     profile = sync_world()[UMBRELLA]
     evaluation, _ = services.request_evaluation(profile, trigger="cli")
-    assert services.resume_queued(older_than=60) == 0
+    assert queue.resume_queued(older_than=60) == 0
     # Due (by the database's clock, set when it was queued) five minutes ago.
     five_minutes_ago = timezone.now() - datetime.timedelta(minutes=5)
     Evaluation.objects.filter(pk=evaluation.pk).update(
         requested_at=five_minutes_ago, next_attempt_at=five_minutes_ago
     )
     # Celery runs eagerly in the suite: resending runs it.
-    assert services.resume_queued(older_than=60) == 1
+    assert queue.resume_queued(older_than=60) == 1
     evaluation.refresh_from_db()
     assert evaluation.state == "completed"
 
 
 def test_backoff_grows_is_capped_and_honours_retry_after(settings):
     settings.TRUSTHUB_EVAL = {"RETRY_BACKOFF": 2.0, "RETRY_BACKOFF_MAX": 30.0}
-    assert all(0 <= services.backoff(1) <= 2 for _ in range(50))
-    assert max(services.backoff(4) for _ in range(200)) > 2
-    assert all(services.backoff(20) <= 30 for _ in range(50))
-    assert all(services.backoff(1, retry_after=10) >= 10 for _ in range(50))
+    assert all(0 <= queue.backoff(1) <= 2 for _ in range(50))
+    assert max(queue.backoff(4) for _ in range(200)) > 2
+    assert all(queue.backoff(20) <= 30 for _ in range(50))
+    assert all(queue.backoff(1, retry_after=10) >= 10 for _ in range(50))
 
 
 def test_profile_counts_the_failing_requirements_of_its_newest_evaluation(sandbox):
@@ -567,9 +567,9 @@ def test_imported_evaluations_fire_the_signals_an_evaluation_run_here_fires(
     signals.compliance_changed.connect(on_changed)
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.sync_evaluations(profiles[ACME]).stored == 5
+            assert sync.sync_evaluations(profiles[ACME]).stored == 5
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.sync_evaluations(profiles[ACME]).stored == 0  # nothing new: no signal
+            assert sync.sync_evaluations(profiles[ACME]).stored == 0  # nothing new: no signal
     finally:
         signals.evaluation_completed.disconnect(on_completed)
         signals.compliance_changed.disconnect(on_changed)

@@ -38,7 +38,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from trusthub_eval import services
+from trusthub_eval import queue, services
 from trusthub_eval.api.throttling import trigger_wait
 from trusthub_eval.conf import app_settings
 from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, Evaluation, Policy
@@ -969,7 +969,7 @@ class EvaluationAdmin(ReadOnlyAdmin):
         """The queue: what waits and for how long, what is stuck, what failed and why."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        health = Evaluation.objects.health(
+        health = queue.health(
             overdue_after=app_settings.SWEEP_AFTER, running_timeout=app_settings.RUNNING_TIMEOUT
         )
         oldest = (

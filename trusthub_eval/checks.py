@@ -88,7 +88,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
             )
         )
     # A worker posts only if its call is sure to end before its claim can be taken over
-    # (services.run_evaluation).
+    # (trusthub_eval.queue.run_evaluation).
     longest = longest_call(app_settings.CONNECT_TIMEOUT, app_settings.READ_TIMEOUT)
     if longest > app_settings.RUNNING_TIMEOUT - CLAIM_MARGIN:
         errors.append(

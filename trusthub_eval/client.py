@@ -837,3 +837,9 @@ def _settings_fingerprint() -> str:
 
 
 __all__ = ["TrustHubClient", "credential_problem", "shared_client"]
+
+
+@contextlib.contextmanager
+def using_client(client: TrustHubClient | None) -> Iterator[TrustHubClient]:
+    """The caller's client, or this thread's kept one (:func:`shared_client`)."""
+    yield client if client is not None else shared_client()

@@ -9,7 +9,7 @@ from celery import shared_task
 from celery.exceptions import Reject
 from django.db import DatabaseError
 
-from trusthub_eval import dispatch, services
+from trusthub_eval import dispatch, queue, services, sync
 from trusthub_eval.exceptions import RetryLater
 from trusthub_eval.models import CustomerProfile, Evaluation
 from trusthub_eval.worker import task_connections
@@ -36,7 +36,7 @@ _UNCLAIMED_RETRIES = 5
 def run_evaluation_task(self: Any, evaluation_id: int, token: str | None = None) -> str:
     try:
         with task_connections(self.request):
-            return services.run_evaluation(evaluation_id, token=token).value
+            return queue.run_evaluation(evaluation_id, token=token).value
     except RetryLater as retry:
         try:
             raise self.retry(
@@ -65,7 +65,7 @@ def run_evaluation_task(self: Any, evaluation_id: int, token: str | None = None)
             )
             return "deferred"
         raise self.retry(
-            countdown=services.backoff(self.request.retries + 1),
+            countdown=queue.backoff(self.request.retries + 1),
             max_retries=None,
         ) from None
 
@@ -79,7 +79,7 @@ def dispatch_evaluations_task(evaluation_ids: list[int]) -> None:
 def resume_queued_task(self: Any, older_than: float | None = None) -> int:
     """The sweep; every worker sends it every SWEEP_INTERVAL seconds (see trusthub_eval.worker)."""
     with task_connections(self.request):
-        return services.resume_queued(older_than=older_than)
+        return queue.resume_queued(older_than=older_than)
 
 
 @shared_task(name="trusthub_eval.evaluate_all", ignore_result=True)
@@ -96,7 +96,7 @@ def sync_task(evaluations: bool = False) -> dict[str, int]:
     """Schedule this to import new policies and customer profiles (and, with ``evaluations``,
     evaluations made elsewhere) as ``manage.py trusthub_sync`` does; unusable records are
     skipped and logged."""
-    synced = services.sync_all(evaluations=evaluations)
+    synced = sync.sync_all(evaluations=evaluations)
     counts = {name: one.stored for name, one in synced.items()}
     counts["skipped"] = sum(len(one.skipped) for one in synced.values())
     return counts

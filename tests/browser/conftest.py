@@ -11,7 +11,7 @@ from django.db import connections
 
 from tests.factories import ACME, INITECH, STARK, UMBRELLA, sync_world
 from tests.services import CHROMIUM_BIN
-from trusthub_eval import services
+from trusthub_eval import queue, services, sync
 from trusthub_eval.models import Evaluation, Policy
 
 CHROMIUM_ARGS = [
@@ -58,14 +58,14 @@ def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def history(sandbox) -> dict[str, Any]:
     """Profiles with every kind of verdict and state, and an evaluation with a diff."""
     profiles = sync_world()
-    services.sync_evaluations(profiles[ACME])
+    sync.sync_evaluations(profiles[ACME])
     for sid in (INITECH, UMBRELLA):
         evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")
-        services.run_evaluation(evaluation.pk)
+        queue.run_evaluation(evaluation.pk)
     # A failed one (TrustHub refused it for good) and one still queued.
     sandbox.add_fault(method="POST", path="Evaluations$", status=400, code=21000, times=1)
     failed, _ = services.request_evaluation(profiles[STARK], trigger="cli")
-    services.run_evaluation(failed.pk)
+    queue.run_evaluation(failed.pk)
     assert Evaluation.objects.get(pk=failed.pk).state == "failed"
     services.request_evaluation(profiles[STARK], trigger="cli")
     acme_history = list(profiles[ACME].evaluations.order_by("requested_at"))

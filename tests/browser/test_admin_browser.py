@@ -19,7 +19,7 @@ from django.contrib.auth.models import Permission, User
 from tests.factories import ACME, STARK, UMBRELLA, sync_world
 from tests.services import ROOT
 from tests.worker import celery_worker
-from trusthub_eval import services
+from trusthub_eval import sync
 from trusthub_eval.models import CustomerProfile, Evaluation
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -83,7 +83,7 @@ def test_operator_reevaluates_and_watches_the_answer_arrive(
     page, live_server, sandbox, settings, tmp_path
 ):
     profiles = sync_world()
-    services.sync_evaluations(profiles[ACME])
+    sync.sync_evaluations(profiles[ACME])
     acme = profiles[ACME]
     staff("operator", *VIEW_ALL, "request_evaluation")
 

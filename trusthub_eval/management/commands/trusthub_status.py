@@ -10,9 +10,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from trusthub_eval import queue
 from trusthub_eval.conf import app_settings
-from trusthub_eval.managers import QueueHealth
-from trusthub_eval.models import Evaluation
+from trusthub_eval.queue import QueueHealth
 
 _MAX_HOURS = 24 * 366 * 10
 
@@ -39,7 +39,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not (math.isfinite(options["hours"]) and 0 < options["hours"] <= _MAX_HOURS):
             raise CommandError(f"--hours must be a number of hours between 0 and {_MAX_HOURS}.")
-        health = Evaluation.objects.health(
+        health = queue.health(
             overdue_after=app_settings.SWEEP_AFTER,
             running_timeout=app_settings.RUNNING_TIMEOUT,
             hours=options["hours"],

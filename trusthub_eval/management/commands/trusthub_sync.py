@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from trusthub_eval import services
+from trusthub_eval import sync
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.exceptions import TrustHubError
 
@@ -24,7 +24,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             with TrustHubClient.from_settings() as client:
-                synced = services.sync_all(evaluations=options["evaluations"], client=client)
+                synced = sync.sync_all(evaluations=options["evaluations"], client=client)
         except TrustHubError as error:
             raise CommandError(f"TrustHub: {error}") from error
         for name, what in _SAID.items():
@@ -32,7 +32,7 @@ class Command(BaseCommand):
                 self.report(what, synced[name])
         self.stdout.write(self.style.SUCCESS("Synced."))
 
-    def report(self, what: str, synced: services.Synced) -> None:
+    def report(self, what: str, synced: sync.Synced) -> None:
         """One line of what was stored; one more for each record skipped, on stderr."""
         if not synced.skipped:
             self.stdout.write(f"{what}: {synced.stored}")

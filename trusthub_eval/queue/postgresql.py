@@ -1,10 +1,11 @@
-"""The worker's two writes as single statements on PostgreSQL: the claim, and the stored answer.
+"""The queueing, the claim and the stored answer as single statements on PostgreSQL.
 
-Each is one round trip where the ORM takes several: the claim's ``UPDATE … RETURNING`` joined to
-the profile and policy in a data-modifying CTE, and the answer's row update, requirement rows and
-profile compliance in another. Other databases take the ORM's path in
-:mod:`trusthub_eval.managers`, which does the same in a few statements. Identifiers come from the
-models' metadata; every value is a parameter.
+Each is one round trip where the ORM takes several: the queueing's ``INSERT … ON CONFLICT DO
+NOTHING`` that points each profile at its new evaluation, the claim's ``UPDATE … RETURNING``
+joined to the profile and policy, and the answer's row update, requirement rows and profile
+compliance, each in a data-modifying CTE. Other databases take :mod:`.portable` (and
+:mod:`.rows` for the answer), which do the same in a few statements. Identifiers come from
+the models' metadata; every value is a parameter.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ import datetime
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import connections, models
 from django.db.models.expressions import Col
 
 from trusthub_eval.clock import now_sql
-
-if TYPE_CHECKING:
-    from trusthub_eval.managers import Recorded
-    from trusthub_eval.models import Evaluation
-
+from trusthub_eval.models import CustomerProfile, Evaluation
 
 #: The database's clock: every time these statements decide or record comes from it.
 NOW = now_sql("postgresql")
@@ -97,16 +94,11 @@ def _instance(using: str, model: type[models.Model], values: Sequence[Any]) -> A
 
 
 def claim(
-    model: type[Evaluation],
-    using: str,
-    evaluation_id: int,
-    *,
-    running_timeout: float,
-    token: datetime.datetime | None,
+    evaluation_id: int, *, running_timeout: float, token: datetime.datetime | None
 ) -> Evaluation | None:
-    """:meth:`EvaluationQuerySet.claim <trusthub_eval.managers.EvaluationQuerySet.claim>` in one
-    statement; the evaluation comes with its profile and policy, payloads deferred. Its times
-    are the database's."""
+    """See :func:`trusthub_eval.queue.rows.claim`: one statement; the evaluation comes with its
+    profile and policy, payloads deferred. Its times are the database's."""
+    model, using = Evaluation, Evaluation.objects.db
     sql, models_read = _claim_sql(using, model, with_token=token is not None)
     params: list[Any] = [
         model.State.RUNNING,
@@ -179,18 +171,16 @@ def complete(
     rows: Sequence[Mapping[str, Any]],
     *,
     failing: int,
-) -> tuple[datetime.datetime, Recorded] | None:
+) -> tuple[datetime.datetime, str, bool] | None:
     """Store a checked answer on a running evaluation in one statement: the row (fenced by its
     claim, completed at the database's time), its requirement rows, and the profile's
     compliance if this is the newest (by the profile's own ``compliance_checked_at``), reading
     the previous one under the row's lock.
 
-    Returns the completion time and what it did to the profile; None when the claim was lost
-    (nothing is written). Raises IntegrityError when the SID is stored already, having written
-    nothing.
+    Returns the completion time, the profile's compliance before and whether this became it;
+    None when the claim was lost (nothing is written). Raises IntegrityError when the SID is
+    stored already, having written nothing.
     """
-    from trusthub_eval.managers import Recorded
-
     model = type(evaluation)
     connection = connections[using]
     sql = _complete_sql(using, model, tuple(fields), tuple(rows[0]) if rows else None)
@@ -206,7 +196,7 @@ def complete(
         completed_at, previous, applied = cursor.fetchone()
     if completed_at is None:
         return None
-    return completed_at, Recorded(previous=previous, applied=applied)
+    return completed_at, previous, applied
 
 
 @functools.cache
@@ -274,3 +264,53 @@ def _record_type(field: models.Field[Any, Any], connection: Any) -> str:
     if isinstance(field, models.JSONField):
         return "jsonb"
     return str(field.db_type(connection)).split(" ")[0]
+
+
+def queue_pairs(
+    pairs: Mapping[int, int],
+    *,
+    now: datetime.datetime,
+    trigger: str,
+    requested_by_id: int | None,
+) -> list[int]:
+    """See :func:`trusthub_eval.queue.rows.queue_pairs`: one statement."""
+    using = Evaluation.objects.db
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            _queue_sql(using),
+            [
+                Evaluation.State.QUEUED,
+                trigger,
+                requested_by_id,
+                now,
+                list(pairs.keys()),
+                list(pairs.values()),
+            ],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@functools.cache
+def _queue_sql(using: str) -> str:
+    c = _quoted(using)
+    e, p = Evaluation, CustomerProfile
+    return f"""
+        WITH new AS (
+            INSERT INTO {_table(using, e)} (
+                {c(e, "customer_profile")}, {c(e, "policy")}, {c(e, "state")},
+                {c(e, "trigger")}, {c(e, "requested_by")}, {c(e, "requested_at")},
+                {c(e, "attempts")}, {c(e, "error_message")}, {c(e, "next_attempt_at")}
+            )
+            SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, '', {NOW}
+            FROM unnest(%s::bigint[], %s::bigint[]) AS pair(profile_id, policy_id)
+            ORDER BY pair.profile_id
+            ON CONFLICT ({c(e, "customer_profile")}, {c(e, "policy")}, {c(e, "in_flight")})
+            DO NOTHING
+            RETURNING {c(e, "id")} AS id, {c(e, "customer_profile")} AS profile_id
+        ), latest AS (
+            UPDATE {_table(using, p)} AS profile
+            SET {c(p, "latest_evaluation")} = new.id
+            FROM new WHERE profile.{c(p, "pk")} = new.profile_id
+        )
+        SELECT id FROM new ORDER BY id
+    """  # noqa: S608 (identifiers come from the models' metadata, values are parameters)
