@@ -39,12 +39,12 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import services
-from trusthub_eval.api.throttling import trigger_wait
 from trusthub_eval.conf import app_settings
 from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
 from trusthub_eval.permissions import can_request_evaluations
 from trusthub_eval.sids import SidKind, is_sid
+from trusthub_eval.throttling import trigger_wait
 from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
 
 # django-stubs makes these generic for the type checker only.
