@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.conf import settings
@@ -20,7 +19,7 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet, TextField
+from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast, Length, Substr
 from django.http import (
     Http404,
@@ -32,7 +31,6 @@ from django.http import (
 from django.template.response import TemplateResponse
 from django.templatetags.static import static
 from django.urls import URLPattern, path, reverse
-from django.utils import formats
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
@@ -40,9 +38,21 @@ from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import services
 from trusthub_eval.conf import app_settings
+from trusthub_eval.diff import compare_results, previous_evaluation
+from trusthub_eval.display import (
+    compliance_badge,
+    error_code_link,
+    evaluation_badge,
+    evaluation_duration,
+    format_duration,
+    grouped,
+    pretty_json,
+    requirement_verdict,
+)
 from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator, count_rows
 from trusthub_eval.permissions import can_request_evaluations
+from trusthub_eval.requirements import describe_requirements, invalid_fields
 from trusthub_eval.sids import SidKind, is_sid
 from trusthub_eval.throttling import trigger_wait
 from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
@@ -53,7 +63,6 @@ if TYPE_CHECKING:
 else:
     ModelAdmin = admin.ModelAdmin
 
-TWILIO_ERROR_URL = "https://www.twilio.com/docs/errors/{}"
 # The profile page shows this many evaluations and links to the rest; the timeline this many.
 HISTORY_LIMIT = 20
 TIMELINE_LIMIT = 200
@@ -64,243 +73,6 @@ PAYLOAD_SHOWN = 100_000
 
 
 # --- what the pages show, as plain functions ---------------------------------------------------
-
-
-def error_code_link(code: object) -> SafeString | str:
-    """A Twilio error code linked to its page in Twilio's docs; anything else, escaped."""
-    if code in (None, ""):
-        return ""
-    try:
-        number = int(str(code))
-    except ValueError:
-        return format_html("{}", code)
-    return format_html(
-        '<a href="{}" target="_blank" rel="noopener noreferrer" class="trusthub-error-code">{}</a>',
-        TWILIO_ERROR_URL.format(number),
-        number,
-    )
-
-
-_BADGES = {
-    # key: (admin icon, label, CSS modifier)
-    "compliant": ("icon-yes.svg", _("Compliant"), "compliant"),
-    "noncompliant": ("icon-no.svg", _("Noncompliant"), "noncompliant"),
-    # The request failed: TrustHub gave no verdict, which "Failed" under "Compliance" would seem.
-    "failed": ("icon-alert.svg", _("Evaluation failed"), "failed"),
-    "queued": ("icon-clock.svg", _("Queued"), "pending"),
-    "running": ("icon-clock.svg", _("Running"), "pending"),
-    "": ("icon-unknown.svg", _("Not evaluated"), "unknown"),
-}
-
-
-def _badge(icon: str, label: object, modifier: str) -> SafeString:
-    return format_html(
-        '<span class="trusthub-badge trusthub-{}"><img src="{}" alt="" width="13" height="13"> '
-        "{}</span>",
-        modifier,
-        static(f"admin/img/{icon}"),
-        label,
-    )
-
-
-def compliance_badge(key: str | None) -> SafeString:
-    """An icon and a word for a verdict (compliant, noncompliant) or a state without one."""
-    return _badge(*_BADGES.get(key or "", _BADGES[""]))
-
-
-def requirement_verdict(passed: bool | None) -> SafeString:
-    """An icon and a word for one requirement: passed, failed, or not evaluated (None)."""
-    if passed is None:
-        return _badge("icon-unknown.svg", _("Not evaluated"), "unknown")
-    if passed:
-        return _badge("icon-yes.svg", _("Passed"), "compliant")
-    return _badge("icon-no.svg", _("Failed"), "noncompliant")
-
-
-def evaluation_badge(evaluation: Evaluation) -> SafeString:
-    """The verdict of a completed evaluation, or the state of one that has none."""
-    if evaluation.state == Evaluation.State.COMPLETED:
-        return compliance_badge(evaluation.status)
-    return compliance_badge(evaluation.state)
-
-
-def format_duration(delta: datetime.timedelta | None) -> str:
-    """``850 ms``, ``4.2 s``, ``3 min 5 s``, ``2 h 10 min``; empty when unknown."""
-    if delta is None:
-        return ""
-    seconds = delta.total_seconds()
-    if seconds < 1:
-        return f"{round(seconds * 1000)} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
-
-
-def evaluation_duration(evaluation: Evaluation) -> str:
-    """How long the evaluation ran (not how long it waited); empty for an import, which we
-    did not time."""
-    if evaluation.trigger == Evaluation.Trigger.SYNC:
-        return ""
-    return format_duration(evaluation.duration)
-
-
-class _HasVerdict(Protocol):
-    requirement_name: str
-    requirement_friendly_name: str
-    passed: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class RequirementChange:
-    """One requirement in a comparison: its verdict before and after (None: not evaluated)."""
-
-    name: str
-    label: str
-    before: bool | None
-    after: bool | None
-
-
-@dataclasses.dataclass(frozen=True)
-class ResultsDiff:
-    """Requirements that fail now but did not, that failed but no longer do, and the rest."""
-
-    newly_failing: list[RequirementChange]
-    fixed: list[RequirementChange]
-    unchanged: list[RequirementChange]
-
-
-def _verdicts(results: Iterable[_HasVerdict]) -> dict[str, tuple[str, bool]]:
-    """requirement_name -> (label, passed); a requirement listed twice passes only if both do."""
-    verdicts: dict[str, tuple[str, bool]] = {}
-    for result in results:
-        label = result.requirement_friendly_name or result.requirement_name
-        _, passed_so_far = verdicts.get(result.requirement_name, (label, True))
-        verdicts[result.requirement_name] = (label, passed_so_far and result.passed)
-    return verdicts
-
-
-def compare_results(previous: Iterable[_HasVerdict], current: Iterable[_HasVerdict]) -> ResultsDiff:
-    """Compare two evaluations' results by ``requirement_name``.
-
-    Newly failing: fails now, and passed (or was not evaluated) before. Fixed: failed before,
-    and passes (or is not evaluated) now. Everything else is unchanged. Each list keeps the
-    current evaluation's order, then the previous one's.
-    """
-    before, after = _verdicts(previous), _verdicts(current)
-    diff = ResultsDiff(newly_failing=[], fixed=[], unchanged=[])
-    for name in [*after, *(name for name in before if name not in after)]:
-        label = (after.get(name) or before[name])[0]
-        was = before[name][1] if name in before else None
-        now = after[name][1] if name in after else None
-        change = RequirementChange(name=name, label=label, before=was, after=now)
-        if now is False and was is not False:
-            diff.newly_failing.append(change)
-        elif was is False and now is not False:
-            diff.fixed.append(change)
-        else:
-            diff.unchanged.append(change)
-    return diff
-
-
-@dataclasses.dataclass(frozen=True)
-class RequirementItem:
-    """One thing a policy asks for: an end-user type, a document, a supporting profile…"""
-
-    name: str
-    type: str = ""
-    description: str = ""
-    fields: list[str] = dataclasses.field(default_factory=list)
-    # For a document requirement: the documents that satisfy it (any one of them).
-    accepted: list[RequirementItem] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class RequirementSection:
-    """A kind of requirement (``end_user``, ``supporting_document`` …) and its items."""
-
-    key: str
-    title: str
-    items: list[RequirementItem]
-    unreadable: str = ""  # pretty JSON of whatever did not have the expected shape
-
-
-_SECTION_TITLES = {
-    "end_user": _("End-user types"),
-    "supporting_document": _("Supporting documents"),
-    "supporting_trust_products": _("Supporting trust products"),
-    "supporting_customer_profiles": _("Supporting customer profiles"),
-}
-
-
-def describe_requirements(requirements: object) -> list[RequirementSection]:
-    """TrustHub's free-form ``requirements`` JSON as sections a person can read.
-
-    Known shapes (the spec's examples) become items; anything else is kept as pretty JSON so
-    nothing TrustHub said is hidden. Empty sections are left out.
-    """
-    if not isinstance(requirements, Mapping):
-        if requirements in (None, {}, []):
-            return []
-        return [
-            RequirementSection("requirements", gettext("Requirements"), [], _pretty(requirements))
-        ]
-    sections = []
-    for key, value in requirements.items():
-        title = str(_SECTION_TITLES.get(key, str(key).replace("_", " ").capitalize()))
-        items: list[RequirementItem] = []
-        leftovers: list[Any] = []
-        # Documents come as a list of groups (lists); the other kinds as flat lists.
-        entries = value if isinstance(value, list) else [value]
-        for entry in entries:
-            for candidate in entry if isinstance(entry, list) else [entry]:
-                item = _requirement_item(candidate)
-                if item is None:
-                    leftovers.append(candidate)
-                else:
-                    items.append(item)
-        if items or leftovers:
-            sections.append(
-                RequirementSection(str(key), title, items, _pretty(leftovers) if leftovers else "")
-            )
-    return sections
-
-
-def _requirement_item(value: object) -> RequirementItem | None:
-    if not isinstance(value, Mapping):
-        return None
-    name = value.get("name") or value.get("requirement_name") or value.get("type")
-    if not name:
-        return None
-    accepted = [
-        item
-        for item in (_requirement_item(doc) for doc in _list(value.get("accepted_documents")))
-        if item is not None
-    ]
-    return RequirementItem(
-        name=str(name),
-        # requirement_name says more than a document requirement's type ("document").
-        type=str(value.get("requirement_name") or value.get("type") or ""),
-        description=str(value.get("description") or ""),
-        fields=[str(field) for field in _list(value.get("fields"))],
-        accepted=accepted,
-    )
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def grouped(number: int) -> str:
-    """``1,000,000`` (in the active locale's style): big counts are read at a glance."""
-    return formats.number_format(number, force_grouping=True)
-
-
-def _pretty(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,13 +107,8 @@ def stored_json(obj: CustomerProfile | DuplicateEvaluation | Evaluation | Policy
     if length <= len(shown):
         # Pretty when whole and decodable; otherwise as stored (the template escapes it).
         with contextlib.suppress(ValueError, RecursionError):
-            shown = _pretty(json.loads(shown))
+            shown = pretty_json(json.loads(shown))
     return StoredJSON(shown, length)
-
-
-def invalid_fields(value: object) -> list[Mapping[str, Any]]:
-    """A result's ``invalid`` list with only the dictionaries (the payload is free-form)."""
-    return [item for item in _list(value) if isinstance(item, Mapping)]
 
 
 # --- shared admin plumbing ---------------------------------------------------------------------
@@ -1112,25 +879,6 @@ class EvaluationAdmin(ReadOnlyAdmin):
             "diff_groups": diff_groups,
             "raw_json": stored_json(evaluation),
         }
-
-
-def previous_evaluation(evaluation: Evaluation) -> Evaluation | None:
-    """The completed evaluation of the same profile and policy requested just before this one."""
-    return (
-        Evaluation.objects.filter(
-            customer_profile_id=evaluation.customer_profile_id,
-            policy_id=evaluation.policy_id,
-            state=Evaluation.State.COMPLETED,
-        )
-        .filter(
-            Q(requested_at__lt=evaluation.requested_at)
-            | Q(requested_at=evaluation.requested_at, pk__lt=evaluation.pk)
-        )
-        .order_by("-requested_at", "-id")
-        # What the comparison names; its results are rows of their own.
-        .only("sid", "requested_at")
-        .first()
-    )
 
 
 __all__ = [
