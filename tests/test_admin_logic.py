@@ -8,12 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from trusthub_eval.admin import (
-    compare_results,
-    describe_requirements,
-    error_code_link,
-    format_duration,
-)
+from trusthub_eval.diff import compare_results
+from trusthub_eval.display import error_code_link, format_duration
+from trusthub_eval.requirements import describe_requirements
 from trusthub_eval.timeline import COLOURS, TimelinePoint, lane_y, render_timeline
 
 UTC = datetime.UTC

@@ -20,7 +20,7 @@ from django.utils import formats, timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
-from trusthub_eval.admin import (
+from trusthub_eval.display import (
     error_code_link,
     evaluation_badge,
     evaluation_duration,
