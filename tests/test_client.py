@@ -27,6 +27,7 @@ from responses import matchers
 
 from trusthub_eval import __version__
 from trusthub_eval.client import TrustHubClient
+from trusthub_eval.error_answers import error_from_response, parse_retry_after
 from trusthub_eval.exceptions import (
     AuthenticationFailed,
     BadRequest,
@@ -43,8 +44,6 @@ from trusthub_eval.exceptions import (
     TrustHubConnectionError,
     TrustHubError,
     TrustHubTimeout,
-    error_from_response,
-    parse_retry_after,
 )
 from trusthub_eval.sids import InvalidSid
 

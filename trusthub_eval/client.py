@@ -27,6 +27,7 @@ from urllib3.util.retry import Retry
 from . import __version__
 from .concurrency import RedisConcurrencyLimiter, limiter_from_settings
 from .conf import DEFAULTS, TWILIO_BASE_URL, app_settings
+from .error_answers import error_from_response
 from .exceptions import (
     AuthenticationFailed,
     DeadlinePassed,
@@ -37,7 +38,6 @@ from .exceptions import (
     TrustHubConnectionError,
     TrustHubError,
     TrustHubTimeout,
-    error_from_response,
 )
 from .sids import SidKind, check_sid, is_sid
 

@@ -5,15 +5,7 @@ The TrustHub errors say whether a call may be retried; the others are the app's 
 
 from __future__ import annotations
 
-import email.utils
 import enum
-import json
-import math
-import re
-import time
-from collections.abc import Callable, Mapping
-from datetime import UTC
-from http import HTTPStatus
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -312,152 +304,6 @@ class ServiceUnavailable(ServerError):
     ambiguous_after_post = False
 
 
-_ERRORS_BY_STATUS: dict[int, type[TrustHubAPIError]] = {
-    cls.status_code: cls
-    for cls in (
-        BadRequest,
-        AuthenticationFailed,
-        PermissionDenied,
-        NotFound,
-        RateLimited,
-        ServerError,
-        ServiceUnavailable,
-    )
-    if cls.status_code is not None
-}
-
-# Twilio's own code for "too many concurrent requests"; map it even if a proxy rewrote the status.
-TWILIO_TOO_MANY_REQUESTS = 20429
-# Twilio's "Authenticate" (https://www.twilio.com/docs/errors/20003).
-TWILIO_AUTHENTICATE = 20003
-
-
-def error_class_for(status: int, code: int | None = None) -> type[TrustHubAPIError]:
-    """The exception class for an HTTP error ``status`` (and Twilio error ``code``)."""
-    if code == TWILIO_TOO_MANY_REQUESTS:
-        return RateLimited
-    if code == TWILIO_AUTHENTICATE:
-        return AuthenticationFailed
-    if status in _ERRORS_BY_STATUS:
-        return _ERRORS_BY_STATUS[status]
-    if 500 <= status <= 599:
-        return ServerError
-    return TrustHubAPIError
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(seconds, 0.0)
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-#: Twilio's error codes are five digits; anything outside a 32-bit column is not one.
-_INT32 = range(-(2**31), 2**31)
-
-
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    # ASCII digits only: "²" is a digit to isdigit() but not to int().
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip()):
-        value = int(value)
-    return value if isinstance(value, int) and value in _INT32 else None
-
-
-def _as_text(value: object) -> str | None:
-    return (value.strip() or None) if isinstance(value, str) else None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    name = name.lower()
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def error_from_response(
-    method: str,
-    status: int,
-    body: bytes | str | None,
-    headers: Mapping[str, str] | None = None,
-    *,
-    path: str | None = None,
-    reason: str | None = None,
-    redact: Callable[[str], str] | None = None,
-) -> TrustHubAPIError:
-    """Build the exception for an HTTP error answer.
-
-    Reads Twilio's legacy body ``{code, message, more_info, status}`` and RFC 9457 problem details
-    ``{type, title, status, code, detail}``; anything else (an HTML page from a proxy) falls back
-    to the reason phrase. ``redact`` is applied to the whole body, and to the reason phrase,
-    before anything is read from them (a message may echo what was sent), so no part of a secret
-    survives a cut.
-    """
-    headers = headers or {}
-    payload: Any = None
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if redact is not None:
-        body = redact(body) if body else body
-        reason = redact(reason) if reason else reason
-    if body:
-        try:
-            payload = json.loads(body)
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurd nesting recurses.
-        except (ValueError, RecursionError):
-            payload = None
-    if not isinstance(payload, dict):
-        payload = {}
-
-    code = _as_int(payload.get("code"))
-    message = (
-        _as_text(payload.get("message"))
-        or _as_text(payload.get("detail"))
-        or _as_text(payload.get("title"))
-        or _as_text(reason)
-        or _reason_phrase(status)
-    )
-    more_info = _as_text(payload.get("more_info"))
-    problem_type = _as_text(payload.get("type"))
-    if more_info is None and problem_type and problem_type != "about:blank":
-        more_info = problem_type
-
-    cls = error_class_for(status, code)
-    return cls(
-        message,
-        status=status,
-        code=code,
-        more_info=more_info,
-        retry_after=parse_retry_after(_header(headers, "Retry-After")),
-        method=method,
-        path=path,
-        body=body,
-    )
-
-
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
@@ -479,7 +325,4 @@ __all__ = [
     "TrustHubEvalError",
     "TrustHubTimeout",
     "UnknownPolicy",
-    "error_class_for",
-    "error_from_response",
-    "parse_retry_after",
 ]
