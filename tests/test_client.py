@@ -27,7 +27,6 @@ from responses import matchers
 
 from trusthub_eval import __version__
 from trusthub_eval.client import TrustHubClient
-from trusthub_eval.error_answers import error_from_response, parse_retry_after
 from trusthub_eval.exceptions import (
     AuthenticationFailed,
     BadRequest,
@@ -45,6 +44,7 @@ from trusthub_eval.exceptions import (
     TrustHubError,
     TrustHubTimeout,
 )
+from trusthub_eval.failures import error_from_response, parse_retry_after
 from trusthub_eval.sids import InvalidSid
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "twilio"

@@ -7,9 +7,10 @@ from typing import Any
 from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from trusthub_eval.client import credential_problem, longest_call, validate_base_url
+from trusthub_eval.client import longest_call, validate_base_url
 from trusthub_eval.clock import CLAIM_MARGIN
 from trusthub_eval.conf import DEFAULTS, app_settings
+from trusthub_eval.credentials import credential_problem
 from trusthub_eval.sids import SidKind, is_sid
 
 _SID_SETTINGS = {

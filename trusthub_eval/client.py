@@ -2,44 +2,38 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import urllib3.exceptions
 from django.core.exceptions import ImproperlyConfigured
 from requests.adapters import HTTPAdapter
-from requests.auth import AuthBase, HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from . import __version__
 from .concurrency import RedisConcurrencyLimiter, limiter_from_settings
 from .conf import DEFAULTS, TWILIO_BASE_URL, app_settings
-from .error_answers import error_from_response
+from .credentials import CREDENTIAL_NAMES, Auth, credentials_from
 from .exceptions import (
     AuthenticationFailed,
     DeadlinePassed,
     ErrorKind,
-    ImproperlyConfiguredCredentials,
     InvalidResponse,
     PermissionDenied,
-    TrustHubConnectionError,
     TrustHubError,
-    TrustHubTimeout,
 )
-from .sids import SidKind, check_sid, is_sid
+from .failures import error_from_response, error_from_transport
+from .sids import SidKind, check_sid
 
 logger = logging.getLogger("trusthub_eval.client")
 
@@ -57,8 +51,6 @@ MAX_PAGES = 1000
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 #: What stands for a secret that TrustHub's text echoed.
-REDACTED = "[redacted]"
-
 # Seconds a kept-alive connection may sit unused before we open a new one instead: below the
 # idle timeouts of common load balancers (60 s and more).
 IDLE_CONNECTION_TIMEOUT = 30.0
@@ -67,146 +59,6 @@ USER_AGENT = (
     f"trusthub-eval/{__version__} python-requests/{requests.__version__} "
     f"Python/{platform.python_version()}"
 )
-
-_CREDENTIALS_HELP = (
-    "Set TRUSTHUB_EVAL['ACCOUNT_SID'] and TRUSTHUB_EVAL['AUTH_TOKEN'] (or "
-    "TRUSTHUB_EVAL['API_KEY_SID'] and TRUSTHUB_EVAL['API_KEY_SECRET']) in your settings, or the "
-    "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET) "
-    "environment variables."
-)
-
-_CREDENTIAL_NAMES = ("ACCOUNT_SID", "AUTH_TOKEN", "API_KEY_SID", "API_KEY_SECRET")
-
-
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-# Causes inside a requests ConnectionError proving that no byte of the request reached TrustHub.
-_NOT_CONNECTED = (
-    urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError, NameResolutionError
-    urllib3.exceptions.ProxyError,
-    urllib3.exceptions.SSLError,
-    ConnectionRefusedError,
-    socket.gaierror,
-)
-
-
-class _Credentials:
-    """A basic-auth pair whose secret stays out of reprs, ``vars()`` dumps and pickles;
-    ``source`` says where the pair came from (settings, environment), for messages."""
-
-    __slots__ = ("_secret", "source", "username")
-
-    def __init__(self, username: str, secret: str, source: str) -> None:
-        self.username = username
-        self._secret = secret
-        self.source = source
-
-    def __repr__(self) -> str:
-        return f"_Credentials(username={self.username!r}, secret='********')"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("TrustHub credentials cannot be pickled.")
-
-    def apply(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        prepared: requests.PreparedRequest = HTTPBasicAuth(self.username, self._secret)(request)
-        return prepared
-
-    def redact(self, text: str) -> str:
-        """``text`` with the secret, and what is made of it to send it (the basic-auth pair in
-        base64, the secret percent-encoded), replaced: TrustHub's text may echo them."""
-        pair = f"{self.username}:{self._secret}".encode()
-        for form in sorted(
-            {
-                self._secret,
-                quote(self._secret, safe=""),
-                base64.b64encode(pair).decode(),
-                base64.urlsafe_b64encode(pair).decode(),
-            },
-            key=len,
-            reverse=True,
-        ):
-            if form:
-                text = text.replace(form, REDACTED)
-        return text
-
-
-class _Auth(AuthBase):
-    """Per-request basic auth, so the session object never holds the secret."""
-
-    def __init__(self, credentials: _Credentials) -> None:
-        self._credentials = credentials
-
-    def __repr__(self) -> str:
-        return f"_Auth({self._credentials!r})"
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        return self._credentials.apply(request)
-
-
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything it wraps: ``__cause__``, ``__context__``, exception ``args`` and
-    urllib3's ``MaxRetryError.reason``."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked: list[object] = [
-            current.__cause__,
-            current.__context__,
-            getattr(current, "reason", None),
-            *current.args,
-        ]
-        pending.extend(item for item in linked if isinstance(item, BaseException))
-
-
-def _describe(exc: BaseException) -> str:
-    """A short description of a transport failure: the wrapped exception types and the innermost
-    message (host and socket error, never headers, which is where the credentials are)."""
-    line: list[BaseException] = [exc]
-    while len(line) < 10:
-        current = line[-1]
-        candidates = [
-            current.__cause__,
-            getattr(current, "reason", None),
-            *current.args,
-            current.__context__,
-        ]
-        inner = next((c for c in candidates if isinstance(c, BaseException)), None)
-        if inner is None or inner in line:
-            break
-        line.append(inner)
-    wrappers = (requests.RequestException, urllib3.exceptions.MaxRetryError)
-    names = [type(item).__name__ for item in line if not isinstance(item, wrappers)]
-    names = names or [type(exc).__name__]
-    detail = str(line[-1]).strip()
-    if len(detail) > 200:
-        detail = detail[:197] + "..."
-    return f"{', '.join(dict.fromkeys(names))}: {detail}" if detail else names[0]
-
-
-def credential_problem(value: str | None) -> str | None:
-    """Why a secret cannot be sent in HTTP basic auth, without quoting it; None if it can.
-
-    Twilio's tokens and secrets are printable ASCII; anything else is a paste gone wrong (a
-    zero-width space, a newline) that requests would fail to encode mid-call.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return "is not a string"
-    for position, character in enumerate(value, start=1):
-        if not (character.isascii() and character.isprintable()) or character.isspace():
-            return (
-                f"contains a character that cannot be sent (position {position}: "
-                f"{'whitespace' if character.isspace() else 'not printable ASCII'}); re-enter it"
-            )
-    return None
 
 
 def validate_base_url(base_url: str) -> str:
@@ -314,9 +166,9 @@ class TrustHubClient:
         self.account_sid = account_sid or None
         # Where each credential came from, by setting name, for messages; by default the
         # arguments themselves.
-        sources = {name: f"the {name.lower()} argument" for name in _CREDENTIAL_NAMES}
+        sources = {name: f"the {name.lower()} argument" for name in CREDENTIAL_NAMES}
         sources.update(credential_sources or {})
-        self._credentials = self._make_credentials(
+        self._credentials = credentials_from(
             account_sid or None,
             auth_token or None,
             api_key_sid or None,
@@ -355,55 +207,10 @@ class TrustHubClient:
             limiter=limiter_from_settings(),
             credential_sources={
                 name: source
-                for name in _CREDENTIAL_NAMES
+                for name in CREDENTIAL_NAMES
                 if (source := app_settings.source_of(name)) is not None
             },
         )
-
-    @staticmethod
-    def _make_credentials(
-        account_sid: str | None,
-        auth_token: str | None,
-        api_key_sid: str | None,
-        api_key_secret: str | None,
-        sources: Mapping[str, str],
-    ) -> _Credentials:
-        # The values are never echoed: a secret pasted into the wrong setting must not leak.
-        for name, value in (("AUTH_TOKEN", auth_token), ("API_KEY_SECRET", api_key_secret)):
-            problem = credential_problem(value)
-            if problem:
-                raise ImproperlyConfiguredCredentials(
-                    f"{_capitalised(sources[name])} {problem}. " + _CREDENTIALS_HELP
-                )
-        if account_sid is not None and not is_sid(account_sid, SidKind.ACCOUNT):
-            raise ImproperlyConfiguredCredentials(
-                f"The Account SID ({sources['ACCOUNT_SID']}) is not valid: expected 'AC' "
-                "followed by 32 hexadecimal digits. " + _CREDENTIALS_HELP
-            )
-        if api_key_sid is not None or api_key_secret is not None:
-            # An API key authenticates for the account that owns it (Twilio docs: "API keys").
-            if api_key_sid is None or api_key_secret is None:
-                given = sources["API_KEY_SID" if api_key_sid is not None else "API_KEY_SECRET"]
-                raise ImproperlyConfiguredCredentials(
-                    f"An API key needs both its SID and its secret; only {given} is set. "
-                    + _CREDENTIALS_HELP
-                )
-            if not is_sid(api_key_sid, SidKind.API_KEY):
-                raise ImproperlyConfiguredCredentials(
-                    f"The API Key SID ({sources['API_KEY_SID']}) is not valid: expected 'SK' "
-                    "followed by 32 hexadecimal digits. " + _CREDENTIALS_HELP
-                )
-            source = f"{sources['API_KEY_SID']} and {sources['API_KEY_SECRET']}"
-            return _Credentials(api_key_sid, api_key_secret, source)
-        if account_sid is not None and auth_token is not None:
-            source = f"{sources['ACCOUNT_SID']} and {sources['AUTH_TOKEN']}"
-            return _Credentials(account_sid, auth_token, source)
-        if account_sid is not None:
-            raise ImproperlyConfiguredCredentials(
-                f"An Account SID ({sources['ACCOUNT_SID']}) was given without its Auth Token. "
-                + _CREDENTIALS_HELP
-            )
-        raise ImproperlyConfiguredCredentials("No TrustHub credentials. " + _CREDENTIALS_HELP)
 
     @staticmethod
     def _validate_base_url(base_url: str) -> str:
@@ -606,7 +413,7 @@ class TrustHubClient:
             url,
             params=params,
             data=data,
-            auth=_Auth(self._credentials),
+            auth=Auth(self._credentials),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         )
         try:
@@ -635,7 +442,7 @@ class TrustHubClient:
                 connect, read = self.timeout
                 body = _read_body(response, None if finish_by is None else sent_at + connect + read)
         except requests.RequestException as exc:
-            failure = self._transport_error(exc, method, path)
+            failure = error_from_transport(exc, method, path, base_url=self.base_url)
         except _TooLarge as exc:
             too_large = exc
         finished = time.monotonic()
@@ -756,43 +563,6 @@ class TrustHubClient:
         ):
             self._session.close()  # the next request opens a fresh connection
 
-    def _transport_error(
-        self, exc: requests.RequestException, method: str, path: str
-    ) -> TrustHubError:
-        """Classify a requests failure: never sent (retryable) or sent and unanswered."""
-        detail = _describe(exc)
-        # Where we tried, and the setting that says so: the usual cause is a BASE_URL pointing
-        # at a sandbox that is not running, or a typo. (BASE_URL never holds credentials.)
-        unreachable = (
-            f"Could not connect to TrustHub at {self.base_url} (TRUSTHUB_EVAL['BASE_URL']): "
-            f"{detail}."
-        )
-        if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
-            return TrustHubConnectionError(unreachable, method=method, path=path)
-        if isinstance(exc, requests.ConnectionError):
-            chain = list(_exception_chain(exc))
-            if any(isinstance(item, _NOT_CONNECTED) for item in chain):
-                return TrustHubConnectionError(unreachable, method=method, path=path)
-            # Dropped mid-answer, or a cause we cannot place: assume the request was sent.
-            return TrustHubTimeout(
-                f"The connection to TrustHub was lost before the answer ({detail}).",
-                method=method,
-                path=path,
-            )
-        if isinstance(
-            exc,
-            requests.Timeout
-            | requests.exceptions.ChunkedEncodingError
-            | requests.exceptions.ContentDecodingError,
-        ):
-            return TrustHubTimeout(
-                f"TrustHub did not answer completely in time ({detail}).",
-                method=method,
-                path=path,
-            )
-        # InvalidURL, InvalidHeader, TooManyRedirects...: nothing useful was sent.
-        return TrustHubError(f"Could not call TrustHub ({detail}).", method=method, path=path)
-
 
 _kept = threading.local()
 
@@ -836,7 +606,7 @@ def _settings_fingerprint() -> str:
     return hashlib.sha256(repr(values).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-__all__ = ["TrustHubClient", "credential_problem", "shared_client"]
+__all__ = ["TrustHubClient", "shared_client", "using_client"]
 
 
 @contextlib.contextmanager

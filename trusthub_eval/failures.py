@@ -1,6 +1,7 @@
-"""Reading TrustHub's error answers: an HTTP status, Twilio's error body (classic or RFC 9457)
-and ``Retry-After`` become one of the errors of :mod:`trusthub_eval.exceptions`. The client's
-side of the hierarchy: it is the only caller."""
+"""What a failed call to TrustHub becomes, among the errors of :mod:`trusthub_eval.exceptions`:
+an error answer (its HTTP status, Twilio's error body, classic or RFC 9457, and
+``Retry-After``), or a transport failure (never sent, or sent and left unanswered). The client
+is the only caller."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import email.utils
 import json
 import math
 import re
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from http import HTTPStatus
 from typing import Any
+
+import requests
+import urllib3.exceptions
 
 from trusthub_eval.exceptions import (
     AuthenticationFailed,
@@ -23,9 +28,17 @@ from trusthub_eval.exceptions import (
     ServerError,
     ServiceUnavailable,
     TrustHubAPIError,
+    TrustHubConnectionError,
+    TrustHubError,
+    TrustHubTimeout,
 )
 
-__all__ = ["error_class_for", "error_from_response", "parse_retry_after"]
+__all__ = [
+    "error_class_for",
+    "error_from_response",
+    "error_from_transport",
+    "parse_retry_after",
+]
 
 
 _ERRORS_BY_STATUS: dict[int, type[TrustHubAPIError]] = {
@@ -172,3 +185,95 @@ def error_from_response(
         path=path,
         body=body,
     )
+
+
+# Causes inside a requests ConnectionError proving that no byte of the request reached TrustHub.
+_NOT_CONNECTED = (
+    urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError, NameResolutionError
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.SSLError,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: ``__cause__``, ``__context__``, exception ``args`` and
+    urllib3's ``MaxRetryError.reason``."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked: list[object] = [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            *current.args,
+        ]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short description of a transport failure: the wrapped exception types and the innermost
+    message (host and socket error, never headers, which is where the credentials are)."""
+    line: list[BaseException] = [exc]
+    while len(line) < 10:
+        current = line[-1]
+        candidates = [
+            current.__cause__,
+            getattr(current, "reason", None),
+            *current.args,
+            current.__context__,
+        ]
+        inner = next((c for c in candidates if isinstance(c, BaseException)), None)
+        if inner is None or inner in line:
+            break
+        line.append(inner)
+    wrappers = (requests.RequestException, urllib3.exceptions.MaxRetryError)
+    names = [type(item).__name__ for item in line if not isinstance(item, wrappers)]
+    names = names or [type(exc).__name__]
+    detail = str(line[-1]).strip()
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    return f"{', '.join(dict.fromkeys(names))}: {detail}" if detail else names[0]
+
+
+def error_from_transport(
+    exc: requests.RequestException, method: str, path: str, *, base_url: str
+) -> TrustHubError:
+    """Classify a requests failure: never sent (retryable) or sent and unanswered."""
+    detail = _describe(exc)
+    # Where we tried, and the setting that says so: the usual cause is a BASE_URL pointing
+    # at a sandbox that is not running, or a typo. (BASE_URL never holds credentials.)
+    unreachable = (
+        f"Could not connect to TrustHub at {base_url} (TRUSTHUB_EVAL['BASE_URL']): {detail}."
+    )
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return TrustHubConnectionError(unreachable, method=method, path=path)
+    if isinstance(exc, requests.ConnectionError):
+        chain = list(_exception_chain(exc))
+        if any(isinstance(item, _NOT_CONNECTED) for item in chain):
+            return TrustHubConnectionError(unreachable, method=method, path=path)
+        # Dropped mid-answer, or a cause we cannot place: assume the request was sent.
+        return TrustHubTimeout(
+            f"The connection to TrustHub was lost before the answer ({detail}).",
+            method=method,
+            path=path,
+        )
+    if isinstance(
+        exc,
+        requests.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | requests.exceptions.ContentDecodingError,
+    ):
+        return TrustHubTimeout(
+            f"TrustHub did not answer completely in time ({detail}).",
+            method=method,
+            path=path,
+        )
+    # InvalidURL, InvalidHeader, TooManyRedirects...: nothing useful was sent.
+    return TrustHubError(f"Could not call TrustHub ({detail}).", method=method, path=path)
