@@ -14,7 +14,7 @@ from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast, Length, Substr
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.translation import gettext
 
@@ -134,6 +134,23 @@ class ReadOnlyAdmin(ModelAdmin):
         if isinstance(self.list_select_related, list | tuple):
             queryset = queryset.select_related(*self.list_select_related)
         return queryset.defer(*self.list_defer)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context.update(self.object_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def object_context(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
+        """What the object's own page shows beside its fields (its template's variables)."""
+        return {}
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.exceptions import NotRegistered
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html
@@ -133,18 +133,8 @@ class CustomerProfileAdmin(ReevaluateMixin, ReadOnlyAdmin):
             return False
         return bool(evaluations.has_view_permission(request))
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: CustomerProfile | None = None,
-    ) -> HttpResponse:
-        if obj is not None:
-            context.update(self.profile_context(request, obj))
-        return super().render_change_form(request, context, add, change, form_url, obj)
+    def object_context(self, request: HttpRequest, obj: CustomerProfile) -> dict[str, Any]:
+        return self.profile_context(request, obj)
 
     def get_fieldsets(self, request: HttpRequest, obj: CustomerProfile | None = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)

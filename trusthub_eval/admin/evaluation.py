@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
@@ -134,18 +134,8 @@ class EvaluationAdmin(QueueMixin, ReadOnlyAdmin):
         profiles = CustomerProfile.objects.filter(friendly_name__icontains=term).values("pk")
         return queryset.filter(customer_profile__in=profiles), False
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Evaluation | None = None,
-    ) -> HttpResponse:
-        if obj is not None:
-            context.update(self.evaluation_context(obj))
-        return super().render_change_form(request, context, add, change, form_url, obj)
+    def object_context(self, request: HttpRequest, obj: Evaluation) -> dict[str, Any]:
+        return self.evaluation_context(obj)
 
     def evaluation_context(self, evaluation: Evaluation) -> dict[str, Any]:
         """Results per requirement, and the comparison with the previous evaluation."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval.admin.base import ReadOnlyAdmin, stored_json
@@ -25,16 +25,8 @@ class PolicyAdmin(ReadOnlyAdmin):
     def requirement_count(self, policy: Policy) -> int:
         return sum(len(section.items) for section in describe_requirements(policy.requirements))
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Policy | None = None,
-    ) -> HttpResponse:
-        if obj is not None:
-            context["requirement_sections"] = describe_requirements(obj.requirements)
-            context["raw_json"] = stored_json(obj)
-        return super().render_change_form(request, context, add, change, form_url, obj)
+    def object_context(self, request: HttpRequest, obj: Policy) -> dict[str, Any]:
+        return {
+            "requirement_sections": describe_requirements(obj.requirements),
+            "raw_json": stored_json(obj),
+        }
