@@ -311,7 +311,7 @@ class Evaluation(models.Model):
 
     @property
     def may_exist_upstream(self) -> bool:
-        """Failed while a POST was unresolved: TrustHub may hold an evaluation made for it."""
+        """Failed with its mark kept: TrustHub may hold an evaluation made for it."""
         return self.state == self.State.FAILED and self.posted_at is not None
 
     @property

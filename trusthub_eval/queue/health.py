@@ -29,7 +29,7 @@ class QueueHealth:
     hours: float
     failed_recently: int
     failures_by_code: list[tuple[int | None, int]]
-    #: Of those, failed while a POST was unresolved: TrustHub may hold their evaluation.
+    #: Of those, failed with their mark kept: TrustHub may hold their evaluation.
     may_exist_upstream: int
     #: Evaluations TrustHub created for a request whose row holds another, recorded in the
     #: window (see DuplicateEvaluation).
