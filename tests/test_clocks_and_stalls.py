@@ -19,6 +19,7 @@ import time
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
@@ -506,3 +507,27 @@ def test_a_dead_workers_rows_are_sent_ahead_of_the_backlog(sandbox, settings, tm
         # The lost message goes to the evaluations' queue, the dead worker's row to the sweep's.
         assert dispatch.waiting() == 1
         assert dispatch.waiting(dispatch.sweep_queue()) == 1
+
+
+@pytest.mark.django_db
+def test_a_sweep_the_database_fails_is_one_warning_and_the_next_sweep_goes_on(sandbox, caplog):
+    from django.db import OperationalError
+
+    from trusthub_eval.tasks import resume_queued_task
+
+    evaluation = queued()
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        next_attempt_at=F("next_attempt_at") - datetime.timedelta(hours=1)
+    )
+
+    def unreachable(execute, sql, params, many, context):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with caplog.at_level(logging.WARNING), connection.execute_wrapper(unreachable):
+        assert resume_queued_task.apply().get() == 0
+    assert [r.levelno for r in caplog.records if r.name.startswith("trusthub_eval")] == [
+        logging.WARNING
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+    # The database back: the next sweep sends the overdue row.
+    assert resume_queued_task.apply().get() == 1

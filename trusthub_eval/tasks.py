@@ -77,9 +77,21 @@ def dispatch_evaluations_task(evaluation_ids: list[int]) -> None:
 
 @shared_task(bind=True, name=dispatch.RESUME_QUEUED, ignore_result=True)
 def resume_queued_task(self: Any, older_than: float | None = None) -> int:
-    """The sweep; every worker sends it every SWEEP_INTERVAL seconds (see trusthub_eval.worker)."""
-    with task_connections(self.request):
-        return queue.resume_queued(older_than=older_than)
+    """The sweep; every worker sends it every SWEEP_INTERVAL seconds (see trusthub_eval.worker).
+
+    A database that cannot be reached (restarting, failing over) costs one WARNING line, not a
+    traceback: the next sweep, a SWEEP_INTERVAL later, goes over the same rows.
+    """
+    try:
+        with task_connections(self.request):
+            return queue.resume_queued(older_than=older_than)
+    except DatabaseError as error:
+        logger.warning(
+            "Sweep skipped: the database failed (%s: %s); the next sweep goes on.",
+            type(error).__name__,
+            str(error).strip(),
+        )
+        return 0
 
 
 @shared_task(name="trusthub_eval.evaluate_all", ignore_result=True)
