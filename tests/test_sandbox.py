@@ -133,10 +133,16 @@ def client(sandbox: SandboxServer) -> requests.Session:
 
 
 def evaluate(
-    client: requests.Session, sandbox: SandboxServer, profile: str, policy: str
+    client: requests.Session,
+    sandbox: SandboxServer,
+    bundle: str,
+    policy: str,
+    *,
+    path: str = "CustomerProfiles",
 ) -> dict[str, Any]:
+    """Create an evaluation of a profile (or, with ``path="TrustProducts"``, a Trust Product)."""
     response = client.post(
-        f"{sandbox.url}/v1/CustomerProfiles/{profile}/Evaluations", data={"PolicySid": policy}
+        f"{sandbox.url}/v1/{path}/{bundle}/Evaluations", data={"PolicySid": policy}
     )
     assert response.status_code == 201, response.text
     return dict(assert_spec(response))

@@ -29,6 +29,7 @@ from tests.test_sandbox import (
     assert_twilio_error,
     failures,
 )
+from tests.test_sandbox import evaluate as evaluate_bundle
 from trusthub_eval.sandbox import SandboxServer, World, WorldError, load_world
 
 # The demo world's Trust Products: three on Acme's profile, one each on Umbrella's and Stark's.
@@ -56,11 +57,7 @@ def client(sandbox: SandboxServer) -> requests.Session:
 def evaluate(
     client: requests.Session, sandbox: SandboxServer, product: str, policy: str
 ) -> dict[str, Any]:
-    response = client.post(
-        f"{sandbox.url}/v1/TrustProducts/{product}/Evaluations", data={"PolicySid": policy}
-    )
-    assert response.status_code == 201, response.text
-    return dict(assert_spec(response))
+    return evaluate_bundle(client, sandbox, product, policy, path="TrustProducts")
 
 
 def collect(client: requests.Session, url: str | None) -> list[dict[str, Any]]:
