@@ -23,13 +23,14 @@ def run(*args: str) -> str:
 @pytest.mark.django_db
 def test_sync_imports_everything_and_is_idempotent(sandbox):
     out = run("trusthub_sync", "--evaluations")
-    assert "Policies: 2" in out
+    # The demo world's policies: two for customer profiles, three for Trust Products.
+    assert "Policies: 5" in out
     assert "Customer profiles: 7" in out
     assert "Evaluations imported: 5" in out
     again = run("trusthub_sync", "--evaluations")
     assert "Evaluations imported: 0" in again
     assert CustomerProfile.objects.count() == 7
-    assert Policy.objects.count() == 2
+    assert Policy.objects.count() == 5
 
 
 @pytest.mark.django_db

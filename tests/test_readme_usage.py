@@ -69,9 +69,11 @@ def control_routes() -> list[tuple[str, str]]:
 
 def test_every_documented_control_request_is_served(sandbox):
     routes = control_routes()
-    assert len(routes) == 7
+    assert len(routes) == 8
     for method, path in routes:
-        path = path.replace("<BU…>", "BU64dc6bf5810565dc16eaf5c3a772768c")
+        # The demo's Umbrella profile, and the Trust Product built on it.
+        bu = "BU2e0e704ccf062d8b699b4e174a246d65" if "trust-products" in path else UMBRELLA
+        path = path.replace("<BU…>", bu)
         body = {"status": 503, "times": 1} if path.endswith("/faults") else {}
         response = requests.request(
             method, sandbox.url + path, json=body, auth=credentials(sandbox), timeout=10

@@ -32,6 +32,10 @@ TWILIO_HOST = "https://trusthub.twilio.com"
 
 PRIMARY = "RNdfbf3fae0e1107f8aded0e7cead80bf5"
 STARTER = "RN806dd6cd175f314e1f96a9727ee271f4"
+# The Trust Products' policies (tests/test_sandbox_trust_products.py).
+A2P = "RNb0d4771c2c98518d916a3d4cd70a8f8b"
+SHAKEN_STIR = "RN7a97559effdf62d00f4298208492a5ea"
+CNAM = "RNf3db3cd1fe25fcfd3c3ded065c8fea53"
 ACME = "BUfd0c753db72f0d7f08d8ff54199fda78"
 INITECH = "BU0c94a6739989d2d0335a3cf9fc125bde"
 UMBRELLA = "BU64dc6bf5810565dc16eaf5c3a772768c"
@@ -129,10 +133,16 @@ def client(sandbox: SandboxServer) -> requests.Session:
 
 
 def evaluate(
-    client: requests.Session, sandbox: SandboxServer, profile: str, policy: str
+    client: requests.Session,
+    sandbox: SandboxServer,
+    bundle: str,
+    policy: str,
+    *,
+    path: str = "CustomerProfiles",
 ) -> dict[str, Any]:
+    """Create an evaluation of a profile (or, with ``path="TrustProducts"``, a Trust Product)."""
     response = client.post(
-        f"{sandbox.url}/v1/CustomerProfiles/{profile}/Evaluations", data={"PolicySid": policy}
+        f"{sandbox.url}/v1/{path}/{bundle}/Evaluations", data={"PolicySid": policy}
     )
     assert response.status_code == 201, response.text
     return dict(assert_spec(response))
@@ -366,7 +376,7 @@ def test_policies(client: requests.Session, sandbox: SandboxServer) -> None:
         "content"
     ]["application/json"]["examples"]["fetchStarterCustomerProfilePolicy"]["value"]
 
-    assert [p["sid"] for p in listed["results"]] == [PRIMARY, STARTER]
+    assert [p["sid"] for p in listed["results"]] == [PRIMARY, STARTER, A2P, SHAKEN_STIR, CNAM]
     assert set(fetched) == _schema_keys("trusthub.v1.policies")
     assert fetched["requirements"] == spec_example["requirements"]
     assert fetched["friendly_name"] == spec_example["friendly_name"]

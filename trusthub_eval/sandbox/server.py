@@ -1,170 +1,41 @@
-"""The sandbox's HTTP layer: TrustHub v1 routes, basic auth, faults and the control API."""
+"""The sandbox's HTTP layer: the server, basic auth, faults, the concurrency limit and the
+request log around the routes of ``v1`` and ``control``."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import http
 import json
-import re
 import socket
 import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Final, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
-from .world import (
-    JSON,
-    PROFILE_STATUSES,
-    World,
-    WorldError,
-    is_sid,
-    load_world,
+from . import control, v1
+from .answers import (
+    METHOD_NOT_ALLOWED,
+    RESET,
+    TOO_MANY_REQUESTS,
+    BadRequest,
+    NotFound,
+    RawBody,
+    Request,
+    Response,
+    Route,
+    not_found,
+    twilio_error,
+    unauthorized,
 )
+from .faults import Fault
+from .world import CUSTOMER_PROFILE, JSON, TRUST_PRODUCT, Kind, World, load_world
 
 _T = TypeVar("_T")
-
-MAX_PAGE_SIZE: Final = 1000
-DEFAULT_PAGE_SIZE: Final = 50
-
-# Twilio error codes (https://www.twilio.com/docs/errors/<code>).
-AUTHENTICATE: Final = 20003
-# Twilio's generic "Invalid parameter"/"Missing required parameter … in the post body" code,
-# which the v1 domain APIs answer for a missing or malformed form parameter with HTTP 400.
-INVALID_PARAMETER: Final = 20001
-METHOD_NOT_ALLOWED: Final = 20004
-NOT_FOUND: Final = 20404
-TOO_MANY_REQUESTS: Final = 20429
-
-
-def twilio_error(status: int, code: int, message: str) -> JSON:
-    """Twilio's classic error body."""
-    return {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-@dataclass
-class Fault:
-    """A scripted misbehaviour for requests whose method and path match.
-
-    Without ``after_processing`` the request is answered with the error and never reaches the
-    world (like Twilio's 429: not processed, safe to retry). With it, the request is processed
-    first and then delayed by ``delay`` seconds and/or answered with ``status`` instead of the
-    real response (an ambiguous outcome: the evaluation exists though the client saw a failure).
-    ``body`` answers that text instead (with ``status``, or the real status after processing);
-    ``reset`` drops the connection without an answer. A ``delay`` alone holds the request that
-    long before processing it and answering as usual (TrustHub slow to act on it).
-    """
-
-    path: str = ".*"
-    method: str | None = None
-    times: int | None = 1
-    status: int | None = None
-    code: int | None = None
-    message: str | None = None
-    retry_after: int | None = None
-    after_processing: bool = False
-    delay: float = 0.0
-    body: str | None = None
-    reset: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method is not None:
-            self.method = self.method.upper()
-        try:
-            self._pattern = re.compile(self.path)
-        except re.error as exc:
-            raise WorldError(f"path is not a valid regular expression: {exc}") from exc
-        if self.times is not None and self.times < 1:
-            raise WorldError("times must be at least 1 (or null for every request).")
-        if self.status is not None and not 400 <= self.status <= 599:
-            raise WorldError("status must be an HTTP error status (400-599).")
-        answers = self.status is not None or self.reset or self.body is not None
-        if not self.after_processing and not answers and self.delay <= 0:
-            raise WorldError(
-                "A fault needs a status, a body, reset or a delay (or after_processing)."
-            )
-        if self.after_processing and not answers and self.delay <= 0:
-            raise WorldError(
-                "An after_processing fault needs a status, a body, reset or a positive delay."
-            )
-        if self.reset and (self.status is not None or self.body is not None):
-            raise WorldError("A reset fault answers nothing: no status or body.")
-        if self.body is not None and self.status is None and not self.after_processing:
-            raise WorldError("A body fault before processing needs a status.")
-        if self.delay < 0:
-            raise WorldError("delay must not be negative.")
-        if self.status is not None and self.code is None and self.body is None:
-            # Twilio's HTTP-level codes follow 20000 + status: 20404, 20429, 20500, 20503.
-            self.code = 20000 + self.status
-
-    @classmethod
-    def from_json(cls, data: object) -> Fault:
-        """Build a fault from the control API's JSON."""
-        if not isinstance(data, Mapping):
-            raise WorldError("A fault must be a JSON object.")
-        fields = set(cls.__dataclass_fields__)
-        unknown = set(data) - fields
-        if unknown:
-            raise WorldError(f"Unknown fault keys: {', '.join(sorted(unknown))}.")
-        types: dict[str, tuple[type, ...]] = {
-            "path": (str,),
-            "method": (str, type(None)),
-            "times": (int, type(None)),
-            "status": (int, type(None)),
-            "code": (int, type(None)),
-            "message": (str, type(None)),
-            "retry_after": (int, type(None)),
-            "after_processing": (bool,),
-            "delay": (int, float),
-            "body": (str, type(None)),
-            "reset": (bool,),
-        }
-        for key, value in data.items():
-            if not isinstance(value, types[key]) or (
-                isinstance(value, bool) and key not in ("after_processing", "reset")
-            ):
-                raise WorldError(f"Fault key {key!r} has the wrong type.")
-        return cls(**{**data, "delay": float(data.get("delay", 0.0))})
-
-    def matches(self, method: str, path: str) -> bool:
-        """Whether this fault applies to a request."""
-        return (self.method is None or self.method == method) and bool(self._pattern.search(path))
-
-    def error(self, real_status: int | None = None) -> Response:
-        """The response this fault answers with (``real_status``: what processing answered)."""
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
-        if self.body is not None:
-            status = self.status or real_status
-            assert status is not None
-            return status, RawBody(self.body), headers
-        assert self.status is not None
-        assert self.code is not None
-        message = self.message or http.HTTPStatus(self.status).phrase
-        return self.status, twilio_error(self.status, self.code, message), headers
-
-    def to_json(self) -> JSON:
-        """The fault as the control API shows it."""
-        return asdict(self)
-
-
-class RawBody(str):
-    """A response body sent as it is, not as JSON (a broken answer)."""
-
-
-Response = tuple[int, "JSON | RawBody", dict[str, str]]
-#: What a reset fault answers: nothing (logged as status 0).
-RESET: Response = (0, {}, {})
 
 
 class SandboxServer:
@@ -260,11 +131,15 @@ class SandboxServer:
 
     def startup_message(self) -> str:
         """What the sandbox prints when it starts: where it listens, the settings that point a
-        project at it (the world's made-up credentials, never real ones) and its profiles."""
+        project at it (the world's made-up credentials, never real ones), its profiles and its
+        Trust Products."""
         with self._lock:
             world = self._world
             profiles = [
                 f"  {p.sid}  {p.friendly_name} ({p.status})" for p in world.profiles.values()
+            ]
+            products = [
+                f"  {p.sid}  {p.friendly_name} ({p.status})" for p in world.trust_products.values()
             ]
             account_sid, auth_token = world.account_sid, world.auth_token
         return "\n".join(
@@ -278,6 +153,7 @@ class SandboxServer:
                 "}",
                 "Customer profiles:",
                 *profiles,
+                *(["Trust Products:", *products] if products else []),
             ]
         )
 
@@ -322,8 +198,7 @@ class SandboxServer:
             body=body,
             reset=reset,
         )
-        with self._lock:
-            self._faults.append(fault)
+        self._push_fault(fault)
         return fault
 
     def clear_faults(self) -> None:
@@ -387,21 +262,36 @@ class SandboxServer:
         self, bu_sid: str, changes: Mapping[str, Any], *, merge: bool = False
     ) -> JSON:
         """Like :meth:`set_assigned_items` from a JSON object (``errors`` may be set to null)."""
-        with self._lock:
-            profile = self._world.set_assigned_items(bu_sid, changes, merge=merge)
-            return {
-                "sid": profile.sid,
-                "status": profile.status,
-                "errors": profile.errors,
-                **profile.items(),
-            }
+        return self._update(CUSTOMER_PROFILE, bu_sid, changes, merge=merge)
+
+    def update_trust_product(
+        self, bu_sid: str, changes: Mapping[str, Any], *, merge: bool = False
+    ) -> JSON:
+        """:meth:`update_profile` for a Trust Product: its items (the customer profile it is
+        built on among them), status, errors, name or ``valid_until``."""
+        return self._update(TRUST_PRODUCT, bu_sid, changes, merge=merge)
 
     def evaluation_count(self, bu_sid: str) -> int:
-        """How many evaluations a profile has (including the world file's history)."""
+        """How many evaluations a profile or Trust Product has (including the world file's
+        history)."""
         with self._lock:
             return len(self._world.evaluations_of(bu_sid))
 
     # --- request handling (called from handler threads) ----------------------------------------
+
+    def _update(self, kind: Kind, bu_sid: str, changes: Mapping[str, Any], *, merge: bool) -> JSON:
+        with self._lock:
+            bundle = self._world.set_assigned_items(bu_sid, changes, kind=kind, merge=merge)
+            return {
+                "sid": bundle.sid,
+                "status": bundle.status,
+                "errors": bundle.errors,
+                **bundle.items(),
+            }
+
+    def _push_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
 
     def _begin(self) -> None:
         with self._lock:
@@ -466,37 +356,6 @@ class _HTTPServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-_V1_ROUTES: Final[list[tuple[re.Pattern[str], dict[str, str]]]] = [
-    (re.compile(r"/v1/CustomerProfiles"), {"GET": "list_profiles"}),
-    (re.compile(r"/v1/CustomerProfiles/([^/]+)"), {"GET": "fetch_profile"}),
-    (
-        re.compile(r"/v1/CustomerProfiles/([^/]+)/Evaluations"),
-        {"GET": "list_evaluations", "POST": "create_evaluation"},
-    ),
-    (re.compile(r"/v1/CustomerProfiles/([^/]+)/Evaluations/([^/]+)"), {"GET": "fetch_evaluation"}),
-    (re.compile(r"/v1/Policies"), {"GET": "list_policies"}),
-    (re.compile(r"/v1/Policies/([^/]+)"), {"GET": "fetch_policy"}),
-]
-
-_CONTROL_ROUTES: Final[list[tuple[re.Pattern[str], dict[str, str]]]] = [
-    (re.compile(r"/_sandbox/reset"), {"POST": "control_reset"}),
-    (
-        re.compile(r"/_sandbox/faults"),
-        {"GET": "control_faults", "POST": "control_add_fault", "DELETE": "control_clear_faults"},
-    ),
-    (re.compile(r"/_sandbox/requests"), {"GET": "control_requests"}),
-    (re.compile(r"/_sandbox/stats"), {"GET": "control_stats"}),
-    (re.compile(r"/_sandbox/customer-profiles/([^/]+)"), {"POST": "control_profile"}),
-]
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, code: int = INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     # HTTP/1.1 keeps connections alive for requests.Session; every response sets Content-Length.
@@ -537,17 +396,23 @@ class _Handler(BaseHTTPRequestHandler):
         # Read the body whatever happens next, so a keep-alive connection stays in sync.
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
-        query = parse_qs(split.query, keep_blank_values=True)
+        request = Request(
+            self.sandbox,
+            path,
+            self._base_url(),
+            parse_qs(split.query, keep_blank_values=True),
+            body,
+        )
 
         if path.startswith("/_sandbox/"):
-            self._send(*self._control(path, query, body))
+            self._send(*self._control(request))
             return
 
         sandbox = self.sandbox
         sandbox._begin()
         recorded = False
         try:
-            response = self._v1(path, query, body)
+            response = self._v1(request)
             # Logged, and no longer in flight, before the answer is written: a client holding
             # its answer finds its request in the log, and its next request never overlaps it
             # in the count (a test counting right after its calls returned).
@@ -563,11 +428,11 @@ class _Handler(BaseHTTPRequestHandler):
                 sandbox._record(self.command, path, 500, self.client_address[1])
                 sandbox._end()
 
-    def _v1(self, path: str, query: dict[str, list[str]], body: bytes) -> Response:
+    def _v1(self, request: Request) -> Response:
         sandbox = self.sandbox
         if not sandbox._authenticates(self.headers.get("Authorization")):
-            return _unauthorized()
-        fault = sandbox._take_fault(self.command, path)
+            return unauthorized()
+        fault = sandbox._take_fault(self.command, request.path)
         if fault is not None and not fault.after_processing:
             if fault.reset:
                 return RESET
@@ -584,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
                 twilio_error(429, TOO_MANY_REQUESTS, "Too Many Requests"),
                 {"Retry-After": "1"},
             )
-        response = self._dispatch(_V1_ROUTES, path, query, body)
+        response = self._dispatch(v1.ROUTES, request)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -602,38 +467,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.close()
         self.connection.close()
 
-    def _control(self, path: str, query: dict[str, list[str]], body: bytes) -> Response:
+    def _control(self, request: Request) -> Response:
         if not self.sandbox._authenticates(self.headers.get("Authorization")):
-            return _unauthorized()
-        return self._dispatch(_CONTROL_ROUTES, path, query, body)
+            return unauthorized()
+        return self._dispatch(control.ROUTES, request)
 
-    def _dispatch(
-        self,
-        routes: list[tuple[re.Pattern[str], dict[str, str]]],
-        path: str,
-        query: dict[str, list[str]],
-        body: bytes,
-    ) -> Response:
+    def _dispatch(self, routes: list[Route], request: Request) -> Response:
         for pattern, methods in routes:
-            match = pattern.fullmatch(path)
+            match = pattern.fullmatch(request.path)
             if match is None:
                 continue
-            name = methods.get(self.command)
-            if name is None:
+            handler = methods.get(self.command)
+            if handler is None:
                 allow = ", ".join(methods)
                 return (
                     405,
                     twilio_error(405, METHOD_NOT_ALLOWED, "Method not allowed"),
                     {"Allow": allow},
                 )
-            handler: Callable[..., Response] = getattr(self, name)
             try:
-                return handler(*match.groups(), query=query, body=body)
-            except _BadRequest as exc:
+                return handler(request, *match.groups())
+            except BadRequest as exc:
                 return 400, twilio_error(400, exc.code, exc.message), {}
-            except _NotFound:
-                return _not_found(path)
-        return _not_found(path)
+            except NotFound:
+                return not_found(request.path)
+        return not_found(request.path)
 
     def _send(self, status: int, payload: JSON | RawBody, headers: Mapping[str, str]) -> int:
         data = payload.encode() if isinstance(payload, RawBody) else json.dumps(payload).encode()
@@ -654,229 +512,3 @@ class _Handler(BaseHTTPRequestHandler):
         # URLs in payloads point at the host the client used, like Twilio's point at itself.
         host = self.headers.get("Host") or f"{self.sandbox.host}:{self.sandbox.port}"
         return f"http://{host}"
-
-    # --- /v1 ----------------------------------------------------------------------------------
-
-    def list_profiles(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        filters: dict[str, str] = {}
-        for name in ("Status", "FriendlyName", "PolicySid"):
-            value = _param(query, name)
-            if value is not None:
-                filters[name] = value
-        if "Status" in filters and filters["Status"] not in PROFILE_STATUSES:
-            raise _BadRequest(f"Invalid Status: {filters['Status']!r}")
-        if "PolicySid" in filters and not is_sid(filters["PolicySid"], "RN"):
-            raise _BadRequest(f"Invalid PolicySid: {filters['PolicySid']!r}")
-        base = self._base_url()
-
-        def read(world: World) -> list[JSON]:
-            return [
-                p.to_resource(base, world.account_sid)
-                for p in world.profiles.values()
-                if filters.get("Status", p.status) == p.status
-                and filters.get("FriendlyName", p.friendly_name) == p.friendly_name
-                and filters.get("PolicySid", p.policy_sid) == p.policy_sid
-            ]
-
-        items = self.sandbox._with_world(read)
-        return _page(items, base, "/v1/CustomerProfiles", query, filters)
-
-    def fetch_profile(self, sid: str, *, query: dict[str, list[str]], body: bytes) -> Response:
-        base = self._base_url()
-
-        def read(world: World) -> JSON:
-            profile = world.profiles.get(sid)
-            if profile is None:
-                raise _NotFound
-            return profile.to_resource(base, world.account_sid)
-
-        return 200, self.sandbox._with_world(read), {}
-
-    def list_evaluations(self, sid: str, *, query: dict[str, list[str]], body: bytes) -> Response:
-        base = self._base_url()
-
-        def read(world: World) -> list[JSON]:
-            if sid not in world.profiles:
-                raise _NotFound
-            return [e.to_resource(base, world.account_sid) for e in world.evaluations_of(sid)]
-
-        items = self.sandbox._with_world(read)
-        return _page(items, base, f"/v1/CustomerProfiles/{sid}/Evaluations", query, {})
-
-    def create_evaluation(self, sid: str, *, query: dict[str, list[str]], body: bytes) -> Response:
-        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-        policy_sid = _param(form, "PolicySid")
-        base = self._base_url()
-
-        def create(world: World) -> JSON:
-            if sid not in world.profiles:
-                raise _NotFound
-            if not policy_sid:
-                raise _BadRequest("Missing required parameter PolicySid in the post body")
-            if not is_sid(policy_sid, "RN"):
-                raise _BadRequest(f"Invalid parameter PolicySid: {policy_sid}")
-            if policy_sid not in world.policies:
-                raise _NotFound
-            return world.evaluate(sid, policy_sid).to_resource(base, world.account_sid)
-
-        return 201, self.sandbox._with_world(create), {}
-
-    def fetch_evaluation(
-        self, profile_sid: str, sid: str, *, query: dict[str, list[str]], body: bytes
-    ) -> Response:
-        base = self._base_url()
-
-        def read(world: World) -> JSON:
-            for evaluation in world.evaluations:
-                if evaluation.sid == sid and evaluation.customer_profile_sid == profile_sid:
-                    return evaluation.to_resource(base, world.account_sid)
-            raise _NotFound
-
-        return 200, self.sandbox._with_world(read), {}
-
-    def list_policies(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        base = self._base_url()
-        items = self.sandbox._with_world(
-            lambda world: [p.to_resource(base) for p in world.policies.values()]
-        )
-        return _page(items, base, "/v1/Policies", query, {})
-
-    def fetch_policy(self, sid: str, *, query: dict[str, list[str]], body: bytes) -> Response:
-        base = self._base_url()
-
-        def read(world: World) -> JSON:
-            policy = world.policies.get(sid)
-            if policy is None:
-                raise _NotFound
-            return policy.to_resource(base)
-
-        return 200, self.sandbox._with_world(read), {}
-
-    # --- /_sandbox ----------------------------------------------------------------------------
-
-    def control_reset(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        try:
-            self.sandbox.reset()
-        except WorldError as exc:
-            return 500, twilio_error(500, 20500, str(exc)), {}
-        return 200, {"reset": True}, {}
-
-    def control_faults(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        return 200, {"faults": [f.to_json() for f in self.sandbox.faults]}, {}
-
-    def control_add_fault(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        try:
-            fault = Fault.from_json(_json_body(body))
-        except WorldError as exc:
-            raise _BadRequest(str(exc)) from exc
-        with self.sandbox._lock:
-            self.sandbox._faults.append(fault)
-        return 201, fault.to_json(), {}
-
-    def control_clear_faults(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        self.sandbox.clear_faults()
-        return 200, {"faults": []}, {}
-
-    def control_requests(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        return 200, {"requests": self.sandbox.requests_log}, {}
-
-    def control_stats(self, *, query: dict[str, list[str]], body: bytes) -> Response:
-        return 200, self.sandbox.stats, {}
-
-    def control_profile(self, sid: str, *, query: dict[str, list[str]], body: bytes) -> Response:
-        data = _json_body(body)
-        if not isinstance(data, dict):
-            raise _BadRequest("Expected a JSON object.")
-        merge = data.pop("merge", False)
-        if not isinstance(merge, bool):
-            raise _BadRequest("merge must be true or false.")
-        try:
-            return 200, self.sandbox.update_profile(sid, data, merge=merge), {}
-        except KeyError:
-            raise _NotFound from None
-        except WorldError as exc:
-            raise _BadRequest(str(exc)) from exc
-
-
-class _NotFound(Exception):
-    pass
-
-
-def _not_found(path: str) -> Response:
-    return 404, twilio_error(404, NOT_FOUND, f"The requested resource {path} was not found"), {}
-
-
-def _unauthorized() -> Response:
-    return (
-        401,
-        twilio_error(401, AUTHENTICATE, "Authenticate"),
-        {"WWW-Authenticate": 'Basic realm="Twilio API"'},
-    )
-
-
-def _param(params: Mapping[str, list[str]], name: str) -> str | None:
-    values = params.get(name)
-    return values[-1] if values else None
-
-
-def _json_body(body: bytes) -> Any:
-    if not body:
-        return {}
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _BadRequest(f"Body is not valid JSON: {exc}") from exc
-
-
-def _int_param(query: Mapping[str, list[str]], name: str, default: int, low: int, high: int) -> int:
-    raw = _param(query, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _BadRequest(f"Invalid {name}: {raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise _BadRequest(f"Invalid {name}: must be between {low} and {high}")
-    return value
-
-
-def _page(
-    items: list[JSON],
-    base: str,
-    path: str,
-    query: Mapping[str, list[str]],
-    filters: Mapping[str, str],
-) -> Response:
-    """Twilio's list envelope, with working PageSize, Page and PageToken."""
-    page_size = _int_param(query, "PageSize", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-    page = _int_param(query, "Page", 0, 0, 2**31)
-    token = _param(query, "PageToken")
-    if token is None:
-        offset = page * page_size
-    else:
-        # The token carries the offset; Page is only client state, as Twilio documents it.
-        match = re.fullmatch(r"PT(\d+)", token)
-        if match is None:
-            raise _BadRequest(f"Invalid PageToken: {token!r}")
-        offset = int(match.group(1))
-
-    def url(page_index: int, page_token: str | None) -> str:
-        params = {**filters, "PageSize": page_size, "Page": page_index}
-        if page_token is not None:
-            params["PageToken"] = page_token
-        return f"{base}{path}?{urlencode(params)}"
-
-    has_next = offset + page_size < len(items)
-    meta = {
-        "page": page,
-        "page_size": page_size,
-        "first_page_url": url(0, None),
-        "previous_page_url": (
-            url(page - 1, f"PT{max(offset - page_size, 0)}") if page > 0 and offset > 0 else None
-        ),
-        "url": url(page, token),
-        "next_page_url": url(page + 1, f"PT{offset + page_size}") if has_next else None,
-        "key": "results",
-    }
-    return 200, {"results": items[offset : offset + page_size], "meta": meta}, {}

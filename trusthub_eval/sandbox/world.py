@@ -1,9 +1,11 @@
-"""The sandbox's world (account, policies, customer profiles, evaluations) and how it is judged."""
+"""The sandbox's world (account, policies, customer profiles, Trust Products, evaluations) and
+how it is judged."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import hmac
 import json
 import re
@@ -17,7 +19,8 @@ JSON = dict[str, Any]
 
 DEFAULT_WORLD_PATH: Final = Path(__file__).with_name("default_world.json")
 
-PROFILE_STATUSES: Final = (
+# customer_profile_enum_status and trust_product_enum_status are the same list.
+BUNDLE_STATUSES: Final = (
     "draft",
     "pending-review",
     "in-review",
@@ -25,6 +28,12 @@ PROFILE_STATUSES: Final = (
     "twilio-approved",
 )
 ITEM_KINDS: Final = ("end_users", "supporting_documents", "supporting_customer_profiles")
+# The SID prefix of what each item list holds, for an item the world file gives no SID.
+_ITEM_PREFIXES: Final = {
+    "end_users": "IT",
+    "supporting_documents": "RD",
+    "supporting_customer_profiles": "BU",
+}
 
 # Twilio's evaluation error codes, as used by the examples in twilio_trusthub_v1.json.
 END_USER_MISSING: Final = 22214
@@ -40,8 +49,15 @@ _FIELD_NAMES: Final = {
     "address_sids": "Address sid(s)",
     "website_url": "Website URL",
     "bundle_sid": "Supporting Bundle Status",
+    "bundle_status": "Supporting Bundle Status",
 }
+# A supporting profile passes on "bundle_sid" in the spec's Starter profile example (requirement
+# primary_customer_profile) and on "bundle_status" in its Sole Proprietor TrustProduct examples
+# (requirement customer_profile); the requirement, not the kind of bundle, decides.
+_SUPPORTING_FIELDS: Final = {"primary_customer_profile": "bundle_sid"}
 _VALID_FIELD_NAMES: Final = {**_FIELD_NAMES, "address_sids": "address sids"}
+# The spec's pattern for an assignment's object_sid: any two letters, 32 hex digits.
+_OBJECT_SID: Final = re.compile(r"[a-zA-Z]{2}[0-9a-fA-F]{32}")
 
 
 def is_sid(value: object, prefix: str) -> bool:
@@ -94,10 +110,39 @@ class Policy:
         }
 
 
-@dataclass
-class CustomerProfile:
-    """A customer profile (``BU…``) with the items assigned to it."""
+@dataclass(frozen=True)
+class Kind:
+    """What tells a customer profile from a Trust Product: only names.
 
+    TrustHub keeps both as bundles (``BU…``) with the same fields, statuses, items and
+    evaluations (twilio_trusthub_v1.json); they differ in the path segment, the SID field of
+    their evaluations and assignments, and the prefix of their links.
+    """
+
+    label: str
+    #: The world file's key, the links' prefix and (with dashes) the control API's path.
+    key: str
+    path: str
+    sid_field: str
+
+    @property
+    def control_path(self) -> str:
+        """The segment after ``/_sandbox/`` that changes a bundle of this kind."""
+        return self.key.replace("_", "-")
+
+
+CUSTOMER_PROFILE: Final = Kind(
+    "customer profile", "customer_profiles", "CustomerProfiles", "customer_profile_sid"
+)
+TRUST_PRODUCT: Final = Kind("Trust Product", "trust_products", "TrustProducts", "trust_product_sid")
+KINDS: Final = (CUSTOMER_PROFILE, TRUST_PRODUCT)
+
+
+@dataclass
+class Bundle:
+    """A customer profile or a Trust Product (``BU…``) with the items assigned to it."""
+
+    kind: Kind
     sid: str
     friendly_name: str
     policy_sid: str
@@ -120,10 +165,14 @@ class CustomerProfile:
             "supporting_customer_profiles": self.supporting_customer_profiles,
         }
 
+    def url(self, base_url: str) -> str:
+        """The bundle's own URL."""
+        return f"{base_url}/v1/{self.kind.path}/{self.sid}"
+
     def to_resource(self, base_url: str, account_sid: str) -> JSON:
-        """The ``trusthub.v1.customer_profile`` representation."""
-        url = f"{base_url}/v1/CustomerProfiles/{self.sid}"
-        channel_endpoints = f"{url}/ChannelEndpointAssignments"
+        """The ``trusthub.v1.customer_profile`` or ``trusthub.v1.trust_product`` representation."""
+        url = self.url(base_url)
+        links = self.kind.key
         return {
             "sid": self.sid,
             "account_sid": account_sid,
@@ -137,20 +186,52 @@ class CustomerProfile:
             "date_updated": format_date(self.date_updated),
             "url": url,
             "links": {
-                "customer_profiles_entity_assignments": f"{url}/EntityAssignments",
-                "customer_profiles_evaluations": f"{url}/Evaluations",
-                "customer_profiles_channel_endpoint_assignment": channel_endpoints,
+                f"{links}_entity_assignments": f"{url}/EntityAssignments",
+                f"{links}_evaluations": f"{url}/Evaluations",
+                f"{links}_channel_endpoint_assignment": f"{url}/ChannelEndpointAssignments",
             },
             "errors": copy.deepcopy(self.errors),
         }
 
+    def assignments(
+        self, base_url: str, account_sid: str, *, object_type: str | None = None
+    ) -> list[JSON]:
+        """The ``…_entity_assignment`` representations of the assigned items, in the world
+        file's order (``object_type``: only the items of that type)."""
+        url = self.url(base_url)
+        found: list[JSON] = []
+        for item_kind, items in self.items().items():
+            for index, item in enumerate(items):
+                if object_type is not None and item.get("type") != object_type:
+                    continue
+                object_sid = item.get("sid")
+                if not isinstance(object_sid, str) or not _OBJECT_SID.fullmatch(object_sid):
+                    # Stable across reloads, so a listed assignment can be fetched again.
+                    object_sid = _ITEM_PREFIXES[item_kind] + _digest(
+                        self.sid, item_kind, str(index)
+                    )
+                sid = "BV" + _digest(self.sid, str(object_sid))
+                found.append(
+                    {
+                        "sid": sid,
+                        self.kind.sid_field: self.sid,
+                        "account_sid": account_sid,
+                        "object_sid": object_sid,
+                        # The world records no assignment dates: the bundle's own stands in.
+                        "date_created": format_date(self.date_created),
+                        "url": f"{url}/EntityAssignments/{sid}",
+                    }
+                )
+        return found
+
 
 @dataclass
 class Evaluation:
-    """One evaluation of a customer profile against a policy, frozen when it was made."""
+    """One evaluation of a customer profile or Trust Product, frozen when it was made."""
 
+    kind: Kind
     sid: str
-    customer_profile_sid: str
+    bundle_sid: str
     policy_sid: str
     status: str
     date_created: dt.datetime
@@ -159,17 +240,16 @@ class Evaluation:
     seq: int = 0
 
     def to_resource(self, base_url: str, account_sid: str) -> JSON:
-        """The ``trusthub.v1.customer_profile.customer_profile_evaluation`` representation."""
+        """The ``…customer_profile_evaluation`` or ``…trust_product_evaluation``
+        representation."""
         return {
             "sid": self.sid,
             "account_sid": account_sid,
             "policy_sid": self.policy_sid,
-            "customer_profile_sid": self.customer_profile_sid,
+            self.kind.sid_field: self.bundle_sid,
             "status": self.status,
             "date_created": format_date(self.date_created),
-            "url": (
-                f"{base_url}/v1/CustomerProfiles/{self.customer_profile_sid}/Evaluations/{self.sid}"
-            ),
+            "url": f"{base_url}/v1/{self.kind.path}/{self.bundle_sid}/Evaluations/{self.sid}",
             "results": copy.deepcopy(self.results),
         }
 
@@ -182,10 +262,28 @@ class World:
     auth_token: str
     api_keys: dict[str, str]
     policies: dict[str, Policy]
-    profiles: dict[str, CustomerProfile]
+    #: Customer profiles and Trust Products by kind, each by SID (a SID names one bundle).
+    bundles: dict[Kind, dict[str, Bundle]]
     evaluations: list[Evaluation]
     concurrency_limit: int | None = None
     _seq: int = 0
+
+    @property
+    def profiles(self) -> dict[str, Bundle]:
+        """The customer profiles by SID."""
+        return self.bundles[CUSTOMER_PROFILE]
+
+    @property
+    def trust_products(self) -> dict[str, Bundle]:
+        """The Trust Products by SID."""
+        return self.bundles[TRUST_PRODUCT]
+
+    def bundle(self, sid: str) -> Bundle | None:
+        """The customer profile or Trust Product with this SID, if any."""
+        for bundles in self.bundles.values():
+            if sid in bundles:
+                return bundles[sid]
+        return None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> World:
@@ -216,12 +314,18 @@ class World:
             requirements = _obj(raw.get("requirements", {}), f"policy {sid} requirements")
             policies[sid] = Policy(sid, str(raw.get("friendly_name", "")), dict(requirements))
 
-        world = cls(account_sid, auth_token, api_keys, policies, {}, [], limit)
-        for raw in _list(data.get("customer_profiles", []), "customer_profiles"):
-            profile = _profile(_obj(raw, "customer_profiles[]"), policies)
-            if profile.sid in world.profiles:
-                raise WorldError(f"Customer profile {profile.sid} appears twice.")
-            world.profiles[profile.sid] = profile
+        world = cls(account_sid, auth_token, api_keys, policies, {k: {} for k in KINDS}, [], limit)
+        for kind in KINDS:
+            for raw in _list(data.get(kind.key, []), kind.key):
+                bundle = _bundle(kind, _obj(raw, f"{kind.key}[]"), policies)
+                other = world.bundle(bundle.sid)
+                if other is not None:
+                    # Both start BU, yet TrustHub never gives two bundles one SID.
+                    raise WorldError(
+                        f"{_capital(kind.label)} {bundle.sid} appears twice"
+                        + ("." if other.kind == kind else f", also as a {other.kind.label}.")
+                    )
+                world.bundles[kind][bundle.sid] = bundle
 
         for raw in _list(data.get("evaluations", []), "evaluations"):
             world._load_evaluation(_obj(raw, "evaluations[]"))
@@ -229,31 +333,39 @@ class World:
 
     def _load_evaluation(self, raw: Mapping[str, Any]) -> None:
         sid = _sid(raw.get("sid"), "EL", "evaluations[].sid")
-        profile = self.profiles.get(str(raw.get("customer_profile_sid")))
-        if profile is None:
-            raise WorldError(f"Evaluation {sid}: unknown customer_profile_sid.")
-        policy_sid = raw.get("policy_sid", profile.policy_sid)
+        named = [kind for kind in KINDS if kind.sid_field in raw]
+        if len(named) != 1:
+            raise WorldError(
+                f"Evaluation {sid} needs one of {' or '.join(kind.sid_field for kind in KINDS)}."
+            )
+        kind = named[0]
+        bundle = self.bundles[kind].get(str(raw[kind.sid_field]))
+        if bundle is None:
+            raise WorldError(f"Evaluation {sid}: unknown {kind.sid_field}.")
+        policy_sid = raw.get("policy_sid", bundle.policy_sid)
         date_created = parse_date(_str(raw.get("date_created"), f"evaluation {sid} date_created"))
         if "results" in raw:
             # Recorded verbatim, e.g. copied from a real TrustHub payload.
             results = [dict(r) for r in _list(raw["results"], f"evaluation {sid} results")]
         else:
-            # History is computed like a live evaluation, from the profile's items as they were
-            # then: any item list given on the evaluation overrides the profile's current one.
+            # History is computed like a live evaluation, from the bundle's items as they were
+            # then: any item list given on the evaluation overrides the bundle's current one.
             policy = self.policies.get(str(policy_sid))
             if policy is None:
                 raise WorldError(f"Evaluation {sid}: unknown policy_sid {policy_sid!r}.")
-            items = profile.items()
-            for kind in ITEM_KINDS:
-                if kind in raw:
-                    items[kind] = _items(raw[kind], kind)
+            items = bundle.items()
+            for item_kind in ITEM_KINDS:
+                if item_kind in raw:
+                    items[item_kind] = _items(raw[item_kind], item_kind)
             results = evaluate_requirements(policy.requirements, items)
         status = raw.get("status") or _status_of(results)
         if status not in ("compliant", "noncompliant"):
             raise WorldError(f"Evaluation {sid}: status must be compliant or noncompliant.")
         self._seq += 1
         self.evaluations.append(
-            Evaluation(sid, profile.sid, str(policy_sid), status, date_created, results, self._seq)
+            Evaluation(
+                kind, sid, bundle.sid, str(policy_sid), status, date_created, results, self._seq
+            )
         )
 
     def authenticates(self, username: str, password: str) -> bool:
@@ -268,16 +380,20 @@ class World:
         )
 
     def evaluate(
-        self, profile_sid: str, policy_sid: str, *, now: dt.datetime | None = None
+        self, bundle_sid: str, policy_sid: str, *, now: dt.datetime | None = None
     ) -> Evaluation:
-        """Evaluate a profile's current items against a policy and record the evaluation."""
-        profile = self.profiles[profile_sid]
+        """Evaluate a profile's or Trust Product's current items against a policy and record
+        the evaluation."""
+        bundle = self.bundle(bundle_sid)
+        if bundle is None:
+            raise KeyError(bundle_sid)
         policy = self.policies[policy_sid]
-        results = evaluate_requirements(policy.requirements, profile.items())
+        results = evaluate_requirements(policy.requirements, bundle.items())
         self._seq += 1
         evaluation = Evaluation(
+            bundle.kind,
             new_sid("EL"),
-            profile_sid,
+            bundle_sid,
             policy_sid,
             _status_of(results),
             now or utcnow(),
@@ -287,49 +403,50 @@ class World:
         self.evaluations.append(evaluation)
         return evaluation
 
-    def evaluations_of(self, profile_sid: str) -> list[Evaluation]:
-        """A profile's evaluations, newest first."""
-        found = [e for e in self.evaluations if e.customer_profile_sid == profile_sid]
+    def evaluations_of(self, bundle_sid: str) -> list[Evaluation]:
+        """A profile's or Trust Product's evaluations, newest first."""
+        found = [e for e in self.evaluations if e.bundle_sid == bundle_sid]
         return sorted(found, key=lambda e: (e.date_created, e.seq), reverse=True)
 
     def set_assigned_items(
         self,
-        profile_sid: str,
+        bundle_sid: str,
         changes: Mapping[str, Any],
         *,
+        kind: Kind = CUSTOMER_PROFILE,
         merge: bool = False,
         now: dt.datetime | None = None,
-    ) -> CustomerProfile:
-        """Change a profile's items and/or status; see ``SandboxServer.set_assigned_items``."""
-        profile = self.profiles.get(profile_sid)
-        if profile is None:
-            raise KeyError(profile_sid)
+    ) -> Bundle:
+        """Change a bundle's items and/or status; see ``SandboxServer.set_assigned_items``."""
+        bundle = self.bundles[kind].get(bundle_sid)
+        if bundle is None:
+            raise KeyError(bundle_sid)
         unknown = set(changes) - {*ITEM_KINDS, "status", "errors", "friendly_name", "valid_until"}
         if unknown:
             raise WorldError(f"Unknown keys: {', '.join(sorted(unknown))}.")
-        # Validate everything before touching the profile so a bad request changes nothing.
-        new_items = {kind: _items(changes[kind], kind) for kind in ITEM_KINDS if kind in changes}
-        status = changes.get("status", profile.status)
-        if status not in PROFILE_STATUSES:
-            raise WorldError(f"status must be one of {', '.join(PROFILE_STATUSES)}.")
-        errors = changes.get("errors", profile.errors)
+        # Validate everything before touching the bundle so a bad request changes nothing.
+        new_items = {k: _items(changes[k], k) for k in ITEM_KINDS if k in changes}
+        status = changes.get("status", bundle.status)
+        if status not in BUNDLE_STATUSES:
+            raise WorldError(f"status must be one of {', '.join(BUNDLE_STATUSES)}.")
+        errors = changes.get("errors", bundle.errors)
         if errors is not None and not isinstance(errors, list):
             raise WorldError("errors must be a list or null.")
-        valid_until = profile.valid_until
+        valid_until = bundle.valid_until
         if "valid_until" in changes:
             raw_until = changes["valid_until"]
             valid_until = None if raw_until is None else parse_date(_str(raw_until, "valid_until"))
 
-        for kind, items in new_items.items():
-            current: list[JSON] = getattr(profile, kind)
-            setattr(profile, kind, _merge_items(current, items) if merge else items)
-        profile.status = status
-        profile.errors = errors
-        profile.valid_until = valid_until
+        for item_kind, items in new_items.items():
+            current: list[JSON] = getattr(bundle, item_kind)
+            setattr(bundle, item_kind, _merge_items(current, items) if merge else items)
+        bundle.status = status
+        bundle.errors = errors
+        bundle.valid_until = valid_until
         if "friendly_name" in changes:
-            profile.friendly_name = _str(changes["friendly_name"], "friendly_name")
-        profile.date_updated = now or utcnow()
-        return profile
+            bundle.friendly_name = _str(changes["friendly_name"], "friendly_name")
+        bundle.date_updated = now or utcnow()
+        return bundle
 
 
 def load_world(path: str | Path | None = None) -> World:
@@ -355,7 +472,7 @@ def load_world(path: str | Path | None = None) -> World:
 def evaluate_requirements(
     requirements: Mapping[str, Any], items: Mapping[str, Sequence[JSON]]
 ) -> list[JSON]:
-    """Walk a policy's requirements over a profile's assigned items; one result per requirement."""
+    """Walk a policy's requirements over a bundle's assigned items; one result per requirement."""
     results: list[JSON] = []
     for requirement in requirements.get("end_user") or []:
         results.append(_end_user_result(requirement, items.get("end_users", [])))
@@ -367,10 +484,16 @@ def evaluate_requirements(
         ]
         if candidates:
             results.append(next((c for c in candidates if c["passed"]), candidates[0]))
+    # Supporting profiles sharing a requirement_name are alternatives, like a document group:
+    # the spec's Sole Proprietor TrustProduct policy (RN670d5d2e…) lists two profile types under
+    # "customer_profile", and its evaluation examples report one result for them.
+    groups: dict[str, list[Mapping[str, Any]]] = {}
     for requirement in requirements.get("supporting_customer_profiles") or []:
-        results.append(
-            _supporting_profile_result(requirement, items.get("supporting_customer_profiles", []))
-        )
+        groups.setdefault(str(requirement.get("requirement_name", "")), []).append(requirement)
+    supporting = items.get("supporting_customer_profiles", [])
+    for group in groups.values():
+        candidates = [_supporting_profile_result(r, supporting) for r in group]
+        results.append(next((c for c in candidates if c["passed"]), candidates[0]))
     return results
 
 
@@ -454,7 +577,8 @@ def _supporting_profile_result(requirement: Mapping[str, Any], profiles: Sequenc
     name = str(requirement.get("name", object_type))
     result = _result_base(requirement, name, object_type)
     if any(p.get("type") == object_type for p in profiles):
-        result["valid"] = [_valid("bundle_sid")]
+        requirement_name = result["requirement_name"]
+        result["valid"] = [_valid(_SUPPORTING_FIELDS.get(requirement_name, "bundle_status"))]
         return result
     # The spec shows no failed supporting-profile result; it reports a missing supporting
     # item with 22216 and, like its Power of Attorney example, nothing field-level to fix.
@@ -537,6 +661,15 @@ def _field_name(object_field: str) -> str:
     return _FIELD_NAMES.get(object_field, _title(object_field))
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _digest(*parts: str) -> str:
+    """32 hex digits derived from ``parts``: a made-up SID's tail that stays the same."""
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:32]
+
+
 def _title(snake: str) -> str:
     return " ".join(word.capitalize() for word in snake.split("_"))
 
@@ -562,25 +695,25 @@ def _merge_items(current: list[JSON], changes: list[JSON]) -> list[JSON]:
 # --- world-file validation helpers -----------------------------------------------------------
 
 
-def _profile(raw: Mapping[str, Any], policies: Mapping[str, Policy]) -> CustomerProfile:
-    sid = _sid(raw.get("sid"), "BU", "customer_profiles[].sid")
-    policy_sid = _sid(raw.get("policy_sid"), "RN", f"profile {sid} policy_sid")
+def _bundle(kind: Kind, raw: Mapping[str, Any], policies: Mapping[str, Policy]) -> Bundle:
+    sid = _sid(raw.get("sid"), "BU", f"{kind.key}[].sid")
+    where = f"{_capital(kind.label)} {sid}"
+    policy_sid = _sid(raw.get("policy_sid"), "RN", f"{where} policy_sid")
     if policy_sid not in policies:
-        raise WorldError(f"Customer profile {sid}: unknown policy_sid {policy_sid}.")
+        raise WorldError(f"{where}: unknown policy_sid {policy_sid}.")
     status = raw.get("status", "draft")
-    if status not in PROFILE_STATUSES:
-        raise WorldError(
-            f"Customer profile {sid}: status must be one of {', '.join(PROFILE_STATUSES)}."
-        )
-    date_created = parse_date(_str(raw.get("date_created"), f"profile {sid} date_created"))
+    if status not in BUNDLE_STATUSES:
+        raise WorldError(f"{where}: status must be one of {', '.join(BUNDLE_STATUSES)}.")
+    date_created = parse_date(_str(raw.get("date_created"), f"{where} date_created"))
     date_updated = raw.get("date_updated")
     valid_until = raw.get("valid_until")
     errors = raw.get("errors")
     if errors is not None and not isinstance(errors, list):
-        raise WorldError(f"Customer profile {sid}: errors must be a list or null.")
-    return CustomerProfile(
+        raise WorldError(f"{where}: errors must be a list or null.")
+    return Bundle(
+        kind=kind,
         sid=sid,
-        friendly_name=_str(raw.get("friendly_name"), f"profile {sid} friendly_name"),
+        friendly_name=_str(raw.get("friendly_name"), f"{where} friendly_name"),
         policy_sid=policy_sid,
         status=status,
         email=raw.get("email"),
@@ -589,7 +722,7 @@ def _profile(raw: Mapping[str, Any], policies: Mapping[str, Policy]) -> Customer
         date_created=date_created,
         date_updated=parse_date(date_updated) if date_updated else date_created,
         errors=copy.deepcopy(errors),
-        **{kind: _items(raw.get(kind, []), f"profile {sid} {kind}") for kind in ITEM_KINDS},
+        **{k: _items(raw.get(k, []), f"{where} {k}") for k in ITEM_KINDS},
     )
 
 
