@@ -166,15 +166,12 @@ _BROKEN: dict[str, Callable[[dict[str, Any], str], bool]] = {
 }
 
 
-@pytest.mark.parametrize("variant", BROKEN_BODIES)
-def test_broken_bodies_are_served_after_trusthub_processed_the_request(
-    sandbox: SandboxServer,
-    make_proxy: Callable[..., FaultProxy],
-    session: requests.Session,
-    variant: str,
-) -> None:
+def _answer_after_processing(sandbox, make_proxy, session, kind, variant):
+    """POST through a proxy that always applies ``kind``'s ``variant``: TrustHub processed it;
+    the created evaluation's SID and what the client was answered."""
     before = sandbox.evaluation_count(ACME)
-    proxy = make_proxy(fault_rate=1.0, kinds=["broken-body"], broken_bodies=[variant])
+    variants = {"broken-body": "broken_bodies", "odd-answer": "odd_answers"}[kind]
+    proxy = make_proxy(fault_rate=1.0, kinds=[kind], **{variants: [variant]})
 
     response = post(session, proxy)
 
@@ -182,11 +179,22 @@ def test_broken_bodies_are_served_after_trusthub_processed_the_request(
     assert sandbox.evaluation_count(ACME) == before + 1
     [created] = proxy.created
     assert created.fault == variant
+    return created.sid, response
+
+
+@pytest.mark.parametrize("variant", BROKEN_BODIES)
+def test_broken_bodies_are_served_after_trusthub_processed_the_request(
+    sandbox: SandboxServer,
+    make_proxy: Callable[..., FaultProxy],
+    session: requests.Session,
+    variant: str,
+) -> None:
+    sid, response = _answer_after_processing(sandbox, make_proxy, session, "broken-body", variant)
     if variant == "truncated":
         with pytest.raises(json.JSONDecodeError):
             json.loads(response.content)
     else:
-        assert _BROKEN[variant](response.json(), created.sid)
+        assert _BROKEN[variant](response.json(), sid)
 
 
 def test_a_broken_list_breaks_its_items(
@@ -250,15 +258,7 @@ def test_odd_answers_are_served_after_trusthub_processed_the_request(
     session: requests.Session,
     variant: str,
 ) -> None:
-    before = sandbox.evaluation_count(ACME)
-    proxy = make_proxy(fault_rate=1.0, kinds=["odd-answer"], odd_answers=[variant])
-
-    response = post(session, proxy)
-
-    assert response.status_code == 201
-    assert sandbox.evaluation_count(ACME) == before + 1
-    [created] = proxy.created
-    assert created.fault == variant
+    _, response = _answer_after_processing(sandbox, make_proxy, session, "odd-answer", variant)
     assert _ODD[variant](response.json())
 
 
