@@ -451,7 +451,7 @@ def test_a_backend_with_its_own_querysets_is_followed(django_user_model):
 @override_settings(AUTHENTICATION_BACKENDS=[f"{THIS_MODULE}.CachesItsOwnWayBackend"])
 def test_a_backend_that_caches_its_own_way_is_left_to_it(django_user_model):
     client = client_for(member_of_readers(django_user_model, "member"))
-    # Its two queries, as it runs them: nothing is preloaded for it.
+    # Its two queries, as it runs them: it is asked through user.has_perms().
     assert queries_for(client, "/api/evaluations/") == 4
     nobody = client_for(django_user_model.objects.create_user("nobody"))
     assert nobody.get("/api/evaluations/").status_code == 403
