@@ -347,6 +347,70 @@ class EvaluationDetailSerializer(EvaluationSerializer):
         read_only_fields = fields
 
 
+class PreviousEvaluationSerializer(serializers.ModelSerializer[Evaluation]):
+    """The evaluation a comparison is made against."""
+
+    url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
+
+    class Meta:
+        model = Evaluation
+        fields = ["id", "url", "sid", "requested_at"]
+        read_only_fields = fields
+
+
+class RequirementChangeSerializer(serializers.Serializer[Any]):
+    """One requirement in the comparison of two evaluations."""
+
+    requirement_name = serializers.CharField(
+        source="name", read_only=True, help_text=_("TrustHub's name of the requirement.")
+    )
+    requirement_friendly_name = serializers.CharField(
+        source="label",
+        read_only=True,
+        help_text=_("As TrustHub names it; its requirement_name where TrustHub gave no name."),
+    )
+    before = serializers.BooleanField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("Whether it passed in the previous evaluation; null if not evaluated there."),
+    )
+    after = serializers.BooleanField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("Whether it passed in this evaluation; null if not evaluated here."),
+    )
+
+
+def _changes(source: str, help_text: Any) -> Any:
+    return RequirementChangeSerializer(
+        source=f"diff.{source}", many=True, read_only=True, allow_null=True, help_text=help_text
+    )
+
+
+class EvaluationDiffSerializer(serializers.Serializer[Any]):
+    """What changed since the previous evaluation."""
+
+    previous = PreviousEvaluationSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text=_(
+            "The completed evaluation of the same profile against the same policy requested "
+            "just before this one; null if there is none. The three lists are null when "
+            "there is none, and when this evaluation has not completed (queued, running or "
+            "failed): only a completed evaluation has results to compare."
+        ),
+    )
+    newly_failing = _changes(
+        "newly_failing",
+        _("Requirements that fail now and did not (passed, or were not evaluated); or null."),
+    )
+    fixed = _changes(
+        "fixed",
+        _("Requirements that failed and no longer do (pass, or are not evaluated); or null."),
+    )
+    unchanged = _changes("unchanged", _("Every other requirement of either evaluation; or null."))
+
+
 class StrictSerializer(serializers.Serializer[Any]):
     """A request body that refuses fields it does not know.
 

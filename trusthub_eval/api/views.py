@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_view
 from rest_framework import generics, mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
@@ -26,6 +27,7 @@ from trusthub_eval.api.parsers import JSONParser
 from trusthub_eval.api.permissions import REQUEST_PERMISSIONS, ModelPermissions
 from trusthub_eval.api.schema import SpectacularSchema, extend_schema
 from trusthub_eval.api.throttling import TriggerRateThrottle
+from trusthub_eval.diff import compare_with_previous
 from trusthub_eval.exceptions import TrustHubError
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 from trusthub_eval.sids import SidKind, is_sid
@@ -334,6 +336,11 @@ class CustomerProfileEvaluationsView(
             raise NotFound(_("No such customer profile.")) from None
 
 
+_evaluation_id = OpenApiParameter(
+    "id", OpenApiTypes.INT, OpenApiParameter.PATH, description=_("Evaluation id.")
+)
+
+
 @extend_schema_view(
     list=extend_schema(
         summary=_("List evaluations"),
@@ -343,12 +350,18 @@ class CustomerProfileEvaluationsView(
     retrieve=extend_schema(
         summary=_("Fetch an evaluation"),
         description=_("With the result of each requirement: passed, reason, error code, fields."),
-        parameters=[
-            OpenApiParameter(
-                "id", OpenApiTypes.INT, OpenApiParameter.PATH, description=_("Evaluation id.")
-            )
-        ],
+        parameters=[_evaluation_id],
         responses={200: serializers.EvaluationDetailSerializer, **_errors(401, 403, 404)},
+    ),
+    diff=extend_schema(
+        summary=_("What changed since the previous evaluation"),
+        description=_(
+            "The requirements that fail now and did not, those that failed and no longer do, "
+            "and the others, against the completed evaluation of the same profile and policy "
+            "requested just before this one. As the admin shows it on the evaluation's page."
+        ),
+        parameters=[_evaluation_id],
+        responses={200: serializers.EvaluationDiffSerializer, **_errors(401, 403, 404)},
     ),
 )
 class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]):
@@ -369,12 +382,22 @@ class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]
             return Evaluation.objects.select_related(
                 "customer_profile", "policy", "requested_by"
             ).prefetch_related(Prefetch("requirement_results", queryset=results))
+        if self.action == "diff":
+            # What the comparison reads of the evaluation; its results are rows of their own.
+            return Evaluation.objects.only("customer_profile", "policy", "requested_at", "state")
         return super().get_queryset()
 
     def get_serializer_class(self) -> type[BaseSerializer[Evaluation]]:
         if self.action == "retrieve":
             return serializers.EvaluationDetailSerializer
+        if self.action == "diff":
+            return serializers.EvaluationDiffSerializer
         return super().get_serializer_class()
+
+    @action(detail=True, methods=["get"])
+    def diff(self, request: Request, pk: str | None = None) -> Response:
+        comparison = compare_with_previous(self.get_object())
+        return Response(self.get_serializer(comparison).data)
 
 
 class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[CustomerProfile]):
