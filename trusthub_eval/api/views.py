@@ -26,11 +26,11 @@ from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
 from trusthub_eval.api.parsers import JSONParser
 from trusthub_eval.api.permissions import REQUEST_PERMISSIONS, ModelPermissions
 from trusthub_eval.api.schema import SpectacularSchema, extend_schema
-from trusthub_eval.api.throttling import TriggerRateThrottle
 from trusthub_eval.diff import compare_with_previous
 from trusthub_eval.exceptions import TrustHubError
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
 from trusthub_eval.sids import SidKind, is_sid
+from trusthub_eval.throttling import TriggerRateThrottle
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
