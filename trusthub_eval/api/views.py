@@ -379,9 +379,13 @@ class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]
     def get_queryset(self) -> QuerySet[Evaluation]:
         if self.action == "retrieve":
             results = RequirementResult.objects.order_by("position")
-            return Evaluation.objects.select_related(
-                "customer_profile", "policy", "requested_by"
-            ).prefetch_related(Prefetch("requirement_results", queryset=results))
+            return (
+                Evaluation.objects.select_related("customer_profile", "policy", "requested_by")
+                # TrustHub's payloads, which the answer does not show: one nested deeper than
+                # Python decodes would fail the request.
+                .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+                .prefetch_related(Prefetch("requirement_results", queryset=results))
+            )
         if self.action == "diff":
             # What the comparison reads of the evaluation; its results are rows of their own.
             return Evaluation.objects.only("customer_profile", "policy", "requested_at", "state")
