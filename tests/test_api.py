@@ -9,6 +9,9 @@ import json
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import JSONField, Value
+from django.db.models.functions import Cast
 from django.utils import timezone
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -331,7 +334,9 @@ def test_json_nested_too_deeply_is_a_400_for_anyone(who, endpoint, operator, dja
     target = (
         evaluations_url(make_profile().sid) if endpoint == "trigger" else "/api/evaluations/bulk/"
     )
-    for body in (b"[" * 2000, b'{"a":' * 2000):
+    # Well-formed, and deeper than json.loads goes on any Python (3.13 goes past 2,000 levels).
+    depth = 100_000
+    for body in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
         response = caller.generic("POST", target, body, content_type="application/json")
         assert response.status_code == 400
         assert "nested too deeply" in response.json()["detail"]
@@ -892,3 +897,47 @@ def test_a_profile_deleted_during_the_request_is_a_404(sandbox, trigger_api):
         pre_save.disconnect(delete_elsewhere, sender=Evaluation)
     assert response.status_code == 404
     assert not Evaluation.objects.exists()
+
+
+def decodes(text: str) -> bool:
+    try:
+        json.loads(text)
+    except RecursionError:
+        return False
+    return True
+
+
+def test_a_payload_nested_deeper_than_python_decodes_breaks_no_answer(django_user_model):
+    profile = make_profile()
+    first = Evaluation.objects.create(
+        customer_profile=profile, policy=profile.policy, state="completed"
+    )
+    evaluation = Evaluation.objects.create(
+        customer_profile=profile, policy=profile.policy, state="completed"
+    )
+    # Written as JSON text, deeper than this Python's json.loads goes (3.13 goes past 2,000).
+    depth = next(n for n in (1_500, 10_000, 100_000) if not decodes("[" * n + "]" * n))
+    deep = "[" * depth + '"deep"' + "]" * depth
+    try:
+        with transaction.atomic():
+            for model, pk in (
+                (Evaluation, first.pk),
+                (Evaluation, evaluation.pk),
+                (CustomerProfile, profile.pk),
+                (Policy, profile.policy_id),
+            ):
+                model.objects.filter(pk=pk).update(raw=Cast(Value(deep), JSONField()))
+    except (IntegrityError, OperationalError) as refused:
+        pytest.skip(f"this database stores no JSON nested this deep: {refused}")
+    api = client_for(django_user_model.objects.create_superuser("root", "root@example.com", "x"))
+    for path in (
+        f"/api/evaluations/{evaluation.pk}/",
+        f"/api/evaluations/{evaluation.pk}/diff/",
+        "/api/evaluations/",
+        f"/api/customer-profiles/{profile.sid}/",
+        f"/api/customer-profiles/{profile.sid}/evaluations/",
+        "/api/customer-profiles/",
+        f"/api/policies/{profile.policy.sid}/",
+        "/api/policies/",
+    ):
+        assert api.get(path).status_code == 200, path

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import django_filters
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import include, path
 from rest_framework import serializers as drf_serializers
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 
 from tests.factories import client_for, make_profile
-from trusthub_eval.api import serializers, views
+from trusthub_eval.api import rows, serializers, views
 from trusthub_eval.api.filters import EvaluationFilter
 from trusthub_eval.models import CustomerProfile, Evaluation
 
@@ -36,8 +41,37 @@ class RegionProfileSerializer(serializers.CustomerProfileSerializer):
         return "emea" if profile.friendly_name.startswith("E") else "amer"
 
 
+class UpperField(drf_serializers.CharField):
+    def to_representation(self, value):
+        return super().to_representation(value).upper()
+
+
+class WiderEvaluationSerializer(serializers.EvaluationSerializer):
+    """More of the model's columns, one through a relation and one written its own way."""
+
+    profile_name = UpperField(source="customer_profile.friendly_name", read_only=True)
+    profile_policy = drf_serializers.CharField(
+        source="customer_profile.policy.friendly_name", read_only=True, allow_null=True
+    )
+
+    class Meta(serializers.EvaluationSerializer.Meta):
+        fields = [
+            "id",
+            "status",
+            "next_attempt_at",
+            "profile_name",
+            "profile_policy",
+            "requested_by",
+            "url",
+        ]
+
+
 class HostEvaluations(views.EvaluationViewSet):
     serializer_class = ShoutingEvaluationSerializer
+
+
+class WiderEvaluations(views.EvaluationViewSet):
+    serializer_class = WiderEvaluationSerializer
 
 
 class HostProfiles(views.CustomerProfileViewSet):
@@ -84,6 +118,7 @@ urlpatterns = [
     path("api/", include("trusthub_eval.api.urls")),
     path("host/evaluations/", HostEvaluations.as_view({"get": "list"})),
     path("host/customer-profiles/", HostProfiles.as_view({"get": "list"})),
+    path("host/wider/", WiderEvaluations.as_view({"get": "list"})),
     path("host/customer-profiles/<str:sid>/evaluations/", HostHistory.as_view()),
     path("host/api-only/", ApiOnly.as_view({"get": "list"})),
     path("host/defaulted/", DefaultedEvaluations.as_view({"get": "list"})),
@@ -172,3 +207,25 @@ def test_a_required_filter_is_required_with_only_pagination_parameters(api, prof
     assert [row["state"] for row in results(page)] == ["queued"]
     cursor_only = page.json()["next"].replace("state=queued", "").replace("&&", "&")
     assert api.get(cursor_only).status_code == 400
+
+
+def test_a_host_serializer_of_model_columns_is_written_from_rows_as_it_writes(
+    api, profiles, django_user_model
+):
+    # Its fields are the list's: a column of the model's, a relation's, a field's own
+    # to_representation, a relation that may be null, the user and the URL.
+    assert rows.plan_for(WiderEvaluationSerializer) is not None
+    profiles[0].policy = None
+    profiles[0].save()
+    Evaluation.objects.filter(customer_profile=profiles[1]).update(
+        requested_by=django_user_model.objects.get(username="reader")
+    )
+    page = results(api.get("/host/wider/"))
+    evaluations = Evaluation.objects.order_by("-requested_at", "-id")
+    request = Request(APIRequestFactory().get("/host/wider/"))
+    expected = WiderEvaluationSerializer(evaluations, many=True, context={"request": request})
+    assert page == json.loads(JSONRenderer().render(expected.data))
+    assert [list(row) for row in page] == [WiderEvaluationSerializer.Meta.fields] * 4
+    assert {row["profile_name"] for row in page} == {"EUROPA LTD", "ACME INC"}
+    assert None in {row["profile_policy"] for row in page}
+    assert {row["requested_by"] for row in page} == {None, "reader"}

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient, APIRequestFactory
 from tests.factories import PRIMARY_POLICY, STARTER_POLICY, client_for, make_profile, sid
 from trusthub_eval.api import serializers
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
-from trusthub_eval.permissions import preload_permissions
+from trusthub_eval.permissions import has_perms
 
 pytestmark = pytest.mark.django_db
 
@@ -338,17 +338,20 @@ def test_session_users_get_their_permissions_in_one_query_too(client, reader):
 
 def test_a_user_model_that_answers_itself_is_left_alone():
     class OwnRules:
-        """A user model without PermissionsMixin: has_perm() is its own, no backend is asked."""
+        """A user model without PermissionsMixin: has_perms() is its own, no backend is asked."""
 
         is_authenticated = True
         is_active = True
         is_superuser = False
 
+        def has_perms(self, perms):
+            return list(perms) == ["trusthub_eval.view_policy"]
+
     user = OwnRules()
     with CaptureQueriesContext(connection) as captured:
-        preload_permissions(user)
+        assert has_perms(user, ["trusthub_eval.view_policy"])
+        assert not has_perms(user, ["trusthub_eval.view_evaluation"])
     assert not captured.captured_queries
-    assert not hasattr(user, "_perm_cache")
 
 
 def test_a_superuser_needs_no_permission_query(django_user_model):
@@ -356,31 +359,42 @@ def test_a_superuser_needs_no_permission_query(django_user_model):
     assert queries_for(client_for(admin), "/api/evaluations/") == 2
 
 
-def test_the_preloaded_permissions_are_what_model_backend_reads(django_user_model):
-    user = django_user_model.objects.create_user("mixed")
-    group = Group.objects.create(name="mixed")
-    user.user_permissions.add(*permissions("view_evaluation", "view_policy"))
-    group.permissions.add(*permissions("view_policy", "request_evaluation"))
-    user.groups.add(group)
-    fresh = django_user_model.objects.get(pk=user.pk)
-    backend = ModelBackend()
-    expected = (
-        backend.get_user_permissions(fresh),
-        backend.get_group_permissions(fresh),
-        backend.get_all_permissions(fresh),
+ASKED = (
+    "trusthub_eval.view_evaluation",
+    "trusthub_eval.view_policy",
+    "trusthub_eval.request_evaluation",
+    "trusthub_eval.view_customerprofile",
+    "auth.view_user",
+    "nobody.has_this",
+)
+
+
+@pytest.mark.parametrize(
+    "kind", ["own", "groups", "both", "none", "inactive", "superuser", "inactive superuser"]
+)
+def test_the_answers_are_model_backends_in_one_query(django_user_model, kind):
+    user = django_user_model.objects.create_user(
+        "mixed",
+        is_active="inactive" not in kind,
+        is_superuser="superuser" in kind,
     )
-    preloaded = django_user_model.objects.get(pk=user.pk)
+    if kind in ("own", "both", "inactive", "inactive superuser"):
+        user.user_permissions.add(*permissions("view_evaluation", "view_policy"))
+    if kind in ("groups", "both", "inactive"):
+        group = Group.objects.create(name="mixed")
+        group.permissions.add(*permissions("view_policy", "request_evaluation"))
+        user.groups.add(group, Group.objects.create(name="empty"))
+    asked = [[perm] for perm in ASKED]
+    asked += [list(ASKED[:2]), list(ASKED[1:3]), list(ASKED[:3]), list(ASKED), []]
+    fresh = django_user_model.objects.get(pk=user.pk)
+    expected = [fresh.has_perms(perms) for perms in asked]
+    ours = django_user_model.objects.get(pk=user.pk)
     with CaptureQueriesContext(connection) as captured:
-        preload_permissions(preloaded)
-        assert preloaded.has_perms(["trusthub_eval.view_evaluation", "trusthub_eval.view_policy"])
-        assert preloaded.has_perm("trusthub_eval.request_evaluation")
-        assert not preloaded.has_perm("trusthub_eval.view_customerprofile")
-    assert len(captured) == 1
-    assert (
-        preloaded.get_user_permissions(),
-        preloaded.get_group_permissions(),
-        preloaded.get_all_permissions(),
-    ) == expected
+        answers = [has_perms(ours, perms) for perms in asked]
+    assert answers == expected
+    assert len(captured) == (1 if kind in ("own", "groups", "both", "none") else 0)
+    # And Django's own answers on the same object are unchanged by ours.
+    assert [ours.has_perms(perms) for perms in asked] == expected
 
 
 class GroupsDoNotCountBackend(ModelBackend):
@@ -437,7 +451,7 @@ def test_a_backend_with_its_own_querysets_is_followed(django_user_model):
 @override_settings(AUTHENTICATION_BACKENDS=[f"{THIS_MODULE}.CachesItsOwnWayBackend"])
 def test_a_backend_that_caches_its_own_way_is_left_to_it(django_user_model):
     client = client_for(member_of_readers(django_user_model, "member"))
-    # Its two queries, as it runs them: nothing is preloaded for it.
+    # Its two queries, as it runs them: it is asked through user.has_perms().
     assert queries_for(client, "/api/evaluations/") == 4
     nobody = client_for(django_user_model.objects.create_user("nobody"))
     assert nobody.get("/api/evaluations/").status_code == 403
@@ -466,3 +480,13 @@ def test_other_backends_are_still_asked(django_user_model):
 def test_a_backend_that_vetoes_still_vetoes(django_user_model):
     member = client_for(member_of_readers(django_user_model, "member"))
     assert member.get("/api/evaluations/").status_code == 403
+
+
+@override_settings(
+    AUTHENTICATION_BACKENDS=["django.contrib.auth.backends.AllowAllUsersModelBackend"]
+)
+def test_django_backend_for_inactive_logins_reads_permissions_as_model_backend(django_user_model):
+    member = member_of_readers(django_user_model, "member")
+    client = client_for(member)
+    assert queries_for(client, "/api/evaluations/") == 3
+    assert client.get("/api/policies/").status_code == 403

@@ -34,6 +34,7 @@ OPERATIONS = {
     ("POST", "/api/customer-profiles/{sid}/evaluations/"),
     ("GET", "/api/evaluations/"),
     ("GET", "/api/evaluations/{id}/"),
+    ("GET", "/api/evaluations/{id}/diff/"),
     ("POST", "/api/evaluations/bulk/"),
     ("GET", "/api/policies/"),
     ("GET", "/api/policies/{sid}/"),
@@ -174,6 +175,23 @@ def test_schema_describes_lists_as_cursor_pages_and_the_filters(openapi):
     assert {"passed", "failure_reason", "error_code", "invalid"} <= set(result["properties"])
     invalid = result["properties"]["invalid"]["items"]["properties"]
     assert {"object_field", "failure_reason", "error_code"} <= set(invalid)
+
+
+def test_schema_describes_the_diff_with_the_previous_evaluation(openapi):
+    diff = body_schema(openapi, "/api/evaluations/{id}/diff/", "get", "200")
+    assert set(diff["properties"]) == {"previous", "newly_failing", "fixed", "unchanged"}
+    assert diff["properties"]["previous"]["nullable"]
+    changes = diff["properties"]["newly_failing"]
+    assert changes["nullable"]
+    assert changes["type"] == "array"
+    change = resolve(openapi, changes["items"])
+    assert set(change["properties"]) == {
+        "requirement_name",
+        "requirement_friendly_name",
+        "before",
+        "after",
+    }
+    assert change["properties"]["before"]["nullable"]
 
 
 def empty_schemas(node: object, where: str = "") -> list[str]:

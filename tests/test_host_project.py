@@ -309,7 +309,11 @@ def test_the_readme_install_section_works_verbatim_in_a_new_project(host: Host, 
 
     # check and check --deploy: nothing from this app or its schema.
     assert "no issues" in host.manage("check")
-    deploy = host.manage("check", "--deploy")
+    # Django's own findings about a development project are the new project's, not the app's:
+    # on Django 6.1 they include an error (mail.E001, the console e-mail backend that
+    # startproject's settings name), so the command's status says nothing about the app.
+    deploy = host.manage("check", "--deploy", check=False)
+    assert "System check identified" in deploy, deploy
     assert "trusthub_eval." not in deploy and "drf_spectacular." not in deploy, deploy
     assert "No changes detected" in host.manage("makemigrations", "--check")
 

@@ -36,6 +36,14 @@ class ResultsDiff:
     unchanged: list[RequirementChange]
 
 
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """An evaluation's previous one, and what changed since (None: nothing to compare yet)."""
+
+    previous: Evaluation | None
+    diff: ResultsDiff | None
+
+
 def _verdicts(results: Iterable[_HasVerdict]) -> dict[str, tuple[str, bool]]:
     """requirement_name -> (label, passed); a requirement listed twice passes only if both do."""
     verdicts: dict[str, tuple[str, bool]] = {}
@@ -86,3 +94,21 @@ def previous_evaluation(evaluation: Evaluation) -> Evaluation | None:
         .only("sid", "requested_at")
         .first()
     )
+
+
+def compare_with_previous(
+    evaluation: Evaluation, results: Iterable[_HasVerdict] | None = None
+) -> Comparison:
+    """What changed since the previous evaluation (:func:`previous_evaluation`).
+
+    Only a completed evaluation has results to compare: for one queued, running or failed
+    the diff is None, as it is when there is no previous evaluation. ``results`` are the
+    evaluation's own, when the caller has them already.
+    """
+    previous = previous_evaluation(evaluation)
+    if previous is None or evaluation.state != Evaluation.State.COMPLETED:
+        return Comparison(previous, None)
+    if results is None:
+        results = evaluation.requirement_results.order_by("position")
+    before = previous.requirement_results.order_by("position")
+    return Comparison(previous, compare_results(before, results))

@@ -1,16 +1,17 @@
-"""Who may request evaluations, and the permission look-up the API's checks share."""
+"""Who may request evaluations, and the permission check the API's views share."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_backends
-from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.models import Permission, PermissionsMixin
-from django.core.exceptions import EmptyResultSet, ValidationError
-from django.db import connections, router
-from django.db.models import Model, QuerySet, Value
+from django.contrib.auth.backends import AllowAllUsersModelBackend, ModelBackend
+from django.contrib.auth.models import Group, Permission, PermissionsMixin
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import FieldDoesNotExist
+from django.db import connections, models, router
 
 REQUEST_EVALUATION = "trusthub_eval.request_evaluation"
 # A request answers with the evaluation it queued (or the one in flight), and whether it worked
@@ -21,116 +22,136 @@ REQUEST_PERMISSIONS = (
     "trusthub_eval.view_evaluation",
 )
 
-# What ModelBackend does with the caches preload_permissions() fills. A subclass that overrides
-# any of these may compute or keep permissions its own way, so it is left to do its own queries.
-_CACHING_METHODS = (
-    "has_perm",
-    "get_all_permissions",
-    "get_user_permissions",
-    "get_group_permissions",
-    "_get_permissions",
-)
-# The querysets it reads: when these are its own, they depend on the user's key alone.
-_QUERY_METHODS = ("_get_user_permissions", "_get_group_permissions")
-# A stand-in user's primary key, to find where a compiled query holds the user's: any value
-# of every integer key type (Django refuses values beyond a column's range in lookups).
-_PROBE = 32_000
+# Django's backends whose permissions are ModelBackend's (the second only lets inactive users
+# log in).
+_MODEL_BACKENDS = (ModelBackend, AllowAllUsersModelBackend)
+# Where the permissions read for a user object are kept, for as long as it lives (one request).
+_CACHE = "_trusthub_eval_permissions"
 
 
 def can_request_evaluations(user: Any) -> bool:
     """Whether ``user`` may queue evaluations (from the admin or the API)."""
-    return bool(user is not None and user.is_authenticated and user.has_perms(REQUEST_PERMISSIONS))
+    return bool(user is not None and user.is_authenticated and has_perms(user, REQUEST_PERMISSIONS))
 
 
-def preload_permissions(user: Any) -> None:
-    """Load what Django's ``ModelBackend`` knows of ``user``'s permissions in one query, not two.
+def has_perms(user: Any, perms: Iterable[str]) -> bool:
+    """``user.has_perms(perms)``: the same answer, in one query for the life of ``user``.
 
-    ``ModelBackend`` reads the user's own permissions and their groups' in two queries and keeps
-    them on the user object (``_user_perm_cache``, ``_group_perm_cache``, ``_perm_cache``) for
-    the rest of the request. This runs the backend's same two querysets as one ``UNION ALL`` and
-    fills the same caches, so ``user.has_perm()`` still goes through every configured backend
-    and ``ModelBackend`` answers from its cache. The user object lives for one request
-    (authentication loads it afresh each time), so a permission granted or revoked counts from
-    the next request on, as without this.
-
-    Does nothing when the first ``ModelBackend`` among AUTHENTICATION_BACKENDS overrides how it
-    caches or answers, when there is none, when the caches are already filled, for users whose
-    checks need no query (anonymous, inactive, superusers) and for user models without Django's
-    ``PermissionsMixin``.
+    Django's ``ModelBackend`` reads a user's own permissions and their groups' in two queries
+    built with the ORM, which cost a quarter of a small API page's CPU. Where the answer is
+    documented to be exactly that backend's (every backend in AUTHENTICATION_BACKENDS is
+    Django's ``ModelBackend``, and the user model's ``has_perm`` is ``PermissionsMixin``'s), it
+    is worked out here by the same rule: an active superuser has every permission, an inactive
+    user none, anyone else those granted to them or to one of their groups, read in one query.
+    Any other configuration is asked through ``user.has_perms()``. What is read is kept on the
+    user object, which lives for one request (authentication loads it afresh each time), so a
+    permission granted or revoked counts from the next request on.
     """
-    if not _asks_backends(user) or not user.is_authenticated:
-        return
-    if not user.is_active or user.is_superuser:
-        return
-    if hasattr(user, "_perm_cache"):
-        return
-    backend = next((b for b in get_backends() if isinstance(b, ModelBackend)), None)
-    if backend is None or any(
-        getattr(type(backend), name) is not getattr(ModelBackend, name) for name in _CACHING_METHODS
+    perms = list(perms)
+    if not perms or not _answers_as_model_backend(user):
+        return bool(user.has_perms(perms))
+    if not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    granted: frozenset[str] | None = getattr(user, _CACHE, None)
+    if granted is None:
+        granted = _read(user)
+        if granted is None:  # tables this module cannot read in one statement
+            return bool(user.has_perms(perms))
+        setattr(user, _CACHE, granted)
+    return all(perm in granted for perm in perms)
+
+
+def _answers_as_model_backend(user: Any) -> bool:
+    # user.__class__, not type(user): session authentication gives a lazy object.
+    user_model = user.__class__
+    if not isinstance(user, PermissionsMixin):
+        return False  # the user model answers has_perm() itself
+    if (
+        user_model.has_perm is not PermissionsMixin.has_perm
+        or user_model.has_perms is not PermissionsMixin.has_perms
     ):
-        return
-    loaded: dict[str, set[str]] = {"user": set(), "group": set()}
-    for source, app_label, codename in _permission_rows(backend, user):
-        loaded[source].add(f"{app_label}.{codename}")
-    user._user_perm_cache = loaded["user"]
-    user._group_perm_cache = loaded["group"]
-    user._perm_cache = loaded["user"] | loaded["group"]
+        return False
+    backends = get_backends()
+    return bool(backends) and all(type(backend) in _MODEL_BACKENDS for backend in backends)
 
 
-def _asks_backends(user: Any) -> bool:
-    # A user model without PermissionsMixin answers has_perm() itself, without the backends.
-    return isinstance(user, PermissionsMixin)
-
-
-def _permission_rows(backend: ModelBackend, user: Any) -> list[tuple[str, str, str]]:
-    """(source, app label, codename) of each permission ``backend`` would read for ``user``."""
+def _read(user: Any) -> frozenset[str] | None:
+    """``app_label.codename`` of every permission granted to ``user`` or their groups."""
     alias = router.db_for_read(Permission, instance=user)
-    statement = None
-    if all(getattr(type(backend), name) is getattr(ModelBackend, name) for name in _QUERY_METHODS):
-        user_model: type[Model] = type(user)
-        statement = _statement(user_model, alias)
-    if statement is None:
-        # A backend with querysets of its own (which may depend on more than the user's key).
-        return list(_union(backend, user).using(alias))
-    sql, params, slots = statement
+    sql = _statement(user.__class__, alias)
+    if sql is None:
+        return None
     connection = connections[alias]
     key = user._meta.pk.get_db_prep_value(user.pk, connection)
-    values = [key if index in slots else value for index, value in enumerate(params)]
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        return list(cursor.fetchall())
-
-
-def _union(backend: ModelBackend, user: Any) -> QuerySet[Any, tuple[str, str, str]]:
-    # The querysets ModelBackend itself runs (private methods; a subclass may override them).
-    reader: Any = backend
-    columns = ("source", "content_type__app_label", "codename")
-    own = reader._get_user_permissions(user).annotate(source=Value("user"))
-    groups = reader._get_group_permissions(user).annotate(source=Value("group"))
-    return (  # type: ignore[no-any-return]
-        own.values_list(*columns)
-        .order_by()
-        .union(groups.values_list(*columns).order_by(), all=True)
-    )
+        cursor.execute(sql, [key, key])
+        return frozenset(f"{app_label}.{codename}" for app_label, codename in cursor.fetchall())
 
 
 @functools.cache
-def _statement(user_model: type[Model], alias: str) -> tuple[str, tuple[Any, ...], set[int]] | None:
-    """ModelBackend's union for any user of ``user_model``, compiled once: SQL, parameters, and
-    the positions of the user's key among them.
+def _statement(user_model: type[models.Model], alias: str) -> str | None:
+    """The query of :func:`_read` for users of ``user_model``, written once per database.
 
-    Building and compiling the querysets cost more than running them. They depend on nothing
-    but the user's primary key, so they are compiled once for a stand-in user whose key is
-    ``_PROBE`` and each request puts its user's key where the probe's is. None when the probe
-    does not show up as expected (a primary key that is not an integer, say): then the union is
-    built for each request.
+    Over the tables ``PermissionsMixin`` makes (its ``user_permissions`` and ``groups``, and
+    ``Group.permissions``), named as the models' ``_meta`` names them; None for a user model
+    whose relations are not those.
     """
+    own = _through(user_model, "user_permissions", Permission)
+    memberships = _through(user_model, "groups", Group)
+    grants = _through(Group, "permissions", Permission)
+    if own is None or memberships is None or grants is None:
+        return None
+    quote = connections[alias].ops.quote_name
+
+    def column(model: type[models.Model], name: str) -> str:
+        field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+        assert isinstance(field, models.Field)
+        assert field.column is not None
+        return quote(field.column)
+
+    own_table, own_user, own_permission = map(quote, own)
+    memberships_table, member, membership_group = map(quote, memberships)
+    grants_table, grant_group, grant_permission = map(quote, grants)
+    permission = column(Permission, "pk")
+    return f"""
+        SELECT t.{column(ContentType, "app_label")}, p.{column(Permission, "codename")}
+        FROM {quote(Permission._meta.db_table)} p
+        JOIN {quote(ContentType._meta.db_table)} t
+            ON t.{column(ContentType, "pk")} = p.{column(Permission, "content_type")}
+        WHERE p.{permission} IN (
+            SELECT {own_permission} FROM {own_table} WHERE {own_user} = %s
+        ) OR p.{permission} IN (
+            SELECT g.{grant_permission} FROM {grants_table} g
+            JOIN {memberships_table} m ON m.{membership_group} = g.{grant_group}
+            WHERE m.{member} = %s
+        )
+    """  # noqa: S608 (identifiers from the models' metadata, values are parameters)
+
+
+def _through(
+    model: type[models.Model], name: str, target: type[models.Model]
+) -> tuple[str, str, str] | None:
+    """The table of the many-to-many ``name`` from ``model`` to ``target``, and its columns
+    for the two sides; None unless it is a table Django made for the relation itself."""
     try:
-        probe = user_model(pk=_PROBE)
-        sql, params = _union(ModelBackend(), probe).query.get_compiler(using=alias).as_sql()
-    except (TypeError, ValueError, ValidationError, EmptyResultSet):
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
         return None
-    slots = {index for index, value in enumerate(params) if value == _PROBE}
-    if len(slots) != 2:  # the user's own permissions and their groups'
+    if not field.many_to_many or field.related_model is not target:
         return None
-    return sql, tuple(params), slots
+    through = getattr(model, name).through
+    if not through._meta.auto_created:
+        return None  # a host's own model, which may relate the two its own way
+    columns = []
+    for side in (model, target):
+        keys = [
+            key
+            for key in through._meta.get_fields()
+            if isinstance(key, models.ForeignKey) and key.related_model is side
+        ]
+        if len(keys) != 1:
+            return None
+        columns.append(keys[0].column)
+    return through._meta.db_table, columns[0], columns[1]

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import datetime
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import django_filters
-from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
+from django.core.exceptions import ValidationError
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils.translation import gettext_lazy as _
-from django_filters.constants import EMPTY_VALUES
 from django_filters.fields import IsoDateTimeField
 from django_filters.rest_framework import DjangoFilterBackend
-from django_filters.utils import translate_validation
 from drf_spectacular.utils import extend_schema_field
 from rest_framework.request import Request
 
-from trusthub_eval.api import compiled
 from trusthub_eval.models import CustomerProfile, Evaluation, RequirementResult
 from trusthub_eval.sids import SidKind, sid_validator
-
-Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def sid_schema(kind: SidKind) -> dict[str, Any]:
@@ -92,92 +84,7 @@ class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]
             }
             if all(name in own for name in request.query_params):
                 return queryset
-        # As DjangoFilterBackend, but the filtered queryset may be a list's template, whose SQL
-        # is compiled once per combination of filters (trusthub_eval.api.compiled).
-        filterset = filterset_class(**self.get_filterset_kwargs(request, queryset, view))
-        if not filterset.is_valid() and self.raise_exception:
-            raise translate_validation(filterset.errors)
-        return filtered(queryset, filterset)
-
-
-def filtered(queryset: QuerySet[Any], filterset: django_filters.FilterSet) -> QuerySet[Any]:
-    """``filterset.qs`` (``filterset`` over ``queryset``), as a list's template if it can be.
-
-    It is one (trusthub_eval.api.compiled) when ``queryset`` is a template with no filters
-    yet, the FilterSet applies its filters as django-filter does, and each filter given a value
-    is known to take it as one parameter: a plain lookup (exact or a comparison) on a field, or
-    a method declared with :func:`parameter`. Otherwise the ORM runs it, as any filtered
-    queryset.
-    """
-    result: QuerySet[Any] = filterset.qs
-    filterset_class: Any = type(filterset)
-    if (
-        not filterset.is_valid()
-        or filterset_class._meta.model is not queryset.model
-        or any(
-            # A FilterSet that makes its filters or filters in its own way.
-            getattr(filterset_class, hook) is not getattr(django_filters.FilterSet, hook)
-            for hook in ("__init__", "filter_queryset")
-        )
-    ):
-        return result
-    filters = []
-    for name, value in filterset.form.cleaned_data.items():
-        if value in EMPTY_VALUES:
-            continue  # a filter without a value leaves the queryset as it is
-        declared = filterset.filters[name]
-        field = _parameter_field(filterset_class, name)
-        if field is None or (
-            isinstance(declared, django_filters.ChoiceFilter) and value == declared.null_value
-        ):
-            return result
-        filters.append((name, field, value))
-    return compiled.mark_filtered(queryset, result, filterset_class, filters)
-
-
-def parameter(path: str) -> Callable[[Method], Method]:
-    """Declare a FilterSet method's query to depend on its value only as one parameter.
-
-    ``path`` names the field (from the FilterSet's model, following relations) the value is
-    compared with, which prepares it. A filtered list may then run from SQL compiled once (see
-    :func:`filtered`). Only for a method whose SQL is the same for every value: one that
-    branches on its value, or puts it into the SQL text, must not be declared.
-    """
-
-    def declare(method: Method) -> Method:
-        method.compiled_parameter = path  # type: ignore[attr-defined]
-        return method
-
-    return declare
-
-
-# The lookups whose SQL takes the value as one parameter, as it is.
-_PARAMETER_LOOKUPS = frozenset({"exact", "gt", "gte", "lt", "lte"})
-_PLAIN_FILTERS = (django_filters.Filter.filter, django_filters.ChoiceFilter.filter)
-
-
-@functools.lru_cache(maxsize=256)
-def _parameter_field(filterset_class: Any, name: str) -> models.Field[Any, Any] | None:
-    """The field that prepares the value of the filter ``name``, where its query depends on
-    the value only as a parameter; None where that is not known."""
-    declared = filterset_class.base_filters.get(name)
-    if declared is None:
-        return None
-    if declared.method is not None:
-        method = declared.method
-        if isinstance(method, str):
-            method = getattr(filterset_class, method, None)
-        path = getattr(method, "compiled_parameter", None)
-    elif type(declared).filter in _PLAIN_FILTERS and declared.lookup_expr in _PARAMETER_LOOKUPS:
-        path = declared.field_name
-    else:
-        return None
-    if not isinstance(path, str):
-        return None
-    try:
-        return compiled.field_of(filterset_class._meta.model, path)
-    except FieldDoesNotExist:
-        return None
+        return super().filter_queryset(request, queryset, view)
 
 
 class CustomerProfileFilter(django_filters.FilterSet):  # type: ignore[misc]
@@ -237,7 +144,6 @@ class EvaluationFilter(django_filters.FilterSet):  # type: ignore[misc]
             "failing_requirement",
         ]
 
-    @parameter("requirement_results__requirement_name")
     def filter_failing_requirement(
         self, queryset: QuerySet[Evaluation], name: str, value: str
     ) -> QuerySet[Evaluation]:

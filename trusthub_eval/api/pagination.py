@@ -20,8 +20,6 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView
 
-from trusthub_eval.api import compiled
-
 
 class KeysetPagination(BasePagination):
     """Cursor pagination on a unique ordering, compared as a tuple.
@@ -179,32 +177,9 @@ class KeysetPagination(BasePagination):
         reverse, position = cursor if cursor is not None else (False, [])
         order = [f"-{name}" if (desc != reverse) else name for name, desc in fields]
 
-        def build(values: Sequence[Any], base: QuerySet[Any, Any] = queryset) -> Any:
-            if cursor is not None:
-                base = base.filter(_beyond(fields, list(values), reverse=reverse))
-            return base.order_by(*order)
-
-        marked = compiled.template_of(queryset)
-        if marked is not None and None not in marked[1]:
-            # A list's template: its SQL is compiled once for this shape, whatever the page
-            # size (see compiled.py).
-            template, values = marked
-            model = queryset.model
-            keys = [compiled.field_of(model, name) for name, _ in fields] if cursor else []
-
-            def build_template(values: Sequence[Any]) -> Any:
-                count = template.arity
-                return build(values[count:], template.build(values[:count]))
-
-            statement = compiled.statement(
-                (template, tuple(self.ordering), cursor is not None, reverse),
-                build_template,
-                [*template.fields(), *keys],
-                queryset.db,
-            )
-            if statement is not None:
-                return statement.rows([*values, *position], limit)
-        return list(build(position)[:limit])
+        if cursor is not None:
+            queryset = queryset.filter(_beyond(fields, position, reverse=reverse))
+        return list(queryset.order_by(*order)[:limit])
 
     @staticmethod
     def _clean(model: type[Model], name: str, value: Any) -> Any:

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from trusthub_eval.permissions import REQUEST_PERMISSIONS, preload_permissions
+from trusthub_eval.permissions import REQUEST_PERMISSIONS, has_perms
 
 __all__ = ["REQUEST_PERMISSIONS", "ModelPermissions", "SchemaPermission", "can_view"]
 
@@ -26,7 +26,7 @@ def can_view(user: Any, model: type[Model]) -> bool:
     """Whether ``user`` may read ``model``'s records: wherever the API shows them, nested in
     another record's answer too, by the rule its list and detail views follow."""
     return bool(
-        user is not None and user.is_authenticated and user.has_perm(view_permission(model))
+        user is not None and user.is_authenticated and has_perms(user, [view_permission(model)])
     )
 
 
@@ -37,7 +37,8 @@ class ModelPermissions(BasePermission):
     model from the view's ``queryset`` attribute instead of calling ``get_queryset()``: the
     nested views resolve a profile there, and an unauthorised caller must get 403 before any
     lookup, not a 404 that tells them which profiles exist. A view lists what its other
-    methods need in ``write_permissions``; a method it does not list is refused.
+    methods need in ``write_permissions``; a method it does not list is refused. The user's
+    permissions are read as :func:`trusthub_eval.permissions.has_perms` reads them.
     """
 
     def has_permission(self, request: Request, view: APIView) -> bool:
@@ -47,12 +48,12 @@ class ModelPermissions(BasePermission):
         if getattr(view, (request.method or "").lower(), None) is None:
             # Not a method this view has: 405 rather than a 403 that suggests a permission.
             raise MethodNotAllowed(request.method or "")
-        preload_permissions(user)
         if request.method in SAFE_METHODS:
-            return user.has_perm(view_permission(view.queryset.model))  # type: ignore[attr-defined]
+            model = view.queryset.model  # type: ignore[attr-defined]
+            return has_perms(user, [view_permission(model)])
         write: Mapping[str, Sequence[str]] = getattr(view, "write_permissions", {})
         required = write.get(request.method or "")
-        return required is not None and user.has_perms(required)
+        return required is not None and has_perms(user, required)
 
     def has_object_permission(self, request: Request, view: APIView, obj: Any) -> bool:
         return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -170,6 +170,33 @@ class IdentityUrlField(serializers.HyperlinkedIdentityField):
         return self._writer(value)
 
 
+@extend_schema_field({"type": "string", "nullable": True})
+class UsernameField(serializers.ReadOnlyField):
+    """A user, as ``get_username()`` names them; null for none."""
+
+    def to_representation(self, value: Any) -> Any:
+        return value.get_username()
+
+
+class OmitsFields(serializers.ModelSerializer[Any]):
+    # A serializer that leaves some of its fields out of some answers: omitted_fields() says
+    # which, for a serializer's context; get_fields() leaves them out, and so does the list's
+    # write plan (trusthub_eval.api.rows), which reads the same method rather than building
+    # the fields for each request. A comment, not a docstring: drf-spectacular would take a
+    # docstring as its subclasses' description.
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        for name in self.omitted_fields(self.context):
+            fields.pop(name, None)
+        return fields
+
+    @classmethod
+    def omitted_fields(cls, context: Mapping[str, Any]) -> Collection[str]:
+        """The fields left out of the answer ``context`` is for."""
+        return ()
+
+
 class PolicySerializer(serializers.ModelSerializer[Policy]):
     url = IdentityUrlField(view_name=f"{NAMESPACE}:policy-detail", lookup_field="sid")
     requirements = RequirementsField(read_only=True)
@@ -191,7 +218,7 @@ class EvaluationSummarySerializer(serializers.ModelSerializer[Evaluation]):
         read_only_fields = fields
 
 
-class CustomerProfileSerializer(serializers.ModelSerializer[CustomerProfile]):
+class CustomerProfileSerializer(OmitsFields, serializers.ModelSerializer[CustomerProfile]):
     url = IdentityUrlField(view_name=f"{NAMESPACE}:customerprofile-detail", lookup_field="sid")
     evaluations_url = IdentityUrlField(
         view_name=f"{NAMESPACE}:customerprofile-evaluations",
@@ -235,11 +262,9 @@ class CustomerProfileSerializer(serializers.ModelSerializer[CustomerProfile]):
         ]
         read_only_fields = fields
 
-    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        fields = super().get_fields()
-        if not shows_evaluations(self.context):
-            del fields["latest_evaluation"]
-        return fields
+    @classmethod
+    def omitted_fields(cls, context: Mapping[str, Any]) -> Collection[str]:
+        return () if shows_evaluations(context) else ("latest_evaluation",)
 
 
 def shows_evaluations(context: Mapping[str, Any]) -> bool:
@@ -261,7 +286,7 @@ class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
         source="customer_profile.sid", read_only=True, help_text=_("Customer Profile SID (BU…).")
     )
     policy = PolicySidField(source="policy.sid", read_only=True, help_text=_("Policy SID (RN…)."))
-    requested_by = serializers.SerializerMethodField(
+    requested_by = UsernameField(
         help_text=_("The user who asked for it; null for schedules, the CLI and imports.")
     )
 
@@ -286,13 +311,6 @@ class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
             "error_message",
         ]
         read_only_fields = fields
-
-    @extend_schema_field({"type": "string", "nullable": True})
-    def get_requested_by(self, evaluation: Evaluation) -> str | None:
-        if evaluation.requested_by_id is None:
-            return None
-        assert evaluation.requested_by is not None
-        return evaluation.requested_by.get_username()
 
 
 class RequirementResultSerializer(serializers.ModelSerializer[RequirementResult]):
@@ -327,6 +345,70 @@ class EvaluationDetailSerializer(EvaluationSerializer):
     class Meta(EvaluationSerializer.Meta):
         fields = [*EvaluationSerializer.Meta.fields, "results"]
         read_only_fields = fields
+
+
+class PreviousEvaluationSerializer(serializers.ModelSerializer[Evaluation]):
+    """The evaluation a comparison is made against."""
+
+    url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
+
+    class Meta:
+        model = Evaluation
+        fields = ["id", "url", "sid", "requested_at"]
+        read_only_fields = fields
+
+
+class RequirementChangeSerializer(serializers.Serializer[Any]):
+    """One requirement in the comparison of two evaluations."""
+
+    requirement_name = serializers.CharField(
+        source="name", read_only=True, help_text=_("TrustHub's name of the requirement.")
+    )
+    requirement_friendly_name = serializers.CharField(
+        source="label",
+        read_only=True,
+        help_text=_("As TrustHub names it; its requirement_name where TrustHub gave no name."),
+    )
+    before = serializers.BooleanField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("Whether it passed in the previous evaluation; null if not evaluated there."),
+    )
+    after = serializers.BooleanField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("Whether it passed in this evaluation; null if not evaluated here."),
+    )
+
+
+def _changes(source: str, help_text: Any) -> Any:
+    return RequirementChangeSerializer(
+        source=f"diff.{source}", many=True, read_only=True, allow_null=True, help_text=help_text
+    )
+
+
+class EvaluationDiffSerializer(serializers.Serializer[Any]):
+    """What changed since the previous evaluation."""
+
+    previous = PreviousEvaluationSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text=_(
+            "The completed evaluation of the same profile against the same policy requested "
+            "just before this one; null if there is none. The three lists are null when "
+            "there is none, and when this evaluation has not completed (queued, running or "
+            "failed): only a completed evaluation has results to compare."
+        ),
+    )
+    newly_failing = _changes(
+        "newly_failing",
+        _("Requirements that fail now and did not (passed, or were not evaluated); or null."),
+    )
+    fixed = _changes(
+        "fixed",
+        _("Requirements that failed and no longer do (pass, or are not evaluated); or null."),
+    )
+    unchanged = _changes("unchanged", _("Every other requirement of either evaluation; or null."))
 
 
 class StrictSerializer(serializers.Serializer[Any]):
