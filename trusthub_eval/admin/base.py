@@ -21,6 +21,7 @@ from django.utils.translation import gettext
 from trusthub_eval.display import pretty_json
 from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, Evaluation, Policy
 from trusthub_eval.paginator import EstimatedCountPaginator
+from trusthub_eval.payloads import unstorable_problem
 
 # django-stubs makes these generic for the type checker only.
 if TYPE_CHECKING:
@@ -62,9 +63,12 @@ def stored_json(obj: CustomerProfile | DuplicateEvaluation | Evaluation | Policy
         return StoredJSON()
     shown, length = row
     if length <= len(shown):
-        # Pretty when whole and decodable; otherwise as stored (the template escapes it).
+        # Pretty when whole, decodable and within the bounds every answer is held to (an
+        # older row may exceed them); otherwise as stored (the template escapes it).
         with contextlib.suppress(ValueError, RecursionError):
-            shown = pretty_json(json.loads(shown))
+            value = json.loads(shown)
+            if unstorable_problem(value) is None:
+                shown = pretty_json(value)
     return StoredJSON(shown, length)
 
 

@@ -65,6 +65,14 @@ def trusthub_date_hierarchy(cl: ChangeList) -> dict[str, Any]:
     """
     if not cl.date_hierarchy:
         return {}
+    context = _drilldown(cl)
+    if context:
+        # What the template's "Filter by …" label names (Django 6.1 and later).
+        context["field_name"] = get_fields_from_path(cl.model, cl.date_hierarchy)[-1].verbose_name
+    return context
+
+
+def _drilldown(cl: ChangeList) -> dict[str, Any]:
     field_name = cl.date_hierarchy
     field = get_fields_from_path(cl.model, field_name)[-1]
     year_field, month_field, day_field = (
