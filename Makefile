@@ -41,8 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/rest.py
 	$(BIN)/python bench/admin.py
 
-# Faults, worker kills, database and broker restarts; see RELIABILITY.md (~15 min). Needs
-# redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
+# Faults, worker kills, database and broker restarts; see docs/RELIABILITY.md (~15 min).
+# Needs redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
 bench-faults: $(STAMP)
 	$(BIN)/python bench/faults.py $(BENCH_FAULTS_ARGS)
 
