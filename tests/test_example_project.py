@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 from django.views.debug import SafeExceptionReporterFilter, technical_500_response
 
 from project.errors import CredentialsHidingFilter
-from tests.services import ROOT
+from tests.services import ROOT, free_port
 from tests.worker import WorkerProcess
 
 # Variables of the suite's own environment that must not reach the example project's processes.
@@ -135,12 +135,6 @@ def test_sandbox_starts_whatever_the_projects_checks_say(tmp_path):
     # ... and it lists the profiles those credentials can see.
     for profile in world["customer_profiles"]:
         assert profile["sid"] in output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
