@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests import services
+from tests.celery_app import app as celery_app  # noqa: F401 (the default app from the start)
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 

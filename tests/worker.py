@@ -156,7 +156,7 @@ def celery_worker(
         **(environment or {}),
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "project", "worker",
+        sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
         "--queues", queue, "--concurrency", str(concurrency), "--pool", pool,
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"{queue}@%h",
