@@ -1,5 +1,7 @@
 # The two commands: `make run` (the demo) and `make test` (the whole suite).
-PYTHON ?= python3
+# The project's own venv is the Django 5.2 LTS combination, on Python 3.11 where there is one;
+# tests/run.py makes the venvs of the newer Djangos (.venv-django60, .venv-django61).
+PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # The MariaDB/MySQL driver builds against the client library: installed when that is present
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev 'django~=5.2.0'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,10 +43,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/rest.py
 	$(BIN)/python bench/admin.py
 
-# Faults, worker kills, database and broker restarts; see RELIABILITY.md (~15 min). Needs
-# redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
+# Faults, worker kills, database and broker restarts; see docs/RELIABILITY.md (~15 min).
+# Needs redis-server and PostgreSQL's server binaries: it starts private copies on free ports.
 bench-faults: $(STAMP)
 	$(BIN)/python bench/faults.py $(BENCH_FAULTS_ARGS)
 
 clean:
-	rm -rf $(VENV) var node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-django6* var node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ deterministic: the same sizes always give the same rows, ids and SIDs.
 
 ``python bench/data.py --fresh`` loads the dataset into a database of its own, prints how long
 each step took (creating and migrating the database, generating the rows, ``VACUUM ANALYZE``),
-and drops the database: the figure ``BENCHMARKS.md`` quotes.
+and drops the database: the figure ``docs/BENCHMARKS.md`` quotes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ end (the shared servers on 5432/6379 are never touched). TrustHub is the sandbox
 bench/faultproxy.py, which breaks a share of every kind of request. Each scenario requests one
 evaluation per profile, disturbs the system, waits until every row is final (or until nothing
 has moved for --idle seconds, or the deadline), then compares the database with the sandbox's
-own record of every evaluation it created. RELIABILITY.md explains the columns.
+own record of every evaluation it created. docs/RELIABILITY.md explains the columns.
 """
 
 from __future__ import annotations

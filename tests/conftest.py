@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import services
+from tests.celery_app import app as celery_app  # noqa: F401 (the default app from the start)
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 
@@ -70,6 +72,42 @@ def trusthub_settings(request: pytest.FixtureRequest, settings: Any) -> None:
         "ACCOUNT_SID": sandbox.account_sid,
         "AUTH_TOKEN": sandbox.auth_token,
     }
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """Every test starts and ends with an empty cache: the trigger throttle counts requests
+    there, and the cache outlives a test's database transaction (a user id may come round
+    again)."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def reader(django_user_model: Any) -> Any:
+    """A user who may view the app's profiles, policies and evaluations, and do nothing else."""
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import VIEW_ALL
+
+    user = django_user_model.objects.create_user("reader")
+    granted = Permission.objects.filter(
+        content_type__app_label="trusthub_eval", codename__in=VIEW_ALL
+    )
+    assert granted.count() == len(VIEW_ALL)
+    user.user_permissions.add(*granted)
+    return user
+
+
+@pytest.fixture
+def api(reader: Any) -> Any:
+    """An API client authenticated as ``reader``, with a token as the API's consumers are."""
+    from tests.factories import client_for
+
+    return client_for(reader)
 
 
 @pytest.fixture(scope="session")

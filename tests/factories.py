@@ -21,6 +21,8 @@ STARK = "BUf42cba1f25e07bafecf3ee9658264fe7"  # no address document
 HOOLI = "BU4e61d8e55f52a2c61f9636063688d5e5"  # starter profile, compliant
 PRIMARY_POLICY = "RNdfbf3fae0e1107f8aded0e7cead80bf5"
 STARTER_POLICY = "RN806dd6cd175f314e1f96a9727ee271f4"
+#: The permissions to read everything the app shows (the `reader` fixture has them).
+VIEW_ALL = ("view_customerprofile", "view_policy", "view_evaluation")
 
 
 def sid(prefix: str) -> str:

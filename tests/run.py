@@ -1,18 +1,29 @@
-"""Run the suite as `make test` does: on SQLite, then on PostgreSQL and on MariaDB when they answer.
+"""Run the suite as `make test` does: every supported Django, and every database on one of them.
 
-Node packages (Prism, axe-core) are installed first when npm is present. Whatever cannot run is said
-loudly; with TRUSTHUB_REQUIRE_SERVICES=1 it is a failure instead. The servers are the ones that
-TRUSTHUB_TEST_POSTGRES_URL and TRUSTHUB_TEST_MARIADB_URL name (see the README's Development
-section); each pass makes its own test database there and drops it at the end.
+With the interpreter that runs this (the project's `.venv`: Python 3.11, Django 5.2), the suite
+runs on SQLite, then on PostgreSQL and on MariaDB when they answer. Then the SQLite pass runs on
+each newer Django of MATRIX, with its Python, in a venv of its own that is made (or brought up to
+date with pyproject.toml) here: `.venv-django60`, `.venv-django61`.
+
+Node packages (Prism, axe-core) are installed first when npm is present. Whatever cannot run (a
+database server, a Python of the matrix) is said loudly; with TRUSTHUB_REQUIRE_SERVICES=1 it is a
+failure instead. The servers are the ones that TRUSTHUB_TEST_POSTGRES_URL and
+TRUSTHUB_TEST_MARIADB_URL name (see the README's Development section); each pass makes its own
+test database there and drops it at the end. TRUSTHUB_TEST_MATRIX=0 leaves the matrix out.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
 
 from tests.services import (
     AXE_JS,
@@ -24,6 +35,29 @@ from tests.services import (
     require_services,
 )
 from tests.services import where as address_of
+
+
+class Combination(NamedTuple):
+    """A newer Django, the Python it is tested with, and the venv that holds them."""
+
+    name: str
+    django: str  # a pip requirement
+    python: str  # major.minor
+    venv: str
+
+    @property
+    def label(self) -> str:
+        return f"SQLite, {self.name}, Python {self.python}"
+
+
+# Python 3.11 with Django 5.2 is the project's own .venv; Django 6.0 and 6.1 need Python 3.12+.
+MATRIX = (
+    Combination("Django 6.0", "django~=6.0.0", "3.12", ".venv-django60"),
+    Combination("Django 6.1", "django~=6.1.0", "3.13", ".venv-django61"),
+)
+# What a matrix venv installs besides Django: the app with the extras the SQLite pass uses, and
+# the test group.
+MATRIX_INSTALL = ("-e", ".[api,redis]", "--group", "test")
 
 
 def banner(message: str) -> None:
@@ -43,14 +77,19 @@ def install_node_packages() -> None:
     )
 
 
-def pytest(extra_env: dict[str, str], label: str, args: list[str]) -> int:
+def pytest(
+    extra_env: dict[str, str], label: str, args: list[str], python: str = sys.executable
+) -> int:
     print(f"\n===== test pass: {label} =====", flush=True)
     env = {**os.environ, **extra_env}
-    return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env)
+    started = time.monotonic()
+    code = subprocess.call([python, "-m", "pytest", *args], cwd=ROOT, env=env)
+    print(f"===== {label}: exit {code} after {time.monotonic() - started:.0f} s =====", flush=True)
+    return code
 
 
 def server_pass(
-    label: str, url: str, variable: str, driver: str, install: str, args: list[str]
+    label: str, url: str, variable: str, driver: str, install: str, args: list[str], here: str
 ) -> int | None:
     """Run the suite against the database server at ``url``; None when it was skipped."""
     why = None
@@ -59,7 +98,7 @@ def server_pass(
     elif importlib.util.find_spec(driver) is None:
         why = f"the {label} driver is not installed ({install})"
     if why is None:
-        return pytest({"TRUSTHUB_TEST_DATABASE_URL": url}, label, ["-q", *args])
+        return pytest({"TRUSTHUB_TEST_DATABASE_URL": url}, f"{label}, {here}", ["-q", *args])
     if require_services():
         banner(f"FAILED: TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
         return 1
@@ -67,10 +106,66 @@ def server_pass(
     return None
 
 
+def find_python(version: str) -> str | None:
+    """The newest pyenv Python ``version`` (major.minor), else ``python<version>`` on PATH."""
+    versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    found = sorted(
+        versions.glob(f"{version}.*/bin/python{version}"),
+        key=lambda path: [int(part) for part in path.parts[-3].split(".") if part.isdigit()],
+    )
+    if found:
+        return str(found[-1])
+    return shutil.which(f"python{version}")
+
+
+def matrix_venv(combination: Combination, python: str) -> str:
+    """The venv's interpreter, after making the venv or bringing it up to date."""
+    venv = ROOT / combination.venv
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes()
+        + repr((combination, MATRIX_INSTALL, python)).encode()
+    ).hexdigest()[:12]
+    stamp = venv / f".installed-{digest}"
+    interpreter = venv / "bin" / "python"
+    if stamp.exists():
+        return str(interpreter)
+    print(f"\n===== making {combination.venv} ({combination.label}) =====", flush=True)
+    subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(interpreter), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, cwd=ROOT)
+    subprocess.run([*pip, *MATRIX_INSTALL, combination.django], check=True, cwd=ROOT)
+    stamp.touch()
+    return str(interpreter)
+
+
+def matrix_pass(combination: Combination, args: list[str]) -> int | None:
+    """The SQLite pass on ``combination``; None when it was skipped."""
+    python = find_python(combination.python)
+    if python is None:
+        why = (
+            f"no Python {combination.python} under pyenv or on PATH "
+            f"(pyenv install {combination.python})"
+        )
+        if require_services():
+            banner(f"FAILED: TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
+            return 1
+        banner(f"SKIPPED: the {combination.label} pass ({why})")
+        return None
+    try:
+        interpreter = matrix_venv(combination, python)
+    except subprocess.CalledProcessError as error:
+        banner(f"FAILED: could not make {combination.venv}: {error}")
+        return 1
+    return pytest({}, combination.label, ["-q", *args], python=interpreter)
+
+
 def main() -> int:
     args = sys.argv[1:]
     install_node_packages()
-    codes = [pytest({}, "SQLite", ["--cov", "--cov-report=term", "--cov-fail-under=90", *args])]
+    here = f"Django {importlib.metadata.version('django')}, Python {sys.version.split()[0]}"
+    codes = [
+        pytest({}, f"SQLite, {here}", ["--cov", "--cov-report=term", "--cov-fail-under=90", *args])
+    ]
     for label, url, variable, driver, install in (
         ("PostgreSQL", POSTGRES_URL, "TRUSTHUB_TEST_POSTGRES_URL", "psycopg", "the postgres extra"),
         (
@@ -81,9 +176,14 @@ def main() -> int:
             "apt-get install default-libmysqlclient-dev pkg-config build-essential; make venv",
         ),
     ):
-        code = server_pass(label, url, variable, driver, install, args)
+        code = server_pass(label, url, variable, driver, install, args, here)
         if code is not None:
             codes.append(code)
+    if os.environ.get("TRUSTHUB_TEST_MATRIX", "1") != "0":
+        for combination in MATRIX:
+            code = matrix_pass(combination, args)
+            if code is not None:
+                codes.append(code)
     # pytest exits 5 when it collected nothing: that is a failure here too.
     return next((code for code in codes if code != 0), 0)
 

@@ -42,6 +42,13 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def address(url: str) -> tuple[str, int]:
     """The host and port a service URL points at (its scheme's default port if none)."""
     parts = urlsplit(url)

@@ -80,17 +80,6 @@ def message_texts(response) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_throttle():
-    # Re-evaluations count against the trigger throttle in the cache, which outlives a test's
-    # database transaction (and a user id may come round again).
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
-
 @pytest.fixture
 def world(sandbox):
     """The sandbox's profiles and policies, with Acme's history of five evaluations imported."""

@@ -8,7 +8,6 @@ import json
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.core.cache import cache
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import JSONField, Value
 from django.db.models.functions import Cast
@@ -21,6 +20,7 @@ from tests.factories import (
     INITECH,
     PRIMARY_POLICY,
     STARTER_POLICY,
+    VIEW_ALL,
     client_for,
     make_profile,
     sid,
@@ -32,17 +32,8 @@ from trusthub_eval.models import CustomerProfile, Evaluation, Policy, Requiremen
 
 pytestmark = pytest.mark.django_db
 
-VIEW_ALL = ("view_customerprofile", "view_policy", "view_evaluation")
 REQUEST = "request_evaluation"
 LIST_ENDPOINTS = ("/api/customer-profiles/", "/api/evaluations/", "/api/policies/")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle():
-    # The throttle counts in the cache, which outlives a test's database transaction.
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def grant(user, *codenames: str):
@@ -55,18 +46,8 @@ def grant(user, *codenames: str):
 
 
 @pytest.fixture
-def reader(django_user_model):
-    return grant(django_user_model.objects.create_user("reader"), *VIEW_ALL)
-
-
-@pytest.fixture
 def operator(django_user_model):
     return grant(django_user_model.objects.create_user("operator"), *VIEW_ALL, REQUEST)
-
-
-@pytest.fixture
-def api(reader) -> APIClient:
-    return client_for(reader)
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ import json
 
 import django_filters
 import pytest
-from django.contrib.auth.models import Permission
 from django.urls import include, path
 from rest_framework import serializers as drf_serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from tests.factories import client_for, make_profile
+from tests.factories import make_profile
 from trusthub_eval.api import rows, serializers, views
 from trusthub_eval.api.filters import EvaluationFilter
 from trusthub_eval.models import CustomerProfile, Evaluation
@@ -124,16 +123,6 @@ urlpatterns = [
     path("host/defaulted/", DefaultedEvaluations.as_view({"get": "list"})),
     path("host/requiring/", RequiringEvaluations.as_view({"get": "list"})),
 ]
-
-
-@pytest.fixture
-def api(django_user_model):
-    user = django_user_model.objects.create_user("reader")
-    codenames = ("view_customerprofile", "view_evaluation")
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="trusthub_eval", codename__in=codenames)
-    )
-    return client_for(user)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from trusthub_eval.permissions import has_perms
 
 pytestmark = pytest.mark.django_db
 
-VIEW_ALL = ("view_customerprofile", "view_policy", "view_evaluation")
 LIST_ENDPOINTS = ("/api/customer-profiles/", "/api/evaluations/", "/api/policies/")
 THIS_MODULE = __name__
 
@@ -37,18 +36,6 @@ def permissions(*codenames: str) -> list[Permission]:
     )
     assert len(found) == len(codenames)
     return found
-
-
-@pytest.fixture
-def reader(django_user_model):
-    user = django_user_model.objects.create_user("reader")
-    user.user_permissions.add(*permissions(*VIEW_ALL))
-    return user
-
-
-@pytest.fixture
-def api(reader) -> APIClient:
-    return client_for(reader)
 
 
 def queries_for(client: APIClient, url: str) -> int:

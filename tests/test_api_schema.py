@@ -6,7 +6,6 @@ import re
 
 import pytest
 import schemathesis
-from django.core.cache import cache
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
@@ -234,7 +233,6 @@ def api_schema(sandbox, settings, django_user_model):
     rates = dict(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"])
     rates.pop("trusthub_eval_trigger")
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
-    cache.clear()
     profiles = sync_world()
     for sid in (INITECH, STARK):
         evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")

@@ -1,4 +1,4 @@
-"""The fault benchmark's proxy does what RELIABILITY.md says each fault is, against the sandbox."""
+"""The fault benchmark's proxy does what docs/RELIABILITY.md says each fault is, on the sandbox."""
 
 from __future__ import annotations
 

@@ -16,14 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.views.debug import (
-    SafeExceptionReporterFilter,
-    get_default_exception_reporter_filter,
-    technical_500_response,
-)
+from django.utils.module_loading import import_string
+from django.views.debug import SafeExceptionReporterFilter, technical_500_response
 
 from project.errors import CredentialsHidingFilter
-from tests.services import ROOT
+from tests.services import ROOT, free_port
 from tests.worker import WorkerProcess
 
 # Variables of the suite's own environment that must not reach the example project's processes.
@@ -37,12 +34,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def example_settings(var_dir: Path, **extra: str) -> dict[str, object]:
+def example_settings(
+    var_dir: Path, names: tuple[str, ...] = ("DEBUG", "SECRET_KEY"), **extra: str
+) -> dict[str, object]:
+    """The example project's settings ``names``, as a process of its own reads them."""
     result = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import json, project.settings as s; print(json.dumps([s.DEBUG, s.SECRET_KEY]))",
+            "import json, project.settings as s; "
+            f"print(json.dumps({{name: getattr(s, name) for name in {list(names)!r}}}))",
         ],
         cwd=ROOT,
         env=clean_env(TRUSTHUB_VAR_DIR=str(var_dir), **extra),
@@ -50,8 +51,7 @@ def example_settings(var_dir: Path, **extra: str) -> dict[str, object]:
         text=True,
         check=True,
     )
-    debug, key = json.loads(result.stdout)
-    return {"DEBUG": debug, "SECRET_KEY": key}
+    return json.loads(result.stdout)
 
 
 def test_example_settings_are_safe_by_default(tmp_path):
@@ -83,9 +83,10 @@ def debug_page(rf, settings, reporter_filter=None) -> str:
         return technical_500_response(request, *sys.exc_info()).content.decode()
 
 
-def test_a_debug_500_hides_passwords_inside_urls(rf, settings):
-    assert isinstance(get_default_exception_reporter_filter(), CredentialsHidingFilter)
-    page = debug_page(rf, settings)
+def test_a_debug_500_hides_passwords_inside_urls(rf, settings, tmp_path):
+    chosen = example_settings(tmp_path, ("DEFAULT_EXCEPTION_REPORTER_FILTER",))
+    assert import_string(chosen["DEFAULT_EXCEPTION_REPORTER_FILTER"]) is CredentialsHidingFilter
+    page = debug_page(rf, settings, CredentialsHidingFilter())
     assert "hunter2" not in page
     # The rest of each URL stays, to debug with.
     assert "db.internal:5432/app" in page
@@ -134,12 +135,6 @@ def test_sandbox_starts_whatever_the_projects_checks_say(tmp_path):
     # ... and it lists the profiles those credentials can see.
     for profile in world["customer_profiles"]:
         assert profile["sid"] in output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int) -> bool:

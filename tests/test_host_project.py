@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import pytest
 import requests
 from django.db import connection
 
-from tests.services import ROOT
+from tests.services import ROOT, free_port
 from tests.worker import WorkerProcess
 
 pytestmark = pytest.mark.worker
@@ -69,12 +68,6 @@ def install_section() -> list[Block]:
         Block(language, body)
         for language, body in re.findall(r"```(\w+)\n(.*?)```", text[start:end], re.DOTALL)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Host:

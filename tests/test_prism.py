@@ -6,7 +6,6 @@ completed evaluation here means the client's calls are spec-valid.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 import requests
 from django.core.management import call_command
 
-from tests.services import PRISM_BIN, ROOT, SPEC_PATH
+from tests.services import PRISM_BIN, ROOT, SPEC_PATH, free_port
 from trusthub_eval import services, sync
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.models import Evaluation
@@ -27,15 +26,9 @@ EXAMPLE_POLICY = "RN" + "a" * 32
 ACCOUNT = "AC" + "a" * 32
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def prism_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(PRISM_BIN), "mock", "-h", "127.0.0.1", "-p", str(port), str(SPEC_PATH)],
         cwd=ROOT,

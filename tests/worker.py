@@ -75,7 +75,7 @@ def _broker(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
         return REDIS_URL, {}
     if kind == "rabbitmq":
         return AMQP_URL, {}
-    # The layout project/settings.py gives TRUSTHUB_BROKER_DIR, so the worker finds it.
+    # The layout tests/settings.py gives TRUSTHUB_BROKER_DIR, so the worker finds it.
     queue = tmp_path / "broker" / "queue"
     queue.mkdir(parents=True)
     (tmp_path / "broker" / "control").mkdir()
@@ -156,7 +156,7 @@ def celery_worker(
         **(environment or {}),
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "project", "worker",
+        sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
         "--queues", queue, "--concurrency", str(concurrency), "--pool", pool,
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"{queue}@%h",

@@ -188,10 +188,9 @@ class EstimatedCountPaginator(PaginatorBase):
     def page(self, number: int | str) -> Any:
         """The page; while the count is an estimate, read with one row more, which corrects it.
 
-        Deep in a queryset the page is read as keys first: ``OFFSET 500000`` makes the database
-        build, then skip, half a million joined rows (about a second for the evaluation
-        changelist). Skipping over the ordering index alone, then joining only the hundred rows
-        shown, costs a small fraction of that.
+        Deep in a queryset the page is read as keys first: a large ``OFFSET`` makes the
+        database build, then skip, every joined row before the page. Skipping over the ordering
+        index alone, then joining only the rows shown, reads a small fraction of that.
         """
         number = self.validate_number(number)
         bottom = (number - 1) * self.per_page

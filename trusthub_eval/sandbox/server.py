@@ -361,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 keeps connections alive for requests.Session; every response sets Content-Length.
     protocol_version = "HTTP/1.1"
     # The headers and the body go out in two writes: without TCP_NODELAY the body waits for the
-    # client's delayed ACK of the headers (40 ms) on a kept-alive connection.
+    # client's delayed ACK of the headers on a kept-alive connection.
     disable_nagle_algorithm = True
     server_version = "TrustHubSandbox/1.0"
 

@@ -59,9 +59,9 @@ def trusthub_date_hierarchy(cl: ChangeList) -> dict[str, Any]:
     """Django's date drill-down, finding the non-empty periods with one probe per period.
 
     Django lists the years (months, days) with ``SELECT DISTINCT`` over the truncated date of
-    every matching row: a full scan of a million evaluations on each changelist view. The
-    periods worth offering are few and known from the bounds, so this asks instead whether each
-    has a row (``EXISTS``), all in one query, each answered by the date column's index.
+    every matching row: a full scan of the evaluations on each changelist view. The periods
+    worth offering are few and known from the bounds, so this asks instead whether each has a
+    row (``EXISTS``), all in one query, each answered by the date column's index.
     """
     if not cl.date_hierarchy:
         return {}
