@@ -89,17 +89,9 @@ def _empty_cache() -> Iterator[None]:
 @pytest.fixture
 def reader(django_user_model: Any) -> Any:
     """A user who may view the app's profiles, policies and evaluations, and do nothing else."""
-    from django.contrib.auth.models import Permission
+    from tests.factories import VIEW_ALL, grant
 
-    from tests.factories import VIEW_ALL
-
-    user = django_user_model.objects.create_user("reader")
-    granted = Permission.objects.filter(
-        content_type__app_label="trusthub_eval", codename__in=VIEW_ALL
-    )
-    assert granted.count() == len(VIEW_ALL)
-    user.user_permissions.add(*granted)
-    return user
+    return grant(django_user_model.objects.create_user("reader"), *VIEW_ALL)
 
 
 @pytest.fixture

@@ -25,6 +25,18 @@ STARTER_POLICY = "RN806dd6cd175f314e1f96a9727ee271f4"
 VIEW_ALL = ("view_customerprofile", "view_policy", "view_evaluation")
 
 
+def grant(user, *codenames: str):
+    """``user`` with the app's permissions ``codenames`` (each must exist)."""
+    from django.contrib.auth.models import Permission
+
+    perms = Permission.objects.filter(
+        content_type__app_label="trusthub_eval", codename__in=codenames
+    )
+    assert perms.count() == len(codenames)
+    user.user_permissions.add(*perms)
+    return user
+
+
 def sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 

@@ -7,7 +7,6 @@ import datetime
 import json
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import JSONField, Value
 from django.db.models.functions import Cast
@@ -22,6 +21,7 @@ from tests.factories import (
     STARTER_POLICY,
     VIEW_ALL,
     client_for,
+    grant,
     make_profile,
     sid,
     sync_world,
@@ -34,15 +34,6 @@ pytestmark = pytest.mark.django_db
 
 REQUEST = "request_evaluation"
 LIST_ENDPOINTS = ("/api/customer-profiles/", "/api/evaluations/", "/api/policies/")
-
-
-def grant(user, *codenames: str):
-    perms = Permission.objects.filter(
-        content_type__app_label="trusthub_eval", codename__in=codenames
-    )
-    assert perms.count() == len(codenames)
-    user.user_permissions.add(*perms)
-    return user
 
 
 @pytest.fixture

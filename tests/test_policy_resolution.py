@@ -12,8 +12,16 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.factories import PRIMARY_POLICY, STARTER_POLICY, UMBRELLA, sid
-from tests.test_api import REQUEST, VIEW_ALL, client_for, evaluations_url, grant
+from tests.factories import (
+    PRIMARY_POLICY,
+    STARTER_POLICY,
+    UMBRELLA,
+    VIEW_ALL,
+    client_for,
+    grant,
+    sid,
+)
+from tests.test_api import REQUEST, evaluations_url
 from trusthub_eval import services
 from trusthub_eval.models import CustomerProfile, Evaluation, Policy
 
