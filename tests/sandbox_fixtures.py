@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,3 +34,12 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
     deadline = time.monotonic() + 10
     while sandbox_server.stats["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def demo_world_with(tmp_path: Path, **changes: object) -> tuple[Path, tuple[str, str]]:
+    """A copy of the demo world with ``changes`` at its top level, written under ``tmp_path``;
+    its path and its credentials."""
+    world = {**json.loads(DEMO_WORLD.read_text()), **changes}
+    path = tmp_path / "world.json"
+    path.write_text(json.dumps(world))
+    return path, (world["account_sid"], world["auth_token"])

@@ -21,6 +21,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.response.exceptions import InvalidData
 
+from tests.sandbox_fixtures import demo_world_with
 from trusthub_eval.sandbox import SandboxServer, World, load_world
 from trusthub_eval.sandbox.world import DEFAULT_WORLD_PATH
 
@@ -725,11 +726,7 @@ def test_500_after_processing_still_creates_evaluation(
 
 
 def test_concurrency_limit_answers_20429(tmp_path: Path) -> None:
-    world = json.loads(DEMO_WORLD.read_text())
-    world["concurrency_limit"] = 2
-    path = tmp_path / "world.json"
-    path.write_text(json.dumps(world))
-    auth = (world["account_sid"], world["auth_token"])
+    path, auth = demo_world_with(tmp_path, concurrency_limit=2)
 
     with SandboxServer(path) as server:
         # Stall three requests so they overlap; the third is one too many.

@@ -14,6 +14,7 @@ import pytest
 import requests
 from openapi_core.validation.response.exceptions import InvalidData
 
+from tests.sandbox_fixtures import demo_world_with
 from tests.test_sandbox import (
     A2P,
     ACME,
@@ -500,11 +501,7 @@ def test_429_fault_is_not_processed(client: requests.Session, sandbox: SandboxSe
 
 
 def test_concurrency_limit_counts_trust_product_requests(tmp_path: Path) -> None:
-    world = json.loads(DEMO_WORLD.read_text())
-    world["concurrency_limit"] = 1
-    path = tmp_path / "world.json"
-    path.write_text(json.dumps(world))
-    auth = (world["account_sid"], world["auth_token"])
+    path, auth = demo_world_with(tmp_path, concurrency_limit=1)
 
     with SandboxServer(path) as server:
         server.add_fault(path="^/v1/TrustProducts$", after_processing=True, delay=0.5)
