@@ -44,6 +44,7 @@ class Combination(NamedTuple):
     django: str  # a pip requirement
     python: str  # major.minor
     venv: str
+    pytest_args: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -53,7 +54,10 @@ class Combination(NamedTuple):
 # Python 3.11 with Django 5.2 is the project's own .venv; Django 6.0 and 6.1 need Python 3.12+.
 MATRIX = (
     Combination("Django 6.0", "django~=6.0.0", "3.12", ".venv-django60"),
-    Combination("Django 6.1", "django~=6.1.0", "3.13", ".venv-django61"),
+    # The newest Django: what it deprecates fails the pass, while there is a release to fix it.
+    Combination(
+        "Django 6.1", "django~=6.1.0", "3.13", ".venv-django61", ("-W", "error::DeprecationWarning")
+    ),
 )
 # What a matrix venv installs besides Django: the app with the extras the SQLite pass uses, and
 # the test group.
@@ -123,7 +127,7 @@ def matrix_venv(combination: Combination, python: str) -> str:
     venv = ROOT / combination.venv
     digest = hashlib.sha256(
         (ROOT / "pyproject.toml").read_bytes()
-        + repr((combination, MATRIX_INSTALL, python)).encode()
+        + repr((combination.django, MATRIX_INSTALL, python)).encode()
     ).hexdigest()[:12]
     stamp = venv / f".installed-{digest}"
     interpreter = venv / "bin" / "python"
@@ -156,7 +160,9 @@ def matrix_pass(combination: Combination, args: list[str]) -> int | None:
     except subprocess.CalledProcessError as error:
         banner(f"FAILED: could not make {combination.venv}: {error}")
         return 1
-    return pytest({}, combination.label, ["-q", *args], python=interpreter)
+    return pytest(
+        {}, combination.label, ["-q", *combination.pytest_args, *args], python=interpreter
+    )
 
 
 def main() -> int:
