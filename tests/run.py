@@ -64,6 +64,10 @@ MATRIX = (
 MATRIX_INSTALL = ("-e", ".[api,redis]", "--group", "test")
 
 
+#: One line per pass, printed again at the end: what ran, what failed, what was skipped and why.
+SUMMARY: list[str] = []
+
+
 def banner(message: str) -> None:
     line = "!" * 78
     print(f"\n{line}\n!! {message}\n{line}\n", flush=True)
@@ -88,7 +92,9 @@ def pytest(
     env = {**os.environ, **extra_env}
     started = time.monotonic()
     code = subprocess.call([python, "-m", "pytest", *args], cwd=ROOT, env=env)
-    print(f"===== {label}: exit {code} after {time.monotonic() - started:.0f} s =====", flush=True)
+    outcome = "passed" if code == 0 else f"FAILED (exit {code})"
+    SUMMARY.append(f"{label}: {outcome} after {time.monotonic() - started:.0f} s")
+    print(f"===== {SUMMARY[-1]} =====", flush=True)
     return code
 
 
@@ -104,8 +110,10 @@ def server_pass(
     if why is None:
         return pytest({"TRUSTHUB_TEST_DATABASE_URL": url}, f"{label}, {here}", ["-q", *args])
     if require_services():
+        SUMMARY.append(f"{label}: FAILED, TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
         banner(f"FAILED: TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
         return 1
+    SUMMARY.append(f"{label}: SKIPPED, {why}")
     banner(f"SKIPPED: the {label} pass ({why})")
     return None
 
@@ -151,13 +159,16 @@ def matrix_pass(combination: Combination, args: list[str]) -> int | None:
             f"(pyenv install {combination.python})"
         )
         if require_services():
+            SUMMARY.append(f"{combination.label}: FAILED, TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
             banner(f"FAILED: TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
             return 1
+        SUMMARY.append(f"{combination.label}: SKIPPED, {why}")
         banner(f"SKIPPED: the {combination.label} pass ({why})")
         return None
     try:
         interpreter = matrix_venv(combination, python)
     except subprocess.CalledProcessError as error:
+        SUMMARY.append(f"{combination.label}: FAILED, could not make {combination.venv}")
         banner(f"FAILED: could not make {combination.venv}: {error}")
         return 1
     return pytest(
@@ -190,6 +201,7 @@ def main() -> int:
             code = matrix_pass(combination, args)
             if code is not None:
                 codes.append(code)
+    print("\n===== test passes =====", *SUMMARY, sep="\n", flush=True)
     # pytest exits 5 when it collected nothing: that is a failure here too.
     return next((code for code in codes if code != 0), 0)
 
