@@ -90,6 +90,8 @@ def test_each_thread_keeps_its_own_connection(sandbox):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+# Forking with threads running is the point: a prefork pool does it. (Python 3.12+ warns.)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_process_never_uses_its_parents_connection(sandbox):
     parent = shared_client()
     parent.fetch_customer_profile(ACME)

@@ -197,14 +197,14 @@ class OnlineInFlight:
             except OperationalError as error:
                 cause = error.__cause__
                 code = getattr(cause, 'sqlstate', None) or getattr(cause, 'pgcode', None)
-                if code != '55P03' or attempt == LOCK_ATTEMPTS - 1:  # lock_not_available
-                    if code == '55P03':
-                        raise OperationalError(
-                            f'{self.table_name} stayed locked by other transactions for '
-                            f'{LOCK_ATTEMPTS} attempts of {LOCK_TIMEOUT}; run migrate again once '
-                            f'the long transactions on it have ended.'
-                        ) from error
+                if code != '55P03':  # lock_not_available
                     raise
+                if attempt == LOCK_ATTEMPTS - 1:
+                    raise OperationalError(
+                        f'{self.table_name} stayed locked by other transactions for '
+                        f'{LOCK_ATTEMPTS} attempts of {LOCK_TIMEOUT}; run migrate again once '
+                        f'the long transactions on it have ended.'
+                    ) from error
                 time.sleep(min(0.1 * (attempt + 1), 2.0))
 
 
