@@ -65,7 +65,7 @@ class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):  # type: ignore[mi
 class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]
     """django-filter's backend, which spares the app's own FilterSets a query without filters.
 
-    Building and validating the filter form took 0.9 ms of CPU on every page (issue 9). The
+    Building and validating the filter form costs a sizeable share of a page's CPU. The
     app's own FilterSets (:data:`APP_FILTERSETS`) require no filter and give none a default:
     without any parameter but the pagination's they return the queryset unchanged, so they
     are not asked. Any other FilterSet, a host's own or a subclass of ours, always runs, since

@@ -1,7 +1,7 @@
 """List pages written from plain rows by a plan made from the serializer's own fields.
 
 A ``ModelSerializer`` builds its fields for every request and reads each value of each row
-through them: 4.8 ms of CPU for a page of 50 evaluations. A list page instead selects the
+through them, most of a page's CPU (docs/BENCHMARKS.md). A list page instead selects the
 columns its serializer's fields read (``values_list``) and writes each row by a
 :class:`WritePlan`, made once per serializer class from that serializer's fields: each field's
 column and its ``to_representation`` (DRF's own date-time format and identity URLs with their
@@ -82,8 +82,9 @@ class WritePlan:
     def select(self, queryset: QuerySet[Any, Any], *more: str) -> QuerySet[Any, Any]:
         """``queryset``'s rows with the plan's columns (and ``more``), as named tuples.
 
-        Kept per queryset object for as long as it lives: resolving the columns' joins took
-        0.3 ms of CPU, and a view's ``queryset`` attribute lives as long as the view class.
+        Kept per queryset object for as long as it lives: resolving the columns' joins is a
+        cost worth paying once, and a view's ``queryset`` attribute lives as long as the view
+        class.
         Like that attribute it is never evaluated itself: ``.all()`` it, as DRF views do.
         """
         columns = tuple(dict.fromkeys((*self.columns, *more)))

@@ -131,7 +131,7 @@ class TriggerMixin:
 class RowsListMixin:
     # List pages selected as rows and written by the serializer's write plan
     # (trusthub_eval.api.rows): what the serializer writes, without a model instance and the
-    # serializer's fields for each row, which took most of a page's time (issue 9). Whatever
+    # serializer's fields for each row, which took most of a page's time. Whatever
     # serializer the view names (serializer_class or get_serializer_class(), a host's own
     # too), and whatever rows the queryset gives: a serializer without a plan, or a page of
     # model instances (a host's get_queryset()), is written by the serializer, as by any DRF
