@@ -15,7 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from trusthub_eval.admin.base import ReadOnlyAdmin, change_url, stored_json
 from trusthub_eval.admin.filters import PolicyFilter
 from trusthub_eval.admin.views import QueueMixin
-from trusthub_eval.diff import compare_results, previous_evaluation
+from trusthub_eval.diff import compare_with_previous
 from trusthub_eval.display import (
     error_code_link,
     evaluation_badge,
@@ -140,10 +140,10 @@ class EvaluationAdmin(QueueMixin, ReadOnlyAdmin):
     def evaluation_context(self, evaluation: Evaluation) -> dict[str, Any]:
         """Results per requirement, and the comparison with the previous evaluation."""
         results = list(evaluation.requirement_results.order_by("position"))
-        previous = previous_evaluation(evaluation)
-        diff = diff_groups = None
-        if previous is not None and evaluation.state == Evaluation.State.COMPLETED:
-            diff = compare_results(previous.requirement_results.order_by("position"), results)
+        comparison = compare_with_previous(evaluation, results)
+        previous, diff = comparison.previous, comparison.diff
+        diff_groups = None
+        if diff is not None:
             diff_groups = [
                 (_("Newly failing"), diff.newly_failing, "noncompliant"),
                 (_("Fixed"), diff.fixed, "compliant"),
