@@ -109,6 +109,12 @@ def server_pass(
         why = f"the {label} driver is not installed ({install})"
     if why is None:
         return pytest({"TRUSTHUB_TEST_DATABASE_URL": url}, f"{label}, {here}", ["-q", *args])
+    return cannot_run(label, why)
+
+
+def cannot_run(label: str, why: str) -> int | None:
+    """A pass that cannot run: a failure (1) with TRUSTHUB_REQUIRE_SERVICES=1, else skipped
+    (None); said loudly either way."""
     if require_services():
         SUMMARY.append(f"{label}: FAILED, TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
         banner(f"FAILED: TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
@@ -158,13 +164,7 @@ def matrix_pass(combination: Combination, args: list[str]) -> int | None:
             f"no Python {combination.python} under pyenv or on PATH "
             f"(pyenv install {combination.python})"
         )
-        if require_services():
-            SUMMARY.append(f"{combination.label}: FAILED, TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
-            banner(f"FAILED: TRUSTHUB_REQUIRE_SERVICES=1 but {why}")
-            return 1
-        SUMMARY.append(f"{combination.label}: SKIPPED, {why}")
-        banner(f"SKIPPED: the {combination.label} pass ({why})")
-        return None
+        return cannot_run(combination.label, why)
     try:
         interpreter = matrix_venv(combination, python)
     except subprocess.CalledProcessError as error:
