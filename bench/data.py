@@ -279,9 +279,15 @@ def ensure_dataset(*, evaluations: int = 1_000_000, profiles: int = 10_000) -> N
         raise ValueError("Need at least one profile and no negative number of evaluations.")
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s)", [_LOAD_LOCK])
+        # Loading a million rows takes longer than a host's statement_timeout (the example
+        # project's is 30 s): none while loading, the host's again for the measurements.
+        cursor.execute("SHOW statement_timeout")
+        (timeout,) = cursor.fetchone()
+        cursor.execute("SELECT set_config('statement_timeout', '0', false)")
         try:
             _ensure_locked(evaluations, profiles)
         finally:
+            cursor.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
             cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOAD_LOCK])
 
 
