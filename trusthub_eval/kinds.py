@@ -10,6 +10,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from trusthub_eval.sids import SidKind, check_sid
+
 
 class RecordKind(models.TextChoices):
     CUSTOMER_PROFILE = "customer-profile", _("Customer Profile")
@@ -29,6 +31,12 @@ class RecordKind(models.TextChoices):
     def sid_label(self) -> str:
         """What a SID of this kind is called in messages."""
         return _SID_LABELS[self]
+
+    def check_sid(self, value: object) -> str:
+        """Return ``value`` if it is a SID of this kind; raise
+        :class:`~trusthub_eval.sids.InvalidSid` naming the kind otherwise."""
+        # Both kinds are bundles: BU… is the prefix of each, so only the message tells them apart.
+        return check_sid(value, SidKind.CUSTOMER_PROFILE, label=self.sid_label)
 
 
 _PATHS = {

@@ -42,13 +42,18 @@ _LABELS = {
 
 
 class InvalidSid(TrustHubEvalError, ValueError):
-    """A value that is not a SID of the expected kind."""
+    """A value that is not a SID of the expected kind.
 
-    def __init__(self, value: object, kind: SidKind) -> None:
+    ``label`` names what was expected when the prefix alone does not say it: a Customer
+    Profile's and a Trust Product's SIDs are both BU….
+    """
+
+    def __init__(self, value: object, kind: SidKind, label: str | None = None) -> None:
         self.value = value
         self.kind = kind
+        self.label = label or kind.label
         super().__init__(
-            f"{value!r} is not a valid {kind.label}: expected '{kind.value}' followed by "
+            f"{value!r} is not a valid {self.label}: expected '{kind.value}' followed by "
             "32 hexadecimal digits."
         )
 
@@ -58,10 +63,11 @@ def is_sid(value: object, kind: SidKind) -> bool:
     return isinstance(value, str) and kind.pattern.match(value) is not None
 
 
-def check_sid(value: object, kind: SidKind) -> str:
-    """Return ``value`` if it is a SID of ``kind``; raise :class:`InvalidSid` otherwise."""
+def check_sid(value: object, kind: SidKind, *, label: str | None = None) -> str:
+    """Return ``value`` if it is a SID of ``kind``; raise :class:`InvalidSid` (naming ``label``
+    if given, else ``kind``'s label) otherwise."""
     if not is_sid(value, kind):
-        raise InvalidSid(value, kind)
+        raise InvalidSid(value, kind, label)
     assert isinstance(value, str)
     return value
 
