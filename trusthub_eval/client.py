@@ -33,6 +33,7 @@ from .exceptions import (
     TrustHubError,
 )
 from .failures import error_from_response, error_from_transport
+from .kinds import RecordKind
 from .sids import SidKind, check_sid
 
 logger = logging.getLogger("trusthub_eval.client")
@@ -243,21 +244,27 @@ class TrustHubClient:
     # TrustHub calls ------------------------------------------------------------------------
 
     def create_evaluation(
-        self, customer_profile_sid: str, policy_sid: str, *, finish_by: float | None = None
+        self,
+        record_sid: str,
+        policy_sid: str,
+        *,
+        kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
+        finish_by: float | None = None,
     ) -> JSONObject:
-        """Evaluate a Customer Profile against a Policy (201, the evaluation with its results).
+        """Evaluate a Customer Profile (or a record of another ``kind``) against a Policy (201,
+        the evaluation with its results).
 
         Not retried: after a timeout or 5xx the raised error is AMBIGUOUS, because TrustHub may
-        have created the evaluation; list the profile's evaluations before posting again.
+        have created the evaluation; list the record's evaluations before posting again.
         ``finish_by`` (on ``time.monotonic()``'s clock): the call is over by then, answered or
         not; when too little time is left to be sure of that, nothing is sent and
         :class:`DeadlinePassed` is raised.
         """
-        bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
+        bu = kind.check_sid(record_sid)
         rn = check_sid(policy_sid, SidKind.POLICY)
         return self._request_object(
             "POST",
-            f"/v1/CustomerProfiles/{bu}/Evaluations",
+            f"/v1/{kind.path}/{bu}/Evaluations",
             data={"PolicySid": rn},
             finish_by=finish_by,
         )
@@ -267,24 +274,31 @@ class TrustHubClient:
         """The longest one call with a ``finish_by`` can last once sent (:func:`longest_call`)."""
         return longest_call(*self.timeout)
 
-    def fetch_evaluation(self, customer_profile_sid: str, evaluation_sid: str) -> JSONObject:
-        """One evaluation of a Customer Profile."""
-        bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
+    def fetch_evaluation(
+        self,
+        record_sid: str,
+        evaluation_sid: str,
+        *,
+        kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
+    ) -> JSONObject:
+        """One evaluation of a Customer Profile (or a record of another ``kind``)."""
+        bu = kind.check_sid(record_sid)
         el = check_sid(evaluation_sid, SidKind.EVALUATION)
-        return self._request_object("GET", f"/v1/CustomerProfiles/{bu}/Evaluations/{el}")
+        return self._request_object("GET", f"/v1/{kind.path}/{bu}/Evaluations/{el}")
 
     def list_evaluations(
         self,
-        customer_profile_sid: str,
+        record_sid: str,
         *,
+        kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
         page_size: int | None = None,
         finish_by: float | None = None,
     ) -> Iterator[JSONObject]:
-        """Every evaluation of a Customer Profile, page after page; each page's call is over by
-        ``finish_by`` (see :meth:`create_evaluation`)."""
-        bu = check_sid(customer_profile_sid, SidKind.CUSTOMER_PROFILE)
+        """Every evaluation of a Customer Profile (or a record of another ``kind``), page after
+        page; each page's call is over by ``finish_by`` (see :meth:`create_evaluation`)."""
+        bu = kind.check_sid(record_sid)
         return self._paginate(
-            f"/v1/CustomerProfiles/{bu}/Evaluations", {}, page_size, finish_by=finish_by
+            f"/v1/{kind.path}/{bu}/Evaluations", {}, page_size, finish_by=finish_by
         )
 
     def list_customer_profiles(
@@ -296,19 +310,54 @@ class TrustHubClient:
         page_size: int | None = None,
     ) -> Iterator[JSONObject]:
         """Every Customer Profile of the account, optionally filtered."""
-        params: dict[str, str] = {}
-        if status is not None:
-            params["Status"] = status
-        if policy_sid is not None:
-            params["PolicySid"] = check_sid(policy_sid, SidKind.POLICY)
-        if friendly_name is not None:
-            params["FriendlyName"] = friendly_name
-        return self._paginate("/v1/CustomerProfiles", params, page_size)
+        return self._list_records(
+            RecordKind.CUSTOMER_PROFILE,
+            status=status,
+            policy_sid=policy_sid,
+            friendly_name=friendly_name,
+            page_size=page_size,
+        )
 
     def fetch_customer_profile(self, sid: str) -> JSONObject:
         """One Customer Profile."""
-        bu = check_sid(sid, SidKind.CUSTOMER_PROFILE)
-        return self._request_object("GET", f"/v1/CustomerProfiles/{bu}")
+        return self._fetch_record(RecordKind.CUSTOMER_PROFILE, sid)
+
+    def list_trust_products(
+        self,
+        *,
+        status: str | None = None,
+        policy_sid: str | None = None,
+        friendly_name: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[JSONObject]:
+        """Every Trust Product of the account, optionally filtered."""
+        return self._list_records(
+            RecordKind.TRUST_PRODUCT,
+            status=status,
+            policy_sid=policy_sid,
+            friendly_name=friendly_name,
+            page_size=page_size,
+        )
+
+    def fetch_trust_product(self, sid: str) -> JSONObject:
+        """One Trust Product."""
+        return self._fetch_record(RecordKind.TRUST_PRODUCT, sid)
+
+    def list_entity_assignments(
+        self,
+        record_sid: str,
+        *,
+        kind: RecordKind = RecordKind.TRUST_PRODUCT,
+        page_size: int | None = None,
+    ) -> Iterator[JSONObject]:
+        """What is assigned to a Trust Product (or a record of another ``kind``): each item's
+        ``object_sid`` names an end user, a supporting document or a Customer Profile (BU…).
+
+        The default kind is the Trust Product's: the list is how one finds the Customer Profile
+        a Trust Product is built on.
+        """
+        bu = kind.check_sid(record_sid)
+        return self._paginate(f"/v1/{kind.path}/{bu}/EntityAssignments", {}, page_size)
 
     def list_policies(self, *, page_size: int | None = None) -> Iterator[JSONObject]:
         """Every Policy TrustHub offers."""
@@ -320,6 +369,28 @@ class TrustHubClient:
         return self._request_object("GET", f"/v1/Policies/{rn}")
 
     # Plumbing ------------------------------------------------------------------------------
+
+    def _list_records(
+        self,
+        kind: RecordKind,
+        *,
+        status: str | None,
+        policy_sid: str | None,
+        friendly_name: str | None,
+        page_size: int | None,
+    ) -> Iterator[JSONObject]:
+        params: dict[str, str] = {}
+        if status is not None:
+            params["Status"] = status
+        if policy_sid is not None:
+            params["PolicySid"] = check_sid(policy_sid, SidKind.POLICY)
+        if friendly_name is not None:
+            params["FriendlyName"] = friendly_name
+        return self._paginate(f"/v1/{kind.path}", params, page_size)
+
+    def _fetch_record(self, kind: RecordKind, sid: str) -> JSONObject:
+        bu = kind.check_sid(sid)
+        return self._request_object("GET", f"/v1/{kind.path}/{bu}")
 
     def _paginate(
         self,
