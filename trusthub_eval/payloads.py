@@ -1,8 +1,9 @@
 """Checks of TrustHub's evaluation answers against Twilio's schema, before anything is stored.
 
 An answer that fails a check raises :class:`~trusthub_eval.exceptions.InvalidResponse`: it never
-becomes a completed evaluation. The schema is Twilio's ``customer_profile_evaluation``
-(``twilio_trusthub_v1.json``); the result items follow the spec's examples.
+becomes a completed evaluation. The schema is Twilio's ``customer_profile_evaluation`` and
+``trust_product_evaluation`` (``twilio_trusthub_v1.json``), the same but for the field that names
+the record; the result items follow the spec's examples.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from trusthub_eval.exceptions import ErrorKind, InvalidResponse
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.sids import SidKind, is_sid
 
 STATUSES = frozenset({"compliant", "noncompliant"})
@@ -67,12 +69,13 @@ def parse_twilio_datetime(value: object) -> datetime.datetime | None:
 def check_evaluation(
     payload: object,
     *,
-    customer_profile_sid: str,
+    record_sid: str,
     policy_sid: str | None,
+    record_kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
     kind: ErrorKind = ErrorKind.AMBIGUOUS,
 ) -> Mapping[str, Any]:
-    """Return ``payload`` if it is a storable evaluation of that profile against that policy
-    (any policy if ``policy_sid`` is None).
+    """Return ``payload`` if it is a storable evaluation of ``record_sid``, a record of
+    ``record_kind``, against that policy (any policy if ``policy_sid`` is None).
 
     Raises :class:`InvalidResponse` of ``kind`` naming the first problem found.
     """
@@ -94,8 +97,8 @@ def check_evaluation(
     account = payload.get("account_sid")
     if account is not None and not is_sid(account, SidKind.ACCOUNT):
         raise invalid("'account_sid' is not an Account SID (AC…)")
-    if payload.get("customer_profile_sid") != customer_profile_sid:
-        raise invalid(f"it is not an evaluation of {customer_profile_sid}")
+    if payload.get(record_kind.sid_field) != record_sid:
+        raise invalid(f"it is not an evaluation of {record_sid}")
     if policy_sid is None and not is_sid(payload.get("policy_sid"), SidKind.POLICY):
         raise invalid("'policy_sid' is not a Policy SID (RN…)")
     if policy_sid is not None and payload.get("policy_sid") != policy_sid:
@@ -121,9 +124,14 @@ def check_evaluation(
 
 
 def identify_evaluation(
-    item: object, *, customer_profile_sid: str, kind: ErrorKind = ErrorKind.RETRYABLE
+    item: object,
+    *,
+    record_sid: str,
+    record_kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
+    kind: ErrorKind = ErrorKind.RETRYABLE,
 ) -> tuple[str, str, datetime.datetime]:
-    """``(sid, policy_sid, date_created)`` of an item of a profile's evaluation list.
+    """``(sid, policy_sid, date_created)`` of an item of the evaluation list of ``record_sid``, a
+    record of ``record_kind``.
 
     Reconciliation decides from these whether TrustHub created an evaluation for a POST, so an
     item without them makes the whole listing unusable (InvalidResponse of ``kind``): reading
@@ -134,8 +142,8 @@ def identify_evaluation(
         problem = "a listed item is not a JSON object"
     elif not is_sid(item.get("sid"), SidKind.EVALUATION):
         problem = "a listed evaluation has no Evaluation SID"
-    elif item.get("customer_profile_sid") != customer_profile_sid:
-        problem = f"a listed evaluation is not one of {customer_profile_sid}"
+    elif item.get(record_kind.sid_field) != record_sid:
+        problem = f"a listed evaluation is not one of {record_sid}"
     elif not is_sid(item.get("policy_sid"), SidKind.POLICY):
         problem = "a listed evaluation has no Policy SID"
     elif parse_twilio_datetime(item.get("date_created")) is None:

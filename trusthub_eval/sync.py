@@ -82,7 +82,7 @@ def sync_evaluations(profile: CustomerProfile, *, client: TrustHubClient | None 
             try:
                 payload = check_evaluation(
                     item,
-                    customer_profile_sid=profile.sid,
+                    record_sid=profile.sid,
                     policy_sid=None,
                     kind=ErrorKind.PERMANENT,
                 )

@@ -168,7 +168,7 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
                 raise
             payload = check_evaluation(
                 answer,
-                customer_profile_sid=profile.sid,
+                record_sid=profile.sid,
                 policy_sid=policy.sid,
             )
         return _store(evaluation, payload)
@@ -198,7 +198,7 @@ def _reconcile(attempt: _Attempt, client: TrustHubClient) -> Mapping[str, Any] |
     since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
     candidates = []
     for item in client.list_evaluations(profile.sid, finish_by=attempt.expires):
-        sid, policy_sid, created = identify_evaluation(item, customer_profile_sid=profile.sid)
+        sid, policy_sid, created = identify_evaluation(item, record_sid=profile.sid)
         if policy_sid == policy.sid and created >= since:
             candidates.append((created, sid, item))
     if not candidates:
@@ -214,7 +214,7 @@ def _reconcile(attempt: _Attempt, client: TrustHubClient) -> Mapping[str, Any] |
             # An unusable listing is retried; the mark stays until a usable one is read.
             return check_evaluation(
                 item,
-                customer_profile_sid=profile.sid,
+                record_sid=profile.sid,
                 policy_sid=policy.sid,
                 kind=ErrorKind.RETRYABLE,
             )
