@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from responses import matchers
 
+from tests.services import SPEC_PATH
 from trusthub_eval import __version__
 from trusthub_eval.client import TrustHubClient
 from trusthub_eval.exceptions import (
@@ -45,6 +46,7 @@ from trusthub_eval.exceptions import (
     TrustHubTimeout,
 )
 from trusthub_eval.failures import error_from_response, parse_retry_after
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.sids import InvalidSid
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "twilio"
@@ -216,6 +218,183 @@ def test_list_customer_profiles_filters(
     assert list(profiles) == payload["results"]
 
 
+# Either kind of record ----------------------------------------------------------------------
+
+PROFILE, PRODUCT = RecordKind.CUSTOMER_PROFILE, RecordKind.TRUST_PRODUCT
+# The paths and fixtures written out, not taken from RecordKind: these tests check it.
+EACH_KIND = [
+    pytest.param(PROFILE, "CustomerProfiles", "", id="customer-profile"),
+    pytest.param(PRODUCT, "TrustProducts", "trust_product_", id="trust-product"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "prefix"), EACH_KIND)
+def test_create_evaluation_of_each_kind(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient, kind: RecordKind, path: str, prefix: str
+) -> None:
+    payload = load(f"{prefix}evaluation_create.json")
+    rsps.post(f"{BASE}/v1/{path}/{BU}/Evaluations", json=payload, status=201)
+
+    assert trusthub.create_evaluation(BU, RN, kind=kind) == payload
+
+    (call,) = rsps.calls
+    assert call.request.method == "POST"
+    assert call.request.url == f"{BASE}/v1/{path}/{BU}/Evaluations"
+    assert call.request.body == f"PolicySid={RN}"
+    assert call.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert call.request.headers["Authorization"] == basic(AC, TOKEN)
+
+
+@pytest.mark.parametrize(("kind", "path", "prefix"), EACH_KIND)
+def test_fetch_evaluation_of_each_kind(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient, kind: RecordKind, path: str, prefix: str
+) -> None:
+    payload = load(f"{prefix}evaluation_fetch.json")
+    rsps.get(f"{BASE}/v1/{path}/{BU}/Evaluations/{EL}", json=payload)
+
+    assert trusthub.fetch_evaluation(BU, EL, kind=kind) == payload
+
+    (call,) = rsps.calls
+    assert call.request.method == "GET"
+    assert call.request.url == f"{BASE}/v1/{path}/{BU}/Evaluations/{EL}"
+    assert call.request.body is None
+    assert call.request.headers["Authorization"] == basic(AC, TOKEN)
+
+
+def test_an_evaluation_is_a_customer_profiles_unless_told(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    rsps.post(f"{BASE}/v1/CustomerProfiles/{BU}/Evaluations", json={}, status=201)
+    rsps.get(f"{BASE}/v1/CustomerProfiles/{BU}/Evaluations/{EL}", json={})
+    rsps.get(f"{BASE}/v1/CustomerProfiles/{BU}/Evaluations", json=page([], None))
+
+    trusthub.create_evaluation(BU, RN)
+    trusthub.fetch_evaluation(BU, EL)
+    list(trusthub.list_evaluations(BU))
+
+    assert [urlsplit(call.request.url).path for call in rsps.calls] == [
+        f"/v1/CustomerProfiles/{BU}/Evaluations",
+        f"/v1/CustomerProfiles/{BU}/Evaluations/{EL}",
+        f"/v1/CustomerProfiles/{BU}/Evaluations",
+    ]
+
+
+def test_fetch_trust_product(rsps: responses.RequestsMock, trusthub: TrustHubClient) -> None:
+    payload = load("trust_product_fetch.json")
+    rsps.get(f"{BASE}/v1/TrustProducts/{BU}", json=payload)
+
+    assert trusthub.fetch_trust_product(BU) == payload
+
+    (call,) = rsps.calls
+    assert call.request.method == "GET"
+    assert call.request.url == f"{BASE}/v1/TrustProducts/{BU}"
+    assert call.request.headers["Authorization"] == basic(AC, TOKEN)
+
+
+def test_list_trust_products_filters(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    payload = load("trust_products_list.json")
+    rsps.get(
+        f"{BASE}/v1/TrustProducts",
+        json=payload,
+        match=[
+            matchers.query_param_matcher(
+                {
+                    "Status": "twilio-approved",
+                    "PolicySid": RN,
+                    "FriendlyName": "Acme A2P",
+                    "PageSize": "20",
+                }
+            )
+        ],
+    )
+
+    products = trusthub.list_trust_products(
+        status="twilio-approved", policy_sid=RN, friendly_name="Acme A2P", page_size=20
+    )
+
+    assert list(products) == payload["results"]
+    assert rsps.calls[0].request.headers["Authorization"] == basic(AC, TOKEN)
+
+
+def test_list_entity_assignments_of_a_trust_product(
+    rsps: responses.RequestsMock, trusthub: TrustHubClient
+) -> None:
+    payload = load("trust_product_entity_assignments_list.json")
+    profile_assigned = {**payload["results"][0], "object_sid": "BU" + "d" * 32}
+    payload["results"].append(profile_assigned)
+    rsps.get(
+        f"{BASE}/v1/TrustProducts/{BU}/EntityAssignments",
+        json=payload,
+        match=[matchers.query_param_matcher({"PageSize": "100"})],
+    )
+
+    assignments = list(trusthub.list_entity_assignments(BU))
+
+    assert [item["object_sid"] for item in assignments] == ["RD" + "a" * 32, "BU" + "d" * 32]
+    assert rsps.calls[0].request.headers["Authorization"] == basic(AC, TOKEN)
+
+
+def serve_pages(
+    rsps: responses.RequestsMock, path: str, items: list[dict[str, Any]], size: int
+) -> None:
+    """``items`` at ``path``, ``size`` a page, each page's next_page_url naming the next."""
+    chunks = [items[start : start + size] for start in range(0, len(items), size)]
+    for number, chunk in enumerate(chunks):
+        query = {"PageSize": str(size)}
+        if number:
+            query.update(Page=str(number), PageToken=f"PT{number}")
+        following = f"{BASE}{path}?PageSize={size}&Page={number + 1}&PageToken=PT{number + 1}"
+        rsps.get(
+            BASE + path,
+            json=page(chunk, following if number + 1 < len(chunks) else None),
+            match=[matchers.query_param_matcher(query)],
+        )
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "kwargs", "path"),
+    [
+        ("list_evaluations", (BU,), {}, f"/v1/CustomerProfiles/{BU}/Evaluations"),
+        ("list_evaluations", (BU,), {"kind": PRODUCT}, f"/v1/TrustProducts/{BU}/Evaluations"),
+        ("list_trust_products", (), {}, "/v1/TrustProducts"),
+        ("list_customer_profiles", (), {}, "/v1/CustomerProfiles"),
+        ("list_entity_assignments", (BU,), {}, f"/v1/TrustProducts/{BU}/EntityAssignments"),
+        (
+            "list_entity_assignments",
+            (BU,),
+            {"kind": PRODUCT},
+            f"/v1/TrustProducts/{BU}/EntityAssignments",
+        ),
+        (
+            "list_entity_assignments",
+            (BU,),
+            {"kind": PROFILE},
+            f"/v1/CustomerProfiles/{BU}/EntityAssignments",
+        ),
+    ],
+)
+def test_each_listing_reads_every_page(
+    rsps: responses.RequestsMock,
+    trusthub: TrustHubClient,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    path: str,
+) -> None:
+    items = [{"sid": f"XX{i:032x}"} for i in range(5)]
+    serve_pages(rsps, path, items, size=2)
+
+    assert list(getattr(trusthub, method)(*args, page_size=2, **kwargs)) == items
+
+    assert len(rsps.calls) == 3
+    for call in rsps.calls:
+        assert call.request.method == "GET"
+        assert urlsplit(call.request.url).path == path
+        assert call.request.headers["Authorization"] == basic(AC, TOKEN)
+
+
 def test_list_policies_uses_client_page_size(rsps: responses.RequestsMock) -> None:
     payload = load("policies_list.json")
     rsps.get(
@@ -260,6 +439,25 @@ def test_timeout_and_headers_on_every_call(
     rsps.get(f"{BASE}/v1/CustomerProfiles", json=load("customer_profiles_list.json"))
     rsps.get(f"{BASE}/v1/Policies/{RN}", json=load("policy_fetch.json"))
     rsps.get(f"{BASE}/v1/Policies", json=load("policies_list.json"))
+    rsps.post(
+        f"{BASE}/v1/TrustProducts/{BU}/Evaluations",
+        json=load("trust_product_evaluation_create.json"),
+        status=201,
+    )
+    rsps.get(
+        f"{BASE}/v1/TrustProducts/{BU}/Evaluations/{EL}",
+        json=load("trust_product_evaluation_fetch.json"),
+    )
+    rsps.get(
+        f"{BASE}/v1/TrustProducts/{BU}/Evaluations",
+        json=load("trust_product_evaluations_list.json"),
+    )
+    rsps.get(f"{BASE}/v1/TrustProducts/{BU}", json=load("trust_product_fetch.json"))
+    rsps.get(f"{BASE}/v1/TrustProducts", json=load("trust_products_list.json"))
+    rsps.get(
+        f"{BASE}/v1/TrustProducts/{BU}/EntityAssignments",
+        json=load("trust_product_entity_assignments_list.json"),
+    )
 
     trusthub.create_evaluation(BU, RN)
     trusthub.fetch_evaluation(BU, EL)
@@ -268,8 +466,14 @@ def test_timeout_and_headers_on_every_call(
     list(trusthub.list_customer_profiles())
     trusthub.fetch_policy(RN)
     list(trusthub.list_policies())
+    trusthub.create_evaluation(BU, RN, kind=RecordKind.TRUST_PRODUCT)
+    trusthub.fetch_evaluation(BU, EL, kind=RecordKind.TRUST_PRODUCT)
+    list(trusthub.list_evaluations(BU, kind=RecordKind.TRUST_PRODUCT))
+    trusthub.fetch_trust_product(BU)
+    list(trusthub.list_trust_products())
+    list(trusthub.list_entity_assignments(BU))
 
-    assert len(rsps.calls) == 7
+    assert len(rsps.calls) == 13
     python = platform.python_version()
     for call in rsps.calls:
         request: Any = call.request
@@ -407,6 +611,14 @@ def test_list_without_results_array_is_invalid(
         ("fetch_customer_profile", ("",), {}),
         ("list_customer_profiles", (), {"policy_sid": BU}),
         ("fetch_policy", (None,), {}),
+        ("create_evaluation", ("BUshort", RN), {"kind": RecordKind.TRUST_PRODUCT}),
+        ("create_evaluation", (BU, "RN1"), {"kind": RecordKind.TRUST_PRODUCT}),
+        ("fetch_evaluation", (BU, "EL123"), {"kind": RecordKind.TRUST_PRODUCT}),
+        ("list_evaluations", (f"{BU}/../x",), {"kind": RecordKind.TRUST_PRODUCT}),
+        ("fetch_trust_product", ("../CustomerProfiles",), {}),
+        ("list_trust_products", (), {"policy_sid": BU}),
+        ("list_entity_assignments", ("",), {}),
+        ("list_entity_assignments", (EL,), {"kind": RecordKind.CUSTOMER_PROFILE}),
     ],
 )
 def test_invalid_sids_raise_before_any_http_call(
@@ -420,6 +632,57 @@ def test_invalid_sids_raise_before_any_http_call(
         getattr(trusthub, method)(*args, **kwargs)
 
     assert len(rsps.calls) == 0
+
+
+PRODUCT_SID = "Trust Product SID"
+PROFILE_SID = "Customer Profile SID"
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "kwargs", "label"),
+    [
+        ("create_evaluation", ("BUshort", RN), {"kind": RecordKind.TRUST_PRODUCT}, PRODUCT_SID),
+        ("fetch_evaluation", ("BUshort", EL), {"kind": RecordKind.TRUST_PRODUCT}, PRODUCT_SID),
+        ("list_evaluations", ("BUshort",), {"kind": RecordKind.TRUST_PRODUCT}, PRODUCT_SID),
+        ("fetch_trust_product", ("BUshort",), {}, PRODUCT_SID),
+        ("list_entity_assignments", ("BUshort",), {}, PRODUCT_SID),
+        (
+            "list_entity_assignments",
+            ("BUshort",),
+            {"kind": RecordKind.CUSTOMER_PROFILE},
+            PROFILE_SID,
+        ),
+        ("create_evaluation", ("BUshort", RN), {}, PROFILE_SID),
+        ("fetch_evaluation", ("BUshort", EL), {}, PROFILE_SID),
+        ("list_evaluations", ("BUshort",), {}, PROFILE_SID),
+        ("fetch_customer_profile", ("BUshort",), {}, PROFILE_SID),
+    ],
+)
+def test_a_malformed_record_sid_is_named_by_its_kind(
+    rsps: responses.RequestsMock,
+    trusthub: TrustHubClient,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    label: str,
+) -> None:
+    with pytest.raises(InvalidSid) as info:
+        getattr(trusthub, method)(*args, **kwargs)
+
+    assert str(info.value) == (
+        f"'BUshort' is not a valid {label}: expected 'BU' followed by 32 hexadecimal digits."
+    )
+    assert info.value.label == label
+    assert len(rsps.calls) == 0
+
+
+def test_a_malformed_policy_or_evaluation_sid_is_named_as_before(
+    trusthub: TrustHubClient,
+) -> None:
+    with pytest.raises(InvalidSid, match=r"'RN1' is not a valid Policy SID"):
+        trusthub.list_trust_products(policy_sid="RN1")
+    with pytest.raises(InvalidSid, match=r"'EL1' is not a valid Evaluation SID"):
+        trusthub.fetch_evaluation(BU, "EL1", kind=RecordKind.TRUST_PRODUCT)
 
 
 # HTTP errors ---------------------------------------------------------------------------------
@@ -1138,6 +1401,56 @@ def test_fixtures_parse_and_have_the_documented_shapes() -> None:
         assert error["more_info"] == f"https://www.twilio.com/docs/errors/{error['code']}"
     problem = load("error_rfc9457.json")
     assert {"type", "title", "status", "code", "detail"} <= set(problem)
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "method", "status", "example"),
+    [
+        ("trust_product_fetch.json", "/v1/TrustProducts/{Sid}", "get", "200", "fetch"),
+        ("trust_products_list.json", "/v1/TrustProducts", "get", "200", "readFull"),
+        (
+            "trust_product_evaluation_create.json",
+            "/v1/TrustProducts/{TrustProductSid}/Evaluations",
+            "post",
+            "201",
+            "create",
+        ),
+        (
+            "trust_product_evaluation_fetch.json",
+            "/v1/TrustProducts/{TrustProductSid}/Evaluations/{Sid}",
+            "get",
+            "200",
+            "fetch",
+        ),
+        (
+            "trust_product_evaluations_list.json",
+            "/v1/TrustProducts/{TrustProductSid}/Evaluations",
+            "get",
+            "200",
+            "readFull",
+        ),
+        (
+            "trust_product_entity_assignments_list.json",
+            "/v1/TrustProducts/{TrustProductSid}/EntityAssignments",
+            "get",
+            "200",
+            "readFull",
+        ),
+        (
+            "customer_profile_entity_assignments_list.json",
+            "/v1/CustomerProfiles/{CustomerProfileSid}/EntityAssignments",
+            "get",
+            "200",
+            "readFull",
+        ),
+    ],
+)
+def test_the_record_fixtures_are_the_specs_examples(
+    name: str, path: str, method: str, status: str, example: str
+) -> None:
+    spec = json.loads(SPEC_PATH.read_text())
+    content = spec["paths"][path][method]["responses"][status]["content"]["application/json"]
+    assert load(name) == content["examples"][example]["value"]
 
 
 def test_parsed_query_of_the_list_fixture_is_twilios() -> None:
