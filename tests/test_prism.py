@@ -17,6 +17,7 @@ from django.core.management import call_command
 from tests.services import PRISM_BIN, ROOT, SPEC_PATH, free_port
 from trusthub_eval import services, sync
 from trusthub_eval.client import TrustHubClient
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.models import Evaluation
 
 pytestmark = pytest.mark.prism
@@ -97,6 +98,47 @@ def test_every_client_call_is_spec_valid(prism):
     assert listed[0]["customer_profile_sid"] == EXAMPLE_PROFILE
     assert list(lists.list_customer_profiles(status="twilio-approved", policy_sid=EXAMPLE_POLICY))
     assert list(lists.list_policies())
+
+
+def test_every_trust_product_call_is_spec_valid(prism):
+    # Both kinds' SIDs are BU…: the spec's examples use the same one.
+    product, kind = EXAMPLE_PROFILE, RecordKind.TRUST_PRODUCT
+    with TrustHubClient.from_settings() as client:
+        created = client.create_evaluation(product, EXAMPLE_POLICY, kind=kind)
+        assert created["trust_product_sid"] == product
+        assert created["status"] in ("compliant", "noncompliant")
+        fetched = client.fetch_evaluation(product, created["sid"], kind=kind)
+        assert fetched["sid"] == created["sid"]
+        assert fetched["trust_product_sid"] == product
+        assert client.fetch_trust_product(product)["sid"] == product
+    lists = full_lists()
+    listed = list(lists.list_evaluations(product, kind=kind, page_size=20))
+    assert listed[0]["trust_product_sid"] == product
+    products = list(
+        lists.list_trust_products(
+            status="twilio-approved", policy_sid=EXAMPLE_POLICY, friendly_name="A2P", page_size=20
+        )
+    )
+    assert products[0]["sid"] == product
+    assignments = list(lists.list_entity_assignments(product, page_size=20))
+    assert assignments[0]["trust_product_sid"] == product
+    assert assignments[0]["object_sid"]
+    # The Customer Profiles' assignments come from the same code, by kind.
+    assignments = list(
+        lists.list_entity_assignments(product, kind=RecordKind.CUSTOMER_PROFILE, page_size=20)
+    )
+    assert assignments[0]["customer_profile_sid"] == product
+
+
+def test_prism_rejects_a_trust_product_request_that_breaks_the_spec(prism):
+    # Prism judges the TrustProducts paths too: the checks above can fail.
+    response = requests.get(
+        f"{prism}/v1/TrustProducts",
+        params={"PolicySid": "not-a-policy"},
+        auth=(ACCOUNT, "token"),
+        timeout=10,
+    )
+    assert response.status_code == 422
 
 
 def test_prism_would_reject_a_form_field_we_got_wrong(prism):
