@@ -34,12 +34,12 @@ transactional DDL:
 """
 
 import contextlib
-import time
 
 from django.conf import settings
 from django.db import migrations, models, transaction
 from django.db.migrations.operations.base import Operation
-from django.db.utils import OperationalError
+
+from trusthub_eval.migrations._online import OnlineTable
 
 OLD_INDEX = 'trusthub_eval_one_active_per_profile_policy'
 CONSTRAINT = 'trusthub_eval_one_in_flight'
@@ -47,10 +47,6 @@ TRIGGER = 'trusthub_eval_in_flight'  # the trigger, and the function it calls
 IN_FLIGHT_STATES = ('queued', 'running')
 # Rows filled in per transaction, so that no worker waits long for one of them.
 BATCH = 1000
-# How long a catalog change waits for its lock before it gives up and tries again: while it
-# waits, every query on the table queues behind it.
-LOCK_TIMEOUT = '500ms'
-LOCK_ATTEMPTS = 60
 
 STATE_OPERATIONS = [
     migrations.RemoveConstraint(
@@ -71,37 +67,22 @@ STATE_OPERATIONS = [
 DJANGO_OPERATIONS = migrations.SeparateDatabaseAndState(database_operations=STATE_OPERATIONS)
 
 
-class OnlineInFlight:
+class OnlineInFlight(OnlineTable):
     """The PostgreSQL steps, each of which skips what an earlier, interrupted run did."""
 
     def __init__(self, schema_editor, model):
-        self.editor = schema_editor
-        self.connection = schema_editor.connection
-        quote = schema_editor.quote_name
-        self.table_name = model._meta.db_table
-        self.table = quote(self.table_name)
-        self.profile = quote(model._meta.get_field('customer_profile').column)
-        self.policy = quote(model._meta.get_field('policy').column)
-        self.state = quote(model._meta.get_field('state').column)
-        self.pk = quote(model._meta.pk.column)
-        self.in_flight = quote('in_flight')
-        self.trigger = quote(TRIGGER)
-        self.quote = quote
+        super().__init__(schema_editor, model)
+        self.profile = self.column(model, 'customer_profile')
+        self.policy = self.column(model, 'policy')
+        self.state = self.column(model, 'state')
+        self.pk = self.quote(model._meta.pk.column)
+        self.in_flight = self.quote('in_flight')
+        self.trigger = self.quote(TRIGGER)
         self.states = ', '.join(f"'{state}'" for state in IN_FLIGHT_STATES)
-
-    def fetch(self, sql, params=()):
-        with self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
 
     def chooses_online(self):
         """Whether the table has rows, or an interrupted run already began the online path."""
-        has_column = self.fetch(
-            'SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s '
-            'AND NOT attisdropped',
-            [self.table, 'in_flight'],
-        )
-        return has_column is not None or self.fetch(f'SELECT 1 FROM {self.table} LIMIT 1') is not None
+        return self.has_column('in_flight') or self.has_rows()
 
     def forwards(self):
         self.briefly(
@@ -114,15 +95,14 @@ class OnlineInFlight:
             f'FOR EACH ROW EXECUTE FUNCTION {self.trigger}()',
         )
         self.backfill()
-        self.build_index(CONSTRAINT, f'({self.profile}, {self.policy}, {self.in_flight})')
-        if not self.has_constraint(CONSTRAINT):
-            name = self.quote(CONSTRAINT)
-            self.briefly(f'ALTER TABLE {self.table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}')
-        self.without_statement_timeout(f'DROP INDEX CONCURRENTLY IF EXISTS {self.quote(OLD_INDEX)}')
+        self.add_unique_constraint(CONSTRAINT, [self.profile, self.policy, self.in_flight])
+        self.drop_index(OLD_INDEX)
 
     def backwards(self):
         self.build_index(
-            OLD_INDEX, f'({self.profile}, {self.policy}) WHERE {self.state} IN ({self.states})'
+            OLD_INDEX,
+            f'({self.profile}, {self.policy}) WHERE {self.state} IN ({self.states})',
+            unique=True,
         )
         # Dropping the column drops the constraint with it; the trigger goes first, as it sets
         # the column.
@@ -148,64 +128,6 @@ class OnlineInFlight:
                 )
                 if cursor.rowcount == 0:
                     return
-
-    def build_index(self, name, definition):
-        """CREATE UNIQUE INDEX CONCURRENTLY, unless a valid one exists; an invalid one (left by
-        an interrupted build) is dropped and built again."""
-        if self.has_constraint(name):
-            return
-        index = self.quote(name)
-        valid = self.fetch('SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)', [index])
-        if valid is not None and valid[0]:
-            return
-        if valid is not None:
-            self.without_statement_timeout(f'DROP INDEX CONCURRENTLY IF EXISTS {index}')
-        self.without_statement_timeout(
-            f'CREATE UNIQUE INDEX CONCURRENTLY {index} ON {self.table} {definition}'
-        )
-
-    def has_constraint(self, name):
-        return self.fetch(
-            'SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = to_regclass(%s)',
-            [name, self.table],
-        ) is not None
-
-    def without_statement_timeout(self, sql):
-        """Run ``sql`` with no statement_timeout: a concurrent index build on a big table takes
-        as long as it takes, and stops no one meanwhile. The session's own value comes back."""
-        (previous,) = self.fetch('SHOW statement_timeout')
-        self.fetch("SELECT set_config('statement_timeout', '0', false)")
-        try:
-            self.editor.execute(sql)
-        finally:
-            self.fetch("SELECT set_config('statement_timeout', %s, false)", [previous])
-
-    def briefly(self, *statements):
-        """Run ``statements`` in one transaction that waits at most LOCK_TIMEOUT for its locks.
-
-        A catalog change takes an ACCESS EXCLUSIVE lock for a moment, but has to wait for every
-        transaction already using the table, and the queries that come after wait behind it.
-        Giving up quickly and trying again keeps that wait short when a long one is running.
-        """
-        for attempt in range(LOCK_ATTEMPTS):
-            try:
-                with transaction.atomic(using=self.connection.alias):
-                    self.fetch("SELECT set_config('lock_timeout', %s, true)", [LOCK_TIMEOUT])
-                    for sql in statements:
-                        self.editor.execute(sql)
-                return
-            except OperationalError as error:
-                cause = error.__cause__
-                code = getattr(cause, 'sqlstate', None) or getattr(cause, 'pgcode', None)
-                if code != '55P03':  # lock_not_available
-                    raise
-                if attempt == LOCK_ATTEMPTS - 1:
-                    raise OperationalError(
-                        f'{self.table_name} stayed locked by other transactions for '
-                        f'{LOCK_ATTEMPTS} attempts of {LOCK_TIMEOUT}; run migrate again once '
-                        f'the long transactions on it have ended.'
-                    ) from error
-                time.sleep(min(0.1 * (attempt + 1), 2.0))
 
 
 class AddInFlight(Operation):
