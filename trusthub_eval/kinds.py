@@ -7,15 +7,22 @@ record in an evaluation, and their names; each of those is said here, once.
 
 from __future__ import annotations
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from trusthub_eval.sids import SidKind, check_sid
+from trusthub_eval.sids import SidKind, check_sid, sid_validator
 
 
 class RecordKind(models.TextChoices):
     CUSTOMER_PROFILE = "customer-profile", _("Customer Profile")
     TRUST_PRODUCT = "trust-product", _("Trust Product")
+
+    @property
+    def field(self) -> str:
+        """The name of the evaluation's (and a duplicate's) foreign key to a record of this
+        kind; the other kind's is null."""
+        return _FIELDS[self]
 
     @property
     def path(self) -> str:
@@ -38,7 +45,16 @@ class RecordKind(models.TextChoices):
         # Both kinds are bundles: BU… is the prefix of each, so only the message tells them apart.
         return check_sid(value, SidKind.CUSTOMER_PROFILE, label=self.sid_label)
 
+    @property
+    def sid_validator(self) -> RegexValidator:
+        """The validator of a model or form field holding a SID of this kind."""
+        return sid_validator(SidKind.CUSTOMER_PROFILE, label=self.sid_label)
 
+
+_FIELDS = {
+    RecordKind.CUSTOMER_PROFILE: "customer_profile",
+    RecordKind.TRUST_PRODUCT: "trust_product",
+}
 _PATHS = {
     RecordKind.CUSTOMER_PROFILE: "CustomerProfiles",
     RecordKind.TRUST_PRODUCT: "TrustProducts",

@@ -6,7 +6,7 @@ that needs another model reaches it through its relation."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import connection, models, transaction
 from django.db.models import Count, OuterRef, Subquery, Value
@@ -17,7 +17,6 @@ from trusthub_eval.payloads import parse_twilio_datetime
 
 if TYPE_CHECKING:
     from trusthub_eval.models import (
-        CustomerProfile,
         Evaluation,
         Policy,
         RequirementResult,
@@ -53,9 +52,14 @@ class PolicyQuerySet(models.QuerySet["Policy"]):
         return policy
 
 
-class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
-    def upsert_from_payload(self, payload: Mapping[str, Any]) -> CustomerProfile:
-        """Create or update the customer profile TrustHub describes in ``payload``.
+_Record = TypeVar("_Record", bound=models.Model)
+
+
+class RecordQuerySet(models.QuerySet[_Record]):
+    """The queries of both kinds of record (:class:`trusthub_eval.models.Record`)."""
+
+    def upsert_from_payload(self, payload: Mapping[str, Any]) -> _Record:
+        """Create or update the record TrustHub describes in ``payload``.
 
         A date that is no real instant (see :func:`parse_twilio_datetime`) is stored as unknown,
         None: the dates only inform, while skipping the profile would leave it unevaluated. The
@@ -65,7 +69,7 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
         policy_sid = payload.get("policy_sid")
         with transaction.atomic():
             policy = policy_model.objects.for_sid(policy_sid) if policy_sid else None
-            profile, _ = self.update_or_create(
+            record, _ = self.update_or_create(
                 sid=payload["sid"],
                 defaults={
                     "account_sid": _text(payload.get("account_sid")),
@@ -80,10 +84,10 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
                     "synced_at": timezone.now(),
                 },
             )
-        return profile
+        return record
 
     def lock_for_queueing(self) -> None:
-        """Take these profiles' row locks, in key order, before queueing evaluations of them.
+        """Take these records' row locks, in key order, before queueing evaluations of them.
 
         Needed on MySQL and MariaDB only. There, inserting an evaluation takes a shared lock on
         its profile (the foreign key check) and pointing the profile at the new evaluation then
@@ -95,25 +99,26 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
         if connection.vendor == "mysql":
             list(self.order_by("pk").select_for_update().values_list("pk", flat=True))
 
-    def with_latest_evaluation(self) -> CustomerProfileQuerySet:
-        """Profiles with their latest evaluation and policy joined in, for lists."""
+    def with_latest_evaluation(self) -> RecordQuerySet[_Record]:
+        """Records with their latest evaluation and policy joined in, for lists."""
         return self.select_related("policy", "latest_evaluation")
 
+    def _evaluations_of(self) -> Any:
+        """The evaluations of the outer query's record (for a subquery)."""
+        relation: Any = self.model._meta.get_field("evaluations")
+        return relation.related_model.objects.filter(**{relation.field.name: OuterRef("pk")})
+
     def refresh_latest(self) -> int:
-        """Point each profile at its most recently requested evaluation; one UPDATE."""
-        newest = (
-            _related(self.model, "evaluations")
-            .objects.filter(customer_profile=OuterRef("pk"))
-            .order_by("-requested_at", "-id")
-        )
+        """Point each record at its most recently requested evaluation; one UPDATE."""
+        newest = self._evaluations_of().order_by("-requested_at", "-id")
         return self.update(latest_evaluation=Subquery(newest.values("id")[:1]))
 
     def refresh_compliance(self) -> int:
-        """Set each profile's compliance from its newest completed evaluation; one UPDATE."""
-        evaluation_model = _related(self.model, "evaluations")
-        newest = evaluation_model.objects.filter(
-            customer_profile=OuterRef("pk"), state=evaluation_model.State.COMPLETED
-        ).order_by("-completed_at", "-id")
+        """Set each record's compliance from its newest completed evaluation; one UPDATE."""
+        evaluations = self._evaluations_of()
+        newest = evaluations.filter(state=evaluations.model.State.COMPLETED).order_by(
+            "-completed_at", "-id"
+        )
         return self.update(
             compliance_status=Coalesce(Subquery(newest.values("status")[:1]), Value("")),
             compliance_checked_at=Subquery(newest.values("completed_at")[:1]),
@@ -122,6 +127,10 @@ class CustomerProfileQuerySet(models.QuerySet["CustomerProfile"]):
                 Value(0),
             ),
         )
+
+
+# Its name from before Trust Products, kept for hosts that import it.
+CustomerProfileQuerySet = RecordQuerySet
 
 
 class EvaluationQuerySet(models.QuerySet["Evaluation"]):

@@ -9,10 +9,11 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.managers import (
-    CustomerProfileQuerySet,
     EvaluationQuerySet,
     PolicyQuerySet,
+    RecordQuerySet,
     RequirementResultQuerySet,
 )
 from trusthub_eval.sids import (
@@ -54,8 +55,24 @@ class Policy(models.Model):
         return self.friendly_name or self.sid
 
 
-class CustomerProfile(models.Model):
-    """A TrustHub Customer Profile (BU…), mirrored from TrustHub."""
+def _record_indexes(prefix: str) -> list[models.Index]:
+    """The indexes of a record's lists and filters, named after ``prefix``."""
+    return [
+        models.Index(fields=["friendly_name", "sid"], name=f"{prefix}_name_idx"),
+        models.Index(fields=["status"], name=f"{prefix}_status_idx"),
+        models.Index(fields=["compliance_status"], name=f"{prefix}_compliance_idx"),
+        models.Index(fields=["compliance_checked_at"], name=f"{prefix}_checked_idx"),
+        models.Index(fields=["policy", "friendly_name", "sid"], name=f"{prefix}_policy_idx"),
+        models.Index(fields=["email"], name=f"{prefix}_email_idx"),
+    ]
+
+
+class Record(models.Model):
+    """What TrustHub evaluates, mirrored from TrustHub: a Customer Profile or a Trust Product.
+
+    Both are TrustHub bundles with the same fields; each concrete model adds its ``sid`` and
+    ``policy`` (their names and reverse names differ) and says its ``kind``.
+    """
 
     class Status(models.TextChoices):
         DRAFT = "draft", _("Draft")
@@ -64,9 +81,8 @@ class CustomerProfile(models.Model):
         TWILIO_REJECTED = "twilio-rejected", _("Rejected by Twilio")
         TWILIO_APPROVED = "twilio-approved", _("Approved by Twilio")
 
-    sid = models.CharField(
-        _("customer profile SID"), max_length=SID_LENGTH, validators=[validate_customer_profile_sid]
-    )
+    kind: ClassVar[RecordKind]
+
     account_sid = models.CharField(
         _("account SID"), max_length=SID_LENGTH, blank=True, validators=[validate_account_sid]
     )
@@ -75,14 +91,6 @@ class CustomerProfile(models.Model):
     status = models.CharField(
         _("TrustHub status"), max_length=32, choices=Status.choices, blank=True
     )
-    policy = models.ForeignKey(
-        Policy,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="customer_profiles",
-        verbose_name=_("policy"),
-    )
     valid_until = models.DateTimeField(_("valid until"), null=True, blank=True)
     date_created = models.DateTimeField(_("created in TrustHub"), null=True, blank=True)
     date_updated = models.DateTimeField(_("updated in TrustHub"), null=True, blank=True)
@@ -90,7 +98,7 @@ class CustomerProfile(models.Model):
         _("TrustHub payload"), null=True, blank=True, help_text=_("As TrustHub last returned it.")
     )
     synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
-    # Denormalised from the evaluations so lists of profiles need no subquery per row.
+    # Denormalised from the evaluations so lists need no subquery per row.
     latest_evaluation = models.ForeignKey(
         "Evaluation",
         on_delete=models.SET_NULL,
@@ -116,20 +124,43 @@ class CustomerProfile(models.Model):
         help_text=_("Requirements that failed in the most recent completed evaluation."),
     )
 
-    objects: ClassVar[CustomerProfileQuerySet] = CustomerProfileQuerySet.as_manager()  # type: ignore[assignment]
-
     class Meta:
+        abstract = True
+        ordering = ["friendly_name", "sid"]
+
+    def __str__(self) -> str:
+        return self.friendly_name or self.sid  # type: ignore[attr-defined]
+
+    @property
+    def errors(self) -> list[Any]:
+        """TrustHub's errors of a rejection, as its last answer gave them (``raw``'s)."""
+        errors = (self.raw or {}).get("errors") if isinstance(self.raw, dict) else None
+        return errors if isinstance(errors, list) else []
+
+
+class CustomerProfile(Record):
+    """A TrustHub Customer Profile (BU…), mirrored from TrustHub."""
+
+    kind = RecordKind.CUSTOMER_PROFILE
+
+    sid = models.CharField(
+        _("customer profile SID"), max_length=SID_LENGTH, validators=[validate_customer_profile_sid]
+    )
+    policy = models.ForeignKey(
+        Policy,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="customer_profiles",
+        verbose_name=_("policy"),
+    )
+
+    objects: ClassVar[RecordQuerySet[CustomerProfile]] = RecordQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta(Record.Meta):
         verbose_name = _("customer profile")
         verbose_name_plural = _("customer profiles")
-        ordering = ["friendly_name", "sid"]
-        indexes = [
-            models.Index(fields=["friendly_name", "sid"], name="trusthub_cp_name_idx"),
-            models.Index(fields=["status"], name="trusthub_cp_status_idx"),
-            models.Index(fields=["compliance_status"], name="trusthub_cp_compliance_idx"),
-            models.Index(fields=["compliance_checked_at"], name="trusthub_cp_checked_idx"),
-            models.Index(fields=["policy", "friendly_name", "sid"], name="trusthub_cp_policy_idx"),
-            models.Index(fields=["email"], name="trusthub_cp_email_idx"),
-        ]
+        indexes = _record_indexes("trusthub_cp")
         constraints = [
             models.UniqueConstraint(fields=["sid"], name="trusthub_cp_sid_unique"),
         ]
@@ -137,8 +168,45 @@ class CustomerProfile(models.Model):
             ("request_evaluation", _("Can request TrustHub evaluations")),
         ]
 
-    def __str__(self) -> str:
-        return self.friendly_name or self.sid
+
+class TrustProduct(Record):
+    """A TrustHub Trust Product (BU…): A2P messaging, SHAKEN/STIR, CNAM and the like, built on a
+    Customer Profile; mirrored from TrustHub."""
+
+    kind = RecordKind.TRUST_PRODUCT
+
+    sid = models.CharField(
+        _("trust product SID"),
+        max_length=SID_LENGTH,
+        validators=[RecordKind.TRUST_PRODUCT.sid_validator],
+    )
+    policy = models.ForeignKey(
+        Policy,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="trust_products",
+        verbose_name=_("policy"),
+    )
+    customer_profile = models.ForeignKey(
+        CustomerProfile,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="trust_products",
+        verbose_name=_("customer profile"),
+        help_text=_("The Customer Profile assigned to it in TrustHub (its entity assignments)."),
+    )
+
+    objects: ClassVar[RecordQuerySet[TrustProduct]] = RecordQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta(Record.Meta):
+        verbose_name = _("trust product")
+        verbose_name_plural = _("trust products")
+        indexes = _record_indexes("trusthub_tp")
+        constraints = [
+            models.UniqueConstraint(fields=["sid"], name="trusthub_tp_sid_unique"),
+        ]
 
 
 class Evaluation(models.Model):
@@ -174,13 +242,27 @@ class Evaluation(models.Model):
         validators=[validate_evaluation_sid],
         help_text=_("TrustHub's EL… SID, known once TrustHub has answered."),
     )
+    # What was evaluated: a Customer Profile or a Trust Product, exactly one (see ``record``).
     # The composite indexes below lead with these columns, so no index of their own.
     customer_profile = models.ForeignKey(
         CustomerProfile,
         on_delete=models.CASCADE,
+        null=True,
+        blank=True,
         related_name="evaluations",
         verbose_name=_("customer profile"),
         db_index=False,
+        help_text=_("The Customer Profile evaluated; empty for a Trust Product's evaluation."),
+    )
+    trust_product = models.ForeignKey(
+        TrustProduct,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="evaluations",
+        verbose_name=_("trust product"),
+        db_index=False,
+        help_text=_("The Trust Product evaluated; empty for a Customer Profile's evaluation."),
     )
     policy = models.ForeignKey(
         Policy,
@@ -267,11 +349,21 @@ class Evaluation(models.Model):
         get_latest_by = ["requested_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["sid"], name="trusthub_eval_sid_unique"),
-            # At most one evaluation in flight per profile + policy: a second request while one
-            # is queued or running gets that row instead of a duplicate.
+            # At most one evaluation in flight per record + policy: a second request while one
+            # is queued or running gets that row instead of a duplicate. A row's other record
+            # column is NULL, and NULLs never collide.
             models.UniqueConstraint(
                 fields=["customer_profile", "policy", "in_flight"],
                 name="trusthub_eval_one_in_flight",
+            ),
+            models.UniqueConstraint(
+                fields=["trust_product", "policy", "in_flight"],
+                name="trusthub_eval_tp_one_in_flight",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(customer_profile__isnull=False, trust_product__isnull=True)
+                | models.Q(customer_profile__isnull=True, trust_product__isnull=False),
+                name="trusthub_eval_one_record",
             ),
             models.CheckConstraint(
                 condition=models.Q(state__in=["queued", "running", "completed", "failed"]),
@@ -283,6 +375,9 @@ class Evaluation(models.Model):
             models.Index(
                 fields=["customer_profile", "-requested_at", "-id"],
                 name="trusthub_ev_profile_hist_idx",
+            ),
+            models.Index(
+                fields=["trust_product", "-requested_at", "-id"], name="trusthub_ev_tp_hist_idx"
             ),
             models.Index(fields=["policy", "-requested_at", "-id"], name="trusthub_ev_policy_idx"),
             models.Index(fields=["status", "-requested_at", "-id"], name="trusthub_ev_status_idx"),
@@ -298,6 +393,25 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return self.sid or f"Evaluation #{self.pk}"
+
+    @property
+    def kind(self) -> RecordKind:
+        """The kind of record evaluated."""
+        if self.trust_product_id is not None:
+            return RecordKind.TRUST_PRODUCT
+        return RecordKind.CUSTOMER_PROFILE
+
+    @property
+    def record(self) -> CustomerProfile | TrustProduct:
+        """What was evaluated: the Customer Profile or the Trust Product."""
+        record: CustomerProfile | TrustProduct = getattr(self, self.kind.field)
+        return record
+
+    @property
+    def record_id(self) -> int:
+        """The primary key of what was evaluated, in its kind's table."""
+        record_id: int = getattr(self, f"{self.kind.field}_id")
+        return record_id
 
     @property
     def is_active(self) -> bool:
@@ -399,8 +513,18 @@ class DuplicateEvaluation(models.Model):
     customer_profile = models.ForeignKey(
         CustomerProfile,
         on_delete=models.CASCADE,
+        null=True,
+        blank=True,
         related_name="duplicate_evaluations",
         verbose_name=_("customer profile"),
+    )
+    trust_product = models.ForeignKey(
+        TrustProduct,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="duplicate_evaluations",
+        verbose_name=_("trust product"),
     )
     policy = models.ForeignKey(
         Policy,
@@ -427,3 +551,9 @@ class DuplicateEvaluation(models.Model):
 
     def __str__(self) -> str:
         return self.sid
+
+
+#: The model of each kind of record.
+RECORD_MODELS: dict[RecordKind, type[CustomerProfile] | type[TrustProduct]] = {
+    model.kind: model for model in (CustomerProfile, TrustProduct)
+}

@@ -72,17 +72,19 @@ def check_sid(value: object, kind: SidKind, *, label: str | None = None) -> str:
     return value
 
 
-def sid_validator(kind: SidKind) -> RegexValidator:
-    """A Django validator for model and form fields that hold a SID of ``kind``."""
+def sid_validator(kind: SidKind, *, label: str | None = None) -> RegexValidator:
+    """A Django validator for model and form fields that hold a SID of ``kind``, called
+    ``label`` in its message (the kind's own label by default)."""
     # format_lazy: translating here, at import time, would need configured settings.
     message = format_lazy(
         "{} {}: '{}' {}",
         _("Enter a valid"),
-        kind.label,
+        label or kind.label,
         kind.value,
         _("followed by 32 hexadecimal digits."),
     )
-    return RegexValidator(kind.pattern, message=message, code=f"invalid_{kind.name.lower()}_sid")
+    name = label.lower().replace(" ", "_") if label else f"{kind.name.lower()}_sid"
+    return RegexValidator(kind.pattern, message=message, code=f"invalid_{name}")
 
 
 validate_account_sid = sid_validator(SidKind.ACCOUNT)
