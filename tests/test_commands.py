@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from tests.factories import INITECH, PRIMARY_POLICY, UMBRELLA
 from tests.services import ROOT
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, TrustProduct
 
 
 def run(*args: str) -> str:
@@ -26,10 +26,14 @@ def test_sync_imports_everything_and_is_idempotent(sandbox):
     # The demo world's policies: two for customer profiles, three for Trust Products.
     assert "Policies: 5" in out
     assert "Customer profiles: 7" in out
-    assert "Evaluations imported: 5" in out
+    assert "Trust Products: 5" in out
+    # Five of profiles, two of Trust Products.
+    assert "Evaluations imported: 7" in out
     again = run("trusthub_sync", "--evaluations")
     assert "Evaluations imported: 0" in again
     assert CustomerProfile.objects.count() == 7
+    assert TrustProduct.objects.count() == 5
+    assert Evaluation.objects.filter(trust_product__isnull=False).count() == 2
     assert Policy.objects.count() == 5
 
 
@@ -61,7 +65,7 @@ def test_evaluate_with_an_explicit_policy(sandbox):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["BUnot-a-sid"], "not a valid Customer Profile SID"),
+        (["BUnot-a-sid"], "not a valid Customer Profile or Trust Product SID"),
         ([UMBRELLA, "--policy", "RN123"], "not a valid Policy SID"),
         (["BU" + "0" * 32], "20404"),
     ],
@@ -90,7 +94,7 @@ def test_bad_sid_from_a_real_shell_is_one_line_not_a_traceback(tmp_path):
         check=False,
     )
     assert result.returncode == 1
-    assert "CommandError: 'BU-nope' is not a valid Customer Profile SID" in result.stderr
+    assert "CommandError: 'BU-nope' is not a valid Customer Profile or Trust Product SID" in result.stderr
     assert "Traceback" not in result.stderr
 
 

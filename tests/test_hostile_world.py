@@ -122,7 +122,7 @@ def test_sync_of_evaluations_goes_on_past_a_profile_deleted_in_trusthub(sandbox)
     gone = make_profile()  # known here, deleted in TrustHub since
     out, err = io.StringIO(), io.StringIO()
     call_command("trusthub_sync", "--evaluations", stdout=out, stderr=err)
-    assert f"Skipped: Customer profile {gone.sid} is not in TrustHub any more." in err.getvalue()
+    assert f"Skipped: Customer Profile {gone.sid} is not in TrustHub any more." in err.getvalue()
     assert Evaluation.objects.filter(trigger="sync").exclude(customer_profile=gone).exists()
 
 

@@ -310,7 +310,7 @@ class TrustHubClient:
         page_size: int | None = None,
     ) -> Iterator[JSONObject]:
         """Every Customer Profile of the account, optionally filtered."""
-        return self._list_records(
+        return self.list_records(
             RecordKind.CUSTOMER_PROFILE,
             status=status,
             policy_sid=policy_sid,
@@ -320,7 +320,7 @@ class TrustHubClient:
 
     def fetch_customer_profile(self, sid: str) -> JSONObject:
         """One Customer Profile."""
-        return self._fetch_record(RecordKind.CUSTOMER_PROFILE, sid)
+        return self.fetch_record(RecordKind.CUSTOMER_PROFILE, sid)
 
     def list_trust_products(
         self,
@@ -331,7 +331,7 @@ class TrustHubClient:
         page_size: int | None = None,
     ) -> Iterator[JSONObject]:
         """Every Trust Product of the account, optionally filtered."""
-        return self._list_records(
+        return self.list_records(
             RecordKind.TRUST_PRODUCT,
             status=status,
             policy_sid=policy_sid,
@@ -341,7 +341,7 @@ class TrustHubClient:
 
     def fetch_trust_product(self, sid: str) -> JSONObject:
         """One Trust Product."""
-        return self._fetch_record(RecordKind.TRUST_PRODUCT, sid)
+        return self.fetch_record(RecordKind.TRUST_PRODUCT, sid)
 
     def list_entity_assignments(
         self,
@@ -359,6 +359,30 @@ class TrustHubClient:
         bu = kind.check_sid(record_sid)
         return self._paginate(f"/v1/{kind.path}/{bu}/EntityAssignments", {}, page_size)
 
+    def list_records(
+        self,
+        kind: RecordKind,
+        *,
+        status: str | None = None,
+        policy_sid: str | None = None,
+        friendly_name: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[JSONObject]:
+        """Every record of ``kind`` in the account, optionally filtered."""
+        params: dict[str, str] = {}
+        if status is not None:
+            params["Status"] = status
+        if policy_sid is not None:
+            params["PolicySid"] = check_sid(policy_sid, SidKind.POLICY)
+        if friendly_name is not None:
+            params["FriendlyName"] = friendly_name
+        return self._paginate(f"/v1/{kind.path}", params, page_size)
+
+    def fetch_record(self, kind: RecordKind, sid: str) -> JSONObject:
+        """One record of ``kind``."""
+        bu = kind.check_sid(sid)
+        return self._request_object("GET", f"/v1/{kind.path}/{bu}")
+
     def list_policies(self, *, page_size: int | None = None) -> Iterator[JSONObject]:
         """Every Policy TrustHub offers."""
         return self._paginate("/v1/Policies", {}, page_size)
@@ -369,28 +393,6 @@ class TrustHubClient:
         return self._request_object("GET", f"/v1/Policies/{rn}")
 
     # Plumbing ------------------------------------------------------------------------------
-
-    def _list_records(
-        self,
-        kind: RecordKind,
-        *,
-        status: str | None,
-        policy_sid: str | None,
-        friendly_name: str | None,
-        page_size: int | None,
-    ) -> Iterator[JSONObject]:
-        params: dict[str, str] = {}
-        if status is not None:
-            params["Status"] = status
-        if policy_sid is not None:
-            params["PolicySid"] = check_sid(policy_sid, SidKind.POLICY)
-        if friendly_name is not None:
-            params["FriendlyName"] = friendly_name
-        return self._paginate(f"/v1/{kind.path}", params, page_size)
-
-    def _fetch_record(self, kind: RecordKind, sid: str) -> JSONObject:
-        bu = kind.check_sid(sid)
-        return self._request_object("GET", f"/v1/{kind.path}/{bu}")
 
     def _paginate(
         self,

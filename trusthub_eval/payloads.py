@@ -172,25 +172,33 @@ def check_policy(payload: object, *, sid: str | None = None) -> Mapping[str, Any
     return _checked_record(payload, SidKind.POLICY, problem)
 
 
-def check_customer_profile(payload: object, *, sid: str | None = None) -> Mapping[str, Any]:
-    """Return ``payload`` if it is a storable customer profile record (of ``sid`` if given);
-    raise :class:`InvalidResponse` (permanent) naming the first problem otherwise.
+def check_record(
+    payload: object,
+    *,
+    record_kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
+    sid: str | None = None,
+) -> Mapping[str, Any]:
+    """Return ``payload`` if it is a storable record of a Customer Profile or Trust Product
+    (``record_kind``; of ``sid`` if given); raise :class:`InvalidResponse` (permanent) naming
+    the first problem otherwise.
 
     Its dates are not checked here: one that is no real instant is stored as unknown.
     """
+    label = record_kind.sid_label
     problem = _record_problem(
         payload,
-        SidKind.CUSTOMER_PROFILE,
+        SidKind.CUSTOMER_PROFILE,  # both kinds are BU…
         sid,
         texts=("friendly_name", "email"),
         sids={"policy_sid": SidKind.POLICY, "account_sid": SidKind.ACCOUNT},
+        label=label,
     )
     if problem is None:
         assert isinstance(payload, Mapping)
         status = payload.get("status")
         if status is not None and not (isinstance(status, str) and _STATUS_SHAPE.match(status)):
             problem = "'status' is not a TrustHub status"
-    return _checked_record(payload, SidKind.CUSTOMER_PROFILE, problem)
+    return _checked_record(payload, SidKind.CUSTOMER_PROFILE, problem, label=label)
 
 
 def _record_problem(
@@ -200,6 +208,7 @@ def _record_problem(
     *,
     texts: tuple[str, ...],
     sids: Mapping[str, SidKind],
+    label: str | None = None,
 ) -> str | None:
     if not isinstance(payload, Mapping):
         return "not a JSON object"
@@ -207,7 +216,7 @@ def _record_problem(
     if problem is not None:
         return problem
     if not is_sid(payload.get("sid"), kind):
-        return f"'sid' is not a valid {kind.label} ({kind.value}…)"
+        return f"'sid' is not a valid {label or kind.label} ({kind.value}…)"
     if sid is not None and payload["sid"] != sid:
         return f"it is the record of {payload['sid']}, not of {sid}"
     problem = _names_problem(payload, texts)
@@ -220,15 +229,17 @@ def _record_problem(
     return None
 
 
-def _checked_record(payload: object, kind: SidKind, problem: str | None) -> Mapping[str, Any]:
+def _checked_record(
+    payload: object, kind: SidKind, problem: str | None, *, label: str | None = None
+) -> Mapping[str, Any]:
     if problem is None:
         assert isinstance(payload, Mapping)
         return payload
     sid = payload.get("sid") if isinstance(payload, Mapping) else None
     named = f" {sid}" if is_sid(sid, kind) else ""
+    what = (label or kind.label).removesuffix(" SID").lower()
     raise InvalidResponse(
-        f"TrustHub's record of a {kind.label.removesuffix(' SID').lower()}{named} is unusable: "
-        f"{problem}.",
+        f"TrustHub's record of a {what}{named} is unusable: {problem}.",
         kind=ErrorKind.PERMANENT,
         body=_json_text(payload),
     )

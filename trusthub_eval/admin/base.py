@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import QuerySet, TextField
+from django.db.models import Model, QuerySet, TextField
 from django.db.models.functions import Cast, Length, Substr
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -166,7 +166,7 @@ class ReadOnlyAdmin(ModelAdmin):
         return False
 
 
-def change_url(obj: CustomerProfile | Evaluation | Policy) -> str:
+def change_url(obj: Model) -> str:
     """The admin page of ``obj``."""
     opts = obj._meta
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)])

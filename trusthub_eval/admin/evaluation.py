@@ -81,11 +81,11 @@ class EvaluationAdmin(QueueMixin, ReadOnlyAdmin):
 
     @admin.display(description=_("customer profile and policy"))
     def profile(self, evaluation: Evaluation) -> SafeString:
-        profile = evaluation.customer_profile
+        record = evaluation.record
         return format_html(
             '<a href="{}">{}</a><div class="trusthub-quiet">{}</div>',
-            change_url(profile),
-            profile,
+            change_url(record),
+            record,
             evaluation.policy,
         )
 

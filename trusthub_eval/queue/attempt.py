@@ -30,7 +30,7 @@ from trusthub_eval.exceptions import (
     SidTaken,
     TrustHubError,
 )
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.models import Evaluation
 from trusthub_eval.payloads import check_evaluation, identify_evaluation, unstorable_problem
 from trusthub_eval.queue import rows
 
@@ -149,7 +149,7 @@ def _run_claimed(attempt: _Attempt, client: TrustHubClient | None) -> Outcome:
 
 def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
     evaluation = attempt.evaluation
-    profile, policy = evaluation.customer_profile, evaluation.policy
+    record, kind, policy = evaluation.record, evaluation.kind, evaluation.policy
     try:
         payload = _reconcile(attempt, client) if attempt.reconciling else None
         if payload is None:
@@ -161,15 +161,13 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
             attempt.sending = True
             try:
                 answer = client.create_evaluation(
-                    profile.sid, policy.sid, finish_by=attempt.expires
+                    record.sid, policy.sid, kind=kind, finish_by=attempt.expires
                 )
             except DeadlinePassed:
                 attempt.sending = False  # nothing was sent
                 raise
             payload = check_evaluation(
-                answer,
-                record_sid=profile.sid,
-                policy_sid=policy.sid,
+                answer, record_sid=record.sid, record_kind=kind, policy_sid=policy.sid
             )
         return _store(evaluation, payload)
     except TrustHubError as error:
@@ -187,18 +185,20 @@ def _attempt(attempt: _Attempt, client: TrustHubClient) -> Outcome:
 def _reconcile(attempt: _Attempt, client: TrustHubClient) -> Mapping[str, Any] | None:
     """After an ambiguous POST: the evaluation TrustHub created for it, or None if none.
 
-    TrustHub has no idempotency key, so we read the profile's whole list and adopt the oldest
+    TrustHub has no idempotency key, so we read the record's whole list and adopt the oldest
     evaluation for the same policy created since the POST that no other request of ours holds
     (an import by ``trusthub_sync`` is the same evaluation and is replaced). None only after
     the list was read to its end, within the claim's time.
     """
     evaluation = attempt.evaluation
     assert evaluation.posted_at is not None
-    profile, policy = evaluation.customer_profile, evaluation.policy
+    record, kind, policy = evaluation.record, evaluation.kind, evaluation.policy
     since = evaluation.posted_at - datetime.timedelta(seconds=app_settings.RECONCILE_CLOCK_SKEW)
     candidates = []
-    for item in client.list_evaluations(profile.sid, finish_by=attempt.expires):
-        sid, policy_sid, created = identify_evaluation(item, record_sid=profile.sid)
+    for item in client.list_evaluations(record.sid, kind=kind, finish_by=attempt.expires):
+        sid, policy_sid, created = identify_evaluation(
+            item, record_sid=record.sid, record_kind=kind
+        )
         if policy_sid == policy.sid and created >= since:
             candidates.append((created, sid, item))
     if not candidates:
@@ -214,7 +214,8 @@ def _reconcile(attempt: _Attempt, client: TrustHubClient) -> Mapping[str, Any] |
             # An unusable listing is retried; the mark stays until a usable one is read.
             return check_evaluation(
                 item,
-                record_sid=profile.sid,
+                record_sid=record.sid,
+                record_kind=kind,
                 policy_sid=policy.sid,
                 kind=ErrorKind.RETRYABLE,
             )
@@ -222,7 +223,7 @@ def _reconcile(attempt: _Attempt, client: TrustHubClient) -> Mapping[str, Any] |
 
 
 def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
-    profile, policy = evaluation.customer_profile, evaluation.policy
+    record, policy = evaluation.record, evaluation.policy
     try:
         recorded = rows.complete(evaluation, payload)
     except SidTaken as taken:
@@ -233,7 +234,7 @@ def _store(evaluation: Evaluation, payload: Mapping[str, Any]) -> Outcome:
     logger.info(
         "Evaluation %s of %s against %s: %s",
         evaluation.sid,
-        profile.sid,
+        record.sid,
         policy.sid,
         evaluation.status,
     )
@@ -324,7 +325,7 @@ def _record_error(
         if keep_mark:
             assert evaluation.posted_at is not None
             message += (
-                f" TrustHub may hold an evaluation of {evaluation.customer_profile.sid} against "
+                f" TrustHub may hold an evaluation of {evaluation.record.sid} against "
                 f"{evaluation.policy.sid} created after {evaluation.posted_at.isoformat()}; "
                 "`manage.py trusthub_sync --evaluations` adopts it into this row."
             )
@@ -408,22 +409,18 @@ def _raw(body: str | None) -> Any:
 
 
 def _send_completed_signals(evaluation: Evaluation, recorded: rows.Recorded) -> None:
-    profile = evaluation.customer_profile
+    record = evaluation.record
     changed = recorded.applied and recorded.previous != evaluation.status
     if recorded.applied:
-        # What the same transaction wrote to the profile's row.
-        profile.compliance_status = evaluation.status or ""
-        profile.compliance_checked_at = evaluation.completed_at
+        # What the same transaction wrote to the record's row.
+        record.compliance_status = evaluation.status or ""
+        record.compliance_checked_at = evaluation.completed_at
 
     def send() -> None:
         signals.evaluation_completed.send(sender=Evaluation, evaluation=evaluation)
         if changed:
-            signals.compliance_changed.send(
-                sender=CustomerProfile,
-                customer_profile=profile,
-                evaluation=evaluation,
-                previous=recorded.previous,
-                current=evaluation.status,
+            signals.send_compliance_changed(
+                record, evaluation, previous=recorded.previous, current=evaluation.status or ""
             )
 
     transaction.on_commit(send)

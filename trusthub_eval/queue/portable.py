@@ -10,7 +10,8 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
 from trusthub_eval.clock import DatabaseNow, ago
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import RECORD_MODELS, Evaluation
 
 
 def claim(
@@ -30,9 +31,11 @@ def claim(
     )
     if not claimed:
         return None
+    records = [kind.field for kind in RecordKind]
     return (
-        Evaluation.objects.select_related("customer_profile", "policy")
-        .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+        Evaluation.objects.select_related(*records, "policy")
+        .defer("raw", *(f"{record}__raw" for record in records), "policy__raw")
+        .defer("policy__requirements")
         .get(pk=evaluation_id)
     )
 
@@ -40,43 +43,46 @@ def claim(
 def queue_pairs(
     pairs: Mapping[int, int],
     *,
+    kind: RecordKind,
     now: datetime.datetime,
     trigger: str,
     requested_by_id: int | None,
 ) -> list[int]:
     """See :func:`trusthub_eval.queue.rows.queue_pairs`."""
-    profile_ids = list(pairs)
-    CustomerProfile.objects.filter(pk__in=profile_ids).lock_for_queueing()
-    # With the profiles locked (MySQL, MariaDB) or the database's one writer (SQLite), no
+    records = RECORD_MODELS[kind].objects
+    column = f"{kind.field}_id"
+    record_ids = list(pairs)
+    records.filter(pk__in=record_ids).lock_for_queueing()
+    # With the records locked (MySQL, MariaDB) or the database's one writer (SQLite), no
     # other request can queue one of these pairs before this transaction ends; the in-flight
     # constraint still stands guard, and a violation is raised, not hidden.
     busy = set(
         Evaluation.objects.active()
-        .filter(customer_profile_id__in=profile_ids)
-        .values_list("customer_profile_id", "policy_id")
+        .filter(**{f"{column}__in": record_ids})
+        .values_list(column, "policy_id")
     )
-    fresh = {p: policy for p, policy in pairs.items() if (p, policy) not in busy}
+    fresh = {r: policy for r, policy in pairs.items() if (r, policy) not in busy}
     Evaluation.objects.bulk_create(
         [
             Evaluation(
-                customer_profile_id=profile_id,
+                **{column: record_id},
                 policy_id=policy_id,
                 trigger=trigger,
                 requested_by_id=requested_by_id,
                 requested_at=now,
                 next_attempt_at=DatabaseNow(),
             )
-            for profile_id, policy_id in fresh.items()
+            for record_id, policy_id in fresh.items()
         ]
     )
     # Not every backend returns the new ids from a bulk insert (MySQL does not): each new row
     # is the one in-flight evaluation of its pair.
     ids = sorted(
         pk
-        for pk, profile_id, policy_id in Evaluation.objects.active()
-        .filter(customer_profile_id__in=list(fresh))
-        .values_list("pk", "customer_profile_id", "policy_id")
-        if fresh[profile_id] == policy_id
+        for pk, record_id, policy_id in Evaluation.objects.active()
+        .filter(**{f"{column}__in": list(fresh)})
+        .values_list("pk", column, "policy_id")
+        if fresh[record_id] == policy_id
     )
-    CustomerProfile.objects.filter(pk__in=list(fresh)).refresh_latest()
+    records.filter(pk__in=list(fresh)).refresh_latest()
     return ids

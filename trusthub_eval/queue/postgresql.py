@@ -1,8 +1,8 @@
 """The queueing, the claim and the stored answer as single statements on PostgreSQL.
 
 Each is one round trip where the ORM takes several: the queueing's ``INSERT … ON CONFLICT DO
-NOTHING`` that points each profile at its new evaluation, the claim's ``UPDATE … RETURNING``
-joined to the profile and policy, and the answer's row update, requirement rows and profile
+NOTHING`` that points each record at its new evaluation, the claim's ``UPDATE … RETURNING``
+joined to the record and policy, and the answer's row update, requirement rows and record
 compliance, each in a data-modifying CTE. Other databases take :mod:`.portable` (and
 :mod:`.rows` for the answer), which do the same in a few statements. Identifiers come from
 the models' metadata; every value is a parameter.
@@ -20,7 +20,8 @@ from django.db import connections, models
 from django.db.models.expressions import Col
 
 from trusthub_eval.clock import now_sql
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import RECORD_MODELS, Evaluation
 
 #: The database's clock: every time these statements decide or record comes from it.
 NOW = now_sql("postgresql")
@@ -97,7 +98,7 @@ def claim(
     evaluation_id: int, *, running_timeout: float, token: datetime.datetime | None
 ) -> Evaluation | None:
     """See :func:`trusthub_eval.queue.rows.claim`: one statement; the evaluation comes with its
-    profile and policy, payloads deferred. Its times are the database's."""
+    record and policy, payloads deferred. Its times are the database's."""
     model, using = Evaluation, Evaluation.objects.db
     sql, models_read = _claim_sql(using, model, with_token=token is not None)
     params: list[Any] = [
@@ -114,14 +115,18 @@ def claim(
         row = cursor.fetchone()
     if row is None:
         return None
-    instances = []
+    instances: list[Any] = []
     start = 0
     for read in models_read:
         size = len(_reader(using, read)[0])
-        instances.append(_instance(using, read, row[start : start + size]))
+        values = row[start : start + size]
+        # A record of the other kind is not joined: its columns are all null.
+        instances.append(None if values[0] is None else _instance(using, read, values))
         start += size
     evaluation: Evaluation = instances[0]
-    evaluation.customer_profile, evaluation.policy = instances[1:]
+    evaluation.policy = instances[-1]
+    for kind, record in zip(RecordKind, instances[1:-1], strict=True):
+        setattr(evaluation, kind.field, record)
     return evaluation
 
 
@@ -129,10 +134,9 @@ def claim(
 def _claim_sql(
     using: str, model: type[Evaluation], *, with_token: bool
 ) -> tuple[str, tuple[type[models.Model], ...]]:
-    """The claim's statement, and the models whose columns its row holds, in order."""
-    profile_model = model._meta.get_field("customer_profile").related_model
+    """The claim's statement, and the models whose columns its row holds, in order: the
+    evaluation, a record of each kind (one of them all nulls), the policy."""
     policy_model = model._meta.get_field("policy").related_model
-    assert isinstance(profile_model, type)
     assert isinstance(policy_model, type)
     c = _quoted(using)
     quote = connections[using].ops.quote_name
@@ -144,6 +148,13 @@ def _claim_sql(
     claimable = f"{state} = %s OR ({state} = %s AND {started} < {NOW} - %s)"
     if with_token:
         claimable += f" OR ({state} = %s AND {started} = %s)"
+    records = [(f"r{n}", kind, RECORD_MODELS[kind]) for n, kind in enumerate(RecordKind)]
+    joins = "".join(
+        f"""
+        LEFT JOIN {_table(using, record)} AS {alias}
+            ON {alias}.{c(record, "pk")} = claimed.{c(model, kind.field)}"""
+        for alias, kind, record in records
+    )
     sql = f"""
         WITH claimed AS (
             UPDATE {_table(using, model)}
@@ -153,15 +164,14 @@ def _claim_sql(
             WHERE {c(model, "id")} = %s AND ({claimable})
             RETURNING *
         )
-        SELECT {select("claimed", model)}, {select("p", profile_model)},
+        SELECT {select("claimed", model)},
+            {", ".join(select(alias, record) for alias, _kind, record in records)},
             {select("o", policy_model)}
-        FROM claimed
-        JOIN {_table(using, profile_model)} AS p
-            ON p.{c(profile_model, "pk")} = claimed.{c(model, "customer_profile")}
+        FROM claimed {joins}
         JOIN {_table(using, policy_model)} AS o
             ON o.{c(policy_model, "pk")} = claimed.{c(model, "policy")}
     """  # noqa: S608 (identifiers from the models' metadata, values are parameters)
-    return sql, (model, profile_model, policy_model)
+    return sql, (model, *(record for _alias, _kind, record in records), policy_model)
 
 
 def complete(
@@ -173,17 +183,19 @@ def complete(
     failing: int,
 ) -> tuple[datetime.datetime, str, bool] | None:
     """Store a checked answer on a running evaluation in one statement: the row (fenced by its
-    claim, completed at the database's time), its requirement rows, and the profile's
-    compliance if this is the newest (by the profile's own ``compliance_checked_at``), reading
+    claim, completed at the database's time), its requirement rows, and the record's
+    compliance if this is the newest (by the record's own ``compliance_checked_at``), reading
     the previous one under the row's lock.
 
-    Returns the completion time, the profile's compliance before and whether this became it;
+    Returns the completion time, the record's compliance before and whether this became it;
     None when the claim was lost (nothing is written). Raises IntegrityError when the SID is
     stored already, having written nothing.
     """
     model = type(evaluation)
     connection = connections[using]
-    sql = _complete_sql(using, model, tuple(fields), tuple(rows[0]) if rows else None)
+    sql = _complete_sql(
+        using, model, evaluation.kind, tuple(fields), tuple(rows[0]) if rows else None
+    )
     values = [
         _field(model, name).get_db_prep_save(value, connection) for name, value in fields.items()
     ]
@@ -203,14 +215,14 @@ def complete(
 def _complete_sql(
     using: str,
     model: type[Evaluation],
+    kind: RecordKind,
     names: tuple[str, ...],
     result_names: tuple[str, ...] | None,
 ) -> str:
-    """The statement of :func:`complete` setting the row's ``names`` and inserting requirement
-    rows of ``result_names`` (None: no requirement rows)."""
-    profile_model = model._meta.get_field("customer_profile").related_model
+    """The statement of :func:`complete` for an evaluation of a record of ``kind``, setting
+    the row's ``names`` and inserting requirement rows of ``result_names`` (None: none)."""
+    profile_model = RECORD_MODELS[kind]
     result_model = model._meta.get_field("requirement_results").related_model
-    assert isinstance(profile_model, type)
     assert isinstance(result_model, type)
     connection = connections[using]
     c = _quoted(using)
@@ -239,7 +251,7 @@ def _complete_sql(
             SET {sets}, {c(model, "completed_at")} = {NOW}
             WHERE {c(model, "id")} = %s AND {c(model, "state")} = %s
                 AND {c(model, "started_at")} = %s
-            RETURNING {c(model, "id")} AS id, {c(model, "customer_profile")} AS profile_id,
+            RETURNING {c(model, "id")} AS id, {c(model, kind.field)} AS profile_id,
                 {c(model, "completed_at")} AS completed_at
         ), {insert} locked AS (
             SELECT p.{pk} AS id, p.{c(profile_model, "compliance_status")} AS previous
@@ -269,6 +281,7 @@ def _record_type(field: models.Field[Any, Any], connection: Any) -> str:
 def queue_pairs(
     pairs: Mapping[int, int],
     *,
+    kind: RecordKind,
     now: datetime.datetime,
     trigger: str,
     requested_by_id: int | None,
@@ -277,7 +290,7 @@ def queue_pairs(
     using = Evaluation.objects.db
     with connections[using].cursor() as cursor:
         cursor.execute(
-            _queue_sql(using),
+            _queue_sql(using, kind),
             [
                 Evaluation.State.QUEUED,
                 trigger,
@@ -291,22 +304,22 @@ def queue_pairs(
 
 
 @functools.cache
-def _queue_sql(using: str) -> str:
+def _queue_sql(using: str, kind: RecordKind) -> str:
     c = _quoted(using)
-    e, p = Evaluation, CustomerProfile
+    e, p = Evaluation, RECORD_MODELS[kind]
     return f"""
         WITH new AS (
             INSERT INTO {_table(using, e)} (
-                {c(e, "customer_profile")}, {c(e, "policy")}, {c(e, "state")},
+                {c(e, kind.field)}, {c(e, "policy")}, {c(e, "state")},
                 {c(e, "trigger")}, {c(e, "requested_by")}, {c(e, "requested_at")},
                 {c(e, "attempts")}, {c(e, "error_message")}, {c(e, "next_attempt_at")}
             )
             SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, '', {NOW}
             FROM unnest(%s::bigint[], %s::bigint[]) AS pair(profile_id, policy_id)
             ORDER BY pair.profile_id
-            ON CONFLICT ({c(e, "customer_profile")}, {c(e, "policy")}, {c(e, "in_flight")})
+            ON CONFLICT ({c(e, kind.field)}, {c(e, "policy")}, {c(e, "in_flight")})
             DO NOTHING
-            RETURNING {c(e, "id")} AS id, {c(e, "customer_profile")} AS profile_id
+            RETURNING {c(e, "id")} AS id, {c(e, kind.field)} AS profile_id
         ), latest AS (
             UPDATE {_table(using, p)} AS profile
             SET {c(p, "latest_evaluation")} = new.id

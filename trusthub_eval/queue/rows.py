@@ -23,12 +23,15 @@ from django.utils import timezone
 
 from trusthub_eval.clock import DatabaseNow, later
 from trusthub_eval.exceptions import SidTaken
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.models import (
+    RECORD_MODELS,
     CustomerProfile,
     DuplicateEvaluation,
     Evaluation,
     Policy,
     RequirementResult,
+    TrustProduct,
 )
 from trusthub_eval.payloads import parse_twilio_datetime
 from trusthub_eval.queue import portable, postgresql
@@ -36,11 +39,11 @@ from trusthub_eval.queue import portable, postgresql
 
 @dataclasses.dataclass(frozen=True)
 class Recorded:
-    """What storing an evaluation's answer did to its profile's compliance."""
+    """What storing an evaluation's answer did to its record's compliance."""
 
-    #: The profile's compliance before (as locked in the same transaction).
+    #: The record's compliance before (as locked in the same transaction).
     previous: str
-    #: Whether the evaluation became the profile's compliance (it is the newest completed).
+    #: Whether the evaluation became the record's compliance (it is the newest completed).
     applied: bool
 
 
@@ -57,15 +60,20 @@ def _using() -> str:
 
 
 def queue_pairs(
-    pairs: Mapping[int, int], *, trigger: str, requested_by_id: int | None
+    pairs: Mapping[int, int],
+    *,
+    kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
+    trigger: str,
+    requested_by_id: int | None,
 ) -> list[int]:
-    """Queue an evaluation per (profile id -> policy id) not already in flight.
+    """Queue an evaluation per (record id -> policy id) not already in flight, for records of
+    ``kind``.
 
-    Returns the new evaluations' ids and points each profile at its new one. Call inside a
+    Returns the new evaluations' ids and points each record at its new one. Call inside a
     transaction. A concurrent request can never make it fail or queue a duplicate: on
     PostgreSQL the unique constraint on in-flight evaluations skips the busy pairs, in one
-    statement whatever the number of profiles; elsewhere the pairs in flight are read under
-    the profiles' locks first, and a few statements insert the rest (no ``INSERT IGNORE``,
+    statement whatever the number of records; elsewhere the pairs in flight are read under
+    the records' locks first, and a few statements insert the rest (no ``INSERT IGNORE``,
     which would also make any other error a warning).
     """
     if not pairs:
@@ -73,9 +81,11 @@ def queue_pairs(
     now = timezone.now()
     if postgresql.supported(_using()):
         return postgresql.queue_pairs(
-            pairs, now=now, trigger=trigger, requested_by_id=requested_by_id
+            pairs, kind=kind, now=now, trigger=trigger, requested_by_id=requested_by_id
         )
-    return portable.queue_pairs(pairs, now=now, trigger=trigger, requested_by_id=requested_by_id)
+    return portable.queue_pairs(
+        pairs, kind=kind, now=now, trigger=trigger, requested_by_id=requested_by_id
+    )
 
 
 def claim(
@@ -93,7 +103,7 @@ def claim(
     to ``started_at`` is this claim's; any other predates it (the row awaits reconciliation,
     ``Evaluation.awaits_reconciliation``). An attempt that ends without sending its POST clears
     it again; a worker that dies first leaves it, which costs its successor one listing. The
-    evaluation comes with its profile and policy, payloads deferred.
+    evaluation comes with its record and policy, payloads deferred.
     """
     if postgresql.supported(_using()):
         return postgresql.claim(evaluation_id, running_timeout=running_timeout, token=token)
@@ -187,7 +197,7 @@ def fail(
 
 def complete(evaluation: Evaluation, payload: Mapping[str, Any]) -> Recorded | None:
     """Store TrustHub's (checked) answer on a running evaluation, one row per requirement,
-    and make it the profile's compliance if it is the newest; one transaction.
+    and make it its record's compliance if it is the newest; one transaction.
 
     Returns None (and stores nothing) if the claim was lost meanwhile. An evaluation SID
     already stored by an import (``trusthub_sync --evaluations``) is this same evaluation:
@@ -212,7 +222,7 @@ def complete(evaluation: Evaluation, payload: Mapping[str, Any]) -> Recorded | N
         if not adopted:
             return None
         recorded = _complete(evaluation, payload, fields)
-        CustomerProfile.objects.filter(pk=evaluation.customer_profile_id).refresh_latest()
+        _record_of(evaluation).refresh_latest()
         return recorded
 
 
@@ -269,23 +279,28 @@ def _complete_rows(
     return record_compliance(evaluation, failing=failing)
 
 
+def _record_of(evaluation: Evaluation) -> Any:
+    """The row of what ``evaluation`` evaluated, as a queryset."""
+    return RECORD_MODELS[evaluation.kind].objects.filter(pk=evaluation.record_id)
+
+
 def record_compliance(evaluation: Evaluation, *, failing: int) -> Recorded:
-    """Make a just completed ``evaluation`` its profile's compliance, unless the profile
+    """Make a just completed ``evaluation`` its record's compliance, unless the record
     shows a newer one; ``failing`` is its number of failed requirements.
 
-    What ``CustomerProfileQuerySet.refresh_compliance`` would compute for that one profile,
-    from the values at hand: the profile's ``compliance_checked_at`` is the completion time of
-    the evaluation it shows. Call inside the transaction that completed it: the profile's row
-    is locked first, so the compliance read before the change is exact and a concurrent
+    What ``RecordQuerySet.refresh_compliance`` would compute for that one record, from the
+    values at hand: the record's ``compliance_checked_at`` is the completion time of the
+    evaluation it shows. Call inside the transaction that completed it: the record's row is
+    locked first, so the compliance read before the change is exact and a concurrent
     completion is ordered by its time, whichever commits last. Two queries.
     """
-    profiles = CustomerProfile.objects.filter(pk=evaluation.customer_profile_id)
-    previous = profiles.select_for_update().values_list("compliance_status", flat=True).get()
+    records = _record_of(evaluation)
+    previous = records.select_for_update().values_list("compliance_status", flat=True).get()
     assert evaluation.completed_at is not None
     not_newer = Q(compliance_checked_at__isnull=True) | Q(
         compliance_checked_at__lte=evaluation.completed_at
     )
-    changed = profiles.filter(not_newer).update(
+    changed = records.filter(not_newer).update(
         compliance_status=evaluation.status or "",
         compliance_checked_at=evaluation.completed_at,
         failing_requirements=failing,
@@ -320,6 +335,7 @@ def keep_late_answer(
             sid=sid,
             evaluation_id=evaluation.pk,
             customer_profile_id=evaluation.customer_profile_id,
+            trust_product_id=evaluation.trust_product_id,
             policy_id=evaluation.policy_id,
             status=fields["status"],
             date_created=fields["date_created"],
@@ -347,7 +363,7 @@ def _adopt_import_of(evaluation: Evaluation, sid: str) -> bool | None:
 
 
 def import_evaluation(
-    profile: CustomerProfile, payload: Mapping[str, Any], *, clock_skew: float
+    record: CustomerProfile | TrustProduct, payload: Mapping[str, Any], *, clock_skew: float
 ) -> tuple[Evaluation, bool]:
     """Store an evaluation TrustHub already has (checked); ``created`` is False if known.
 
@@ -362,12 +378,12 @@ def import_evaluation(
             return known, False
         policy = Policy.objects.for_sid(payload["policy_sid"])
         created_at = parse_twilio_datetime(payload.get("date_created"))
-        evaluation = _adopt_into_marked_row(profile, policy, payload, created_at, clock_skew)
+        evaluation = _adopt_into_marked_row(record, policy, payload, created_at, clock_skew)
         if evaluation is None:
             when = created_at or timezone.now()
             evaluation = Evaluation.objects.create(
                 sid=payload["sid"],
-                customer_profile=profile,
+                **{record.kind.field: record},
                 policy=policy,
                 status=payload["status"],
                 state=Evaluation.State.COMPLETED,
@@ -384,7 +400,7 @@ def import_evaluation(
 
 
 def _adopt_into_marked_row(
-    profile: CustomerProfile,
+    record: CustomerProfile | TrustProduct,
     policy: Policy,
     payload: Mapping[str, Any],
     created_at: datetime.datetime | None,
@@ -393,7 +409,7 @@ def _adopt_into_marked_row(
     if created_at is None:
         return None
     marked = Evaluation.objects.filter(
-        customer_profile=profile,
+        **{record.kind.field: record},
         policy=policy,
         sid__isnull=True,
         posted_at__lte=created_at + datetime.timedelta(seconds=clock_skew),

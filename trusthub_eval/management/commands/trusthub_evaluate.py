@@ -1,4 +1,5 @@
-"""Ask TrustHub to evaluate a customer profile, optionally waiting for the answer."""
+"""Ask TrustHub to evaluate a Customer Profile or Trust Product, optionally waiting for the
+answer."""
 
 from __future__ import annotations
 
@@ -9,17 +10,31 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from trusthub_eval import dispatch, services
 from trusthub_eval.exceptions import TrustHubError
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import CustomerProfile, Evaluation, TrustProduct
 from trusthub_eval.sids import InvalidSid, SidKind, check_sid
 
 
 class Command(BaseCommand):
-    help = "Queue a TrustHub evaluation of a customer profile (BU…) and optionally wait for it."
+    help = (
+        "Queue a TrustHub evaluation of a Customer Profile or Trust Product (BU…) and optionally "
+        "wait for it."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("customer_profile_sid", help="The customer profile's SID (BU…).")
         parser.add_argument(
-            "--policy", dest="policy_sid", help="Policy SID (RN…); default: the profile's own."
+            "sid",
+            metavar="record_sid",
+            help="The SID (BU…) of a Customer Profile or Trust Product. Which one it is comes "
+            "from the records imported here, else from TrustHub.",
+        )
+        parser.add_argument(
+            "--kind",
+            choices=RecordKind.values,
+            help="What the SID names, if known: then only that kind is looked for.",
+        )
+        parser.add_argument(
+            "--policy", dest="policy_sid", help="Policy SID (RN…); default: the record's own."
         )
         parser.add_argument(
             "--wait", action="store_true", help="Wait for the worker's answer and print it."
@@ -29,27 +44,32 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        kind = RecordKind(options["kind"]) if options["kind"] else None
         try:
-            sid = check_sid(options["customer_profile_sid"], SidKind.CUSTOMER_PROFILE)
+            label = kind.sid_label if kind else "Customer Profile or Trust Product SID"
+            sid = check_sid(options["sid"], SidKind.CUSTOMER_PROFILE, label=label)
             policy_sid = options["policy_sid"]
             if policy_sid is not None:
                 check_sid(policy_sid, SidKind.POLICY)
         except InvalidSid as error:
             raise CommandError(str(error)) from error
         try:
-            profile = services.fetch_customer_profile(sid)
+            record = services.fetch_record(sid, kind)
             evaluation, created = services.request_evaluation(
-                profile, policy_sid, trigger=Evaluation.Trigger.CLI
+                record, policy_sid, trigger=Evaluation.Trigger.CLI
             )
         except (
             TrustHubError,
             services.NoPolicy,
             services.UnknownPolicy,
             CustomerProfile.DoesNotExist,
+            TrustProduct.DoesNotExist,
         ) as error:
             raise CommandError(str(error)) from error
         verb = "Queued" if created else "Already in flight:"
-        self.stdout.write(f"{verb} evaluation #{evaluation.pk} of {profile} ({profile.sid}).")
+        self.stdout.write(
+            f"{verb} evaluation #{evaluation.pk} of {record.kind.label} {record} ({record.sid})."
+        )
         if evaluation.sent is False:
             problem = dispatch.transport_problem()
             message = (

@@ -12,13 +12,16 @@ from trusthub_eval.exceptions import TrustHubError
 
 
 class Command(BaseCommand):
-    help = "Import policies and customer profiles from TrustHub (and their past evaluations)."
+    help = (
+        "Import policies, Customer Profiles and Trust Products from TrustHub (and their past "
+        "evaluations)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--evaluations",
             action="store_true",
-            help="Also import each profile's evaluations made outside this app.",
+            help="Also import each profile's and Trust Product's evaluations made outside this app.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -45,5 +48,6 @@ class Command(BaseCommand):
 _SAID = {
     "policies": "Policies",
     "customer_profiles": "Customer profiles",
+    "trust_products": "Trust Products",
     "evaluations": "Evaluations imported",
 }
