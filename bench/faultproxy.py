@@ -56,7 +56,20 @@ KINDS = ("429", "503", "reset", "forward-reset", "forward-stall", "broken-body",
 # Not among the kinds drawn at ``fault_rate``: a slow answer is drawn at its own ``slow_rate``.
 SLOW_ANSWER = "slow-answer"
 
-_EVALUATIONS = re.compile(r"/v1/CustomerProfiles/(BU[0-9a-fA-F]{32})/Evaluations")
+_EVALUATIONS = re.compile(r"/v1/(?:CustomerProfiles|TrustProducts)/(BU[0-9a-fA-F]{32})/Evaluations")
+# The field of an evaluation that names its record: a Customer Profile's or a Trust Product's.
+RECORD_FIELDS = ("customer_profile_sid", "trust_product_sid")
+
+
+def record_sid(item: dict[str, Any]) -> str:
+    """The SID of the record an evaluation is of, whichever kind."""
+    return next(item[field] for field in RECORD_FIELDS if item.get(field))
+
+
+def _another_record(item: dict[str, Any]) -> None:
+    for field in RECORD_FIELDS:
+        if field in item:
+            item[field] = _sid("BU")
 
 
 def _route(method: str, path: str) -> str:
@@ -71,7 +84,7 @@ class Created:
     """An evaluation TrustHub created (a 201 from upstream), and what the client was shown."""
 
     sid: str
-    customer_profile_sid: str
+    record_sid: str  # the Customer Profile's or Trust Product's
     policy_sid: str
     status: str
     date_created: str
@@ -121,7 +134,7 @@ _ITEM_BREAKERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "results-null": lambda item: item.update(results=None),
     "passed-string": _passed_as_string,
     "sid-missing": lambda item: item.pop("sid", None),
-    "wrong-profile": lambda item: item.update(customer_profile_sid=_sid("BU")),
+    "wrong-record": _another_record,
     "wrong-policy": lambda item: item.update(policy_sid=_sid("RN")),
     "nul-bytes": _nul_bytes,
     "oversized-sid": lambda item: item.update(sid=str(item.get("sid", "EL")) + "0" * 4000),
@@ -142,10 +155,10 @@ def break_body(body: bytes, variant: str, rng: random.Random) -> bytes:
     breaker = _ITEM_BREAKERS[variant]
     if isinstance(data, dict) and isinstance(data.get("meta"), dict):
         # A list page: break the envelope for the type faults, every item for the others. An
-        # item of another policy is a valid answer (the profile may have been evaluated against
-        # it), so no client could tell; an item of another profile than the URL's it can.
+        # item of another policy is a valid answer (the record may have been evaluated against
+        # it), so no client could tell; an item of another record than the URL's it can.
         if variant == "wrong-policy":
-            breaker = _ITEM_BREAKERS["wrong-profile"]
+            breaker = _ITEM_BREAKERS["wrong-record"]
         if variant in ("results-string", "results-null"):
             breaker(data)
         else:
@@ -421,7 +434,7 @@ class FaultProxy:
         entry["created"] = data["sid"]
         created = Created(
             sid=data["sid"],
-            customer_profile_sid=data["customer_profile_sid"],
+            record_sid=record_sid(data),
             policy_sid=data["policy_sid"],
             status=data["status"],
             date_created=data["date_created"],

@@ -7,9 +7,10 @@ Celery workers run as separate processes (``celery -A project worker``) on a pri
 a private PostgreSQL cluster, both started here on free ports of 127.0.0.1 and removed at the
 end (the shared servers on 5432/6379 are never touched). TrustHub is the sandbox behind
 bench/faultproxy.py, which breaks a share of every kind of request. Each scenario requests one
-evaluation per profile, disturbs the system, waits until every row is final (or until nothing
-has moved for --idle seconds, or the deadline), then compares the database with the sandbox's
-own record of every evaluation it created. docs/RELIABILITY.md explains the columns.
+evaluation per record (Customer Profiles, every third a Trust Product), disturbs the system,
+waits until every row is final (or until nothing has moved for --idle seconds, or the
+deadline), then compares the database with the sandbox's own record of every evaluation it
+created. docs/RELIABILITY.md explains the columns.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.dbstall import StallProxy  # noqa: E402
-from bench.faultproxy import BROKEN_BODIES, KINDS, ODD_ANSWERS, FaultProxy  # noqa: E402
+from bench.faultproxy import BROKEN_BODIES, KINDS, ODD_ANSWERS, FaultProxy, record_sid  # noqa: E402
 
 SCENARIOS = {
     "faults": "faults only",
@@ -411,28 +412,46 @@ class Workers:
 # --- the sandbox's world -----------------------------------------------------------------------
 
 
-def write_world(path: Path, profiles: int, seed: int) -> dict[str, Any]:
-    """A world of ``profiles`` copies of the packaged profiles (a third compliant)."""
+#: Every TRUST_PRODUCT_EVERY-th record of the bench's world is a Trust Product, built on the
+#: profile made just before it; the others are Customer Profiles.
+TRUST_PRODUCT_EVERY = 3
+
+
+def write_world(path: Path, records: int, seed: int) -> dict[str, Any]:
+    """A world of ``records`` records: copies of the packaged Customer Profiles and, every
+    TRUST_PRODUCT_EVERY-th, of its Trust Products (a third of each incomplete). ``world["order"]``
+    lists them as (kind, SID) in the order the scenarios request them (the sandbox ignores it)."""
     from trusthub_eval.sandbox.world import DEFAULT_WORLD_PATH
 
     base = json.loads(DEFAULT_WORLD_PATH.read_text())
     rng = random.Random(seed)
-    made = []
-    for index in range(profiles):
-        profile = copy.deepcopy(base["customer_profiles"][index % len(base["customer_profiles"])])
+    profiles: list[dict[str, Any]] = []
+    products: list[dict[str, Any]] = []
+    order: list[tuple[str, str]] = []
+    for index in range(records):
         digest = hashlib.sha256(f"bench-faults-{seed}-{index}".encode()).hexdigest()
-        profile["sid"] = "BU" + digest[:32]
-        profile["friendly_name"] = f"Fault bench {index:05d}"
-        end_users = profile.get("end_users") or []
+        if index % TRUST_PRODUCT_EVERY == TRUST_PRODUCT_EVERY - 1:
+            kind, made = "trust-product", base["trust_products"]
+        else:
+            kind, made = "customer-profile", base["customer_profiles"]
+        record = copy.deepcopy(made[index % len(made)])
+        record["sid"] = "BU" + digest[:32]
+        record["friendly_name"] = f"Fault bench {index:05d}"
+        if kind == "trust-product":
+            for assigned in record.get("supporting_customer_profiles") or []:
+                assigned["sid"] = profiles[-1]["sid"]
+        end_users = record.get("end_users") or []
         if end_users and rng.random() < 0.3:
             attributes = rng.choice(end_users).get("attributes") or {}
             if attributes:
                 attributes.pop(rng.choice(sorted(attributes)))
-        made.append(profile)
+        (products if kind == "trust-product" else profiles).append(record)
+        order.append((kind, record["sid"]))
     world = {key: base[key] for key in ("account_sid", "auth_token", "policies")}
-    world["customer_profiles"] = made
+    world["customer_profiles"] = profiles
+    world["trust_products"] = products
     path.write_text(json.dumps(world))
-    return world
+    return {**world, "order": order}
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -467,7 +486,7 @@ class Result:
     longest_running: float = 0.0
     running_limit: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
-    # For results.json: each unrecorded evaluation with its profile's rows, to trace the cause.
+    # For results.json: each unrecorded evaluation with its record's rows, to trace the cause.
     unrecorded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
@@ -505,7 +524,7 @@ class Bench:
         log.info("private Redis on 127.0.0.1:%s", self.redis.port)
 
         world_path = scratch / "world.json"
-        # One profile per evaluation of the biggest scenario; a scenario uses the first ones.
+        # One record per evaluation of the biggest scenario; a scenario uses the first ones.
         size = max(self.requested(name) for name in args.scenarios)
         self.world = write_world(world_path, size, args.seed)
         from trusthub_eval.sandbox import SandboxServer
@@ -563,21 +582,23 @@ class Bench:
             logging.getLogger(name).propagate = False
         from django.core.management import call_command
 
-        from trusthub_eval.models import CustomerProfile, Policy
+        from trusthub_eval.models import CustomerProfile, Policy, TrustProduct
 
         call_command("migrate", verbosity=0)
         policies = {
             raw["sid"]: Policy.objects.create(sid=raw["sid"], friendly_name=raw["friendly_name"])
             for raw in self.world["policies"]
         }
-        CustomerProfile.objects.bulk_create(
-            CustomerProfile(
-                sid=raw["sid"],
-                friendly_name=raw["friendly_name"],
-                policy=policies[raw["policy_sid"]],
+        records = {CustomerProfile: "customer_profiles", TrustProduct: "trust_products"}
+        for model, key in records.items():
+            model.objects.bulk_create(
+                model(
+                    sid=raw["sid"],
+                    friendly_name=raw["friendly_name"],
+                    policy=policies[raw["policy_sid"]],
+                )
+                for raw in self.world[key]
             )
-            for raw in self.world["customer_profiles"]
-        )
 
     # --- a scenario ----------------------------------------------------------------------------
 
@@ -592,7 +613,7 @@ class Bench:
         from django.conf import settings
         from django.db import connection
 
-        from trusthub_eval.models import CustomerProfile, Evaluation
+        from trusthub_eval.models import Evaluation
 
         log.info("== %s: %s", name, SCENARIOS[name])
         result = Result(scenario=name, requested=self.requested(name))
@@ -634,18 +655,20 @@ class Bench:
         workers = Workers(self.args, env, log_dir, env_of)
         try:
             workers.start()
-            profiles = list(
-                CustomerProfile.objects.select_related("policy").order_by("pk")[: result.requested]
+            records = self.records(result.requested)
+            kinds = collections.Counter(record.kind.label for record in records)
+            result.notes.append(
+                "requested: " + ", ".join(f"{n:,} of {kind}s" for kind, n in sorted(kinds.items()))
             )
             if name == "broker-down":
                 self.redis.stop()
                 result.disruption = "Redis stopped before the requests"
             t0 = time.monotonic()
-            created, errors = self._request(profiles)
+            created, errors = self._request(records)
             last_request = time.monotonic()
             result.request_seconds = last_request - t0
-            if len(created) != len(profiles):
-                result.notes.append(f"{len(profiles) - len(created)} requests made no new row")
+            if len(created) != len(records):
+                result.notes.append(f"{len(records) - len(created)} requests made no new row")
             result.notes += [f"request_evaluation raised {n}x {what}" for what, n in errors.items()]
             if name == "broker-down":
                 self.redis.start()
@@ -666,8 +689,23 @@ class Bench:
         )  # fmt: skip
         return result
 
-    def _request(self, profiles: list[Any]) -> tuple[list[int], collections.Counter[str]]:
-        """request_evaluation() for each profile, from threads like several web processes.
+    def records(self, count: int) -> list[Any]:
+        """The first ``count`` records of the world, profiles and Trust Products mixed."""
+        from trusthub_eval.kinds import RecordKind
+        from trusthub_eval.models import RECORD_MODELS
+
+        wanted = self.world["order"][:count]
+        found = {
+            record.sid: record
+            for kind in RecordKind
+            for record in RECORD_MODELS[kind]
+            .objects.select_related("policy")
+            .filter(sid__in=[sid for k, sid in wanted if k == kind])
+        }
+        return [found[sid] for _kind, sid in wanted]
+
+    def _request(self, records: list[Any]) -> tuple[list[int], collections.Counter[str]]:
+        """request_evaluation() for each record, from threads like several web processes.
 
         Returns the new rows' ids and the errors raised, by type and message (a version may
         refuse requests while the broker is down: that is counted, not fatal).
@@ -682,9 +720,9 @@ class Bench:
 
         def work(chunk: list[Any]) -> None:
             try:
-                for profile in chunk:
+                for record in chunk:
                     try:
-                        evaluation, is_new = request_evaluation(profile, trigger=TRIGGER)
+                        evaluation, is_new = request_evaluation(record, trigger=TRIGGER)
                     except Exception as error:  # noqa: BLE001 (counted and reported)
                         with lock:
                             errors[f"{type(error).__name__}: {str(error)[:80]}"] += 1
@@ -696,7 +734,7 @@ class Bench:
                 connection.close()
 
         threads = [
-            threading.Thread(target=work, args=(profiles[i::REQUEST_THREADS],))
+            threading.Thread(target=work, args=(records[i::REQUEST_THREADS],))
             for i in range(REQUEST_THREADS)
         ]
         for thread in threads:
@@ -849,19 +887,19 @@ class Bench:
 
     # --- comparing with TrustHub's record ------------------------------------------------------
 
-    def _sandbox_evaluations(self, profiles: int) -> list[dict[str, Any]]:
-        """Every evaluation the sandbox holds for the first ``profiles`` profiles (those the
+    def _sandbox_evaluations(self, records: int) -> list[dict[str, Any]]:
+        """Every evaluation the sandbox holds for the first ``records`` records (those the
         scenario requested), read from its own list API (no proxy)."""
         import requests
+
+        from trusthub_eval.kinds import RecordKind
 
         items: list[dict[str, Any]] = []
         with requests.Session() as session:
             session.auth = (self.sandbox.account_sid, self.sandbox.auth_token)
-            for profile in self.world["customer_profiles"][:profiles]:
-                url: str | None = (
-                    f"{self.sandbox.url}/v1/CustomerProfiles/{profile['sid']}/Evaluations"
-                    "?PageSize=1000"
-                )
+            for kind, sid in self.world["order"][:records]:
+                path = RecordKind(kind).path
+                url: str | None = f"{self.sandbox.url}/v1/{path}/{sid}/Evaluations?PageSize=1000"
                 while url:
                     page = session.get(url, timeout=30)
                     page.raise_for_status()
@@ -882,13 +920,17 @@ class Bench:
         rows = list(
             Evaluation.objects.values(
                 "id", "sid", "state", "status", "attempts", "requested_at", "completed_at",
-                "posted_at", "error_code", "error_message", "customer_profile__sid", "policy__sid",
+                "posted_at", "error_code", "error_message", "customer_profile__sid",
+                "trust_product__sid", "policy__sid",
             )
         )  # fmt: skip
+        for row in rows:
+            product, profile = row.pop("trust_product__sid"), row.pop("customer_profile__sid")
+            row["record_sid"] = product or profile
         held = collections.Counter(row["sid"] for row in rows if row["sid"])
         by_pair: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
         for item in upstream.values():
-            by_pair[item["customer_profile_sid"], item["policy_sid"]].append(item)
+            by_pair[record_sid(item), item["policy_sid"]].append(item)
         completed_ids = [row["id"] for row in rows if row["state"] == "completed"]
         passed = self._stored_passed_flags(completed_ids)
 
@@ -900,7 +942,7 @@ class Bench:
         result.created_upstream = len(upstream)
         result.created_unrecorded = sum(1 for sid in upstream if sid not in held)
         for row in rows:
-            pair = (row["customer_profile__sid"], row["policy__sid"])
+            pair = (row["record_sid"], row["policy__sid"])
             if row["state"] == "failed":
                 since = row["requested_at"].replace(microsecond=0)
                 if any(
@@ -912,7 +954,7 @@ class Bench:
                 item = upstream.get(row["sid"] or "")
                 wrong = (
                     item is None
-                    or (item["customer_profile_sid"], item["policy_sid"]) != pair
+                    or (record_sid(item), item["policy_sid"]) != pair
                     or item["status"] != row["status"]
                     or (
                         passed is not None
@@ -938,13 +980,13 @@ class Bench:
         shown_for = {created.sid: created.fault for created in self.proxy.created}
         rows_of: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         for row in rows:
-            rows_of[row["customer_profile__sid"]].append(row)
+            rows_of[row["record_sid"]].append(row)
         result.unrecorded = [
             {
                 "sid": item["sid"],
                 "date_created": item["date_created"],
                 "shown": shown_for.get(item["sid"]),
-                "rows": rows_of[item["customer_profile_sid"]],
+                "rows": rows_of[record_sid(item)],
             }
             for item in upstream.values()
             if item["sid"] not in held

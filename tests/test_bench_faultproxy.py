@@ -157,7 +157,7 @@ _BROKEN: dict[str, Callable[[dict[str, Any], str], bool]] = {
     "results-null": lambda body, sid: body["results"] is None,
     "passed-string": lambda body, sid: {r["passed"] for r in body["results"]} <= {"true", "false"},
     "sid-missing": lambda body, sid: "sid" not in body,
-    "wrong-profile": lambda body, sid: body["customer_profile_sid"] != ACME,
+    "wrong-record": lambda body, sid: body["customer_profile_sid"] != ACME,
     "wrong-policy": lambda body, sid: body["policy_sid"] != PRIMARY,
     "nul-bytes": lambda body, sid: "\x00" in body["url"],
     "oversized-sid": lambda body, sid: len(body["sid"]) > 1000 and body["sid"].startswith(sid),
