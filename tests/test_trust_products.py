@@ -40,9 +40,7 @@ def synced() -> dict[str, TrustProduct]:
 def upstream(sid: str) -> set[str]:
     """The SIDs of the evaluations TrustHub holds for the Trust Product ``sid``."""
     with TrustHubClient.from_settings() as client:
-        return {
-            item["sid"] for item in client.list_evaluations(sid, kind=RecordKind.TRUST_PRODUCT)
-        }
+        return {item["sid"] for item in client.list_evaluations(sid, kind=RecordKind.TRUST_PRODUCT)}
 
 
 def posts(sandbox, sid: str) -> int:
@@ -231,9 +229,7 @@ def test_an_answer_about_another_record_is_ambiguous_and_reconciled(sandbox, wro
     before = upstream(ACME_A2P)
     body = json.loads(FIXTURES.joinpath("trust_product_evaluation_create.json").read_text())
     body.update(wrong)
-    sandbox.add_fault(
-        method="POST", path=EVALUATIONS, after_processing=True, body=json.dumps(body)
-    )
+    sandbox.add_fault(method="POST", path=EVALUATIONS, after_processing=True, body=json.dumps(body))
     evaluation, _ = services.request_evaluation(product, trigger="cli")
     evaluation = run_until_done(evaluation)
     assert evaluation.state == "completed"
@@ -322,3 +318,29 @@ def test_trusthub_evaluate_with_the_wrong_kind_finds_nothing(sandbox):
             "trusthub_evaluate", ACME_A2P, "--kind", "customer-profile", stdout=io.StringIO()
         )
     assert not Evaluation.objects.exists()
+
+
+def test_the_readme_trust_products_of_the_packaged_world_answer_as_it_says(settings):
+    from trusthub_eval.sandbox import SandboxServer
+    from trusthub_eval.sandbox.world import DEFAULT_WORLD_PATH
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    stark_cnam = "BU921e8947358a111f4a6d549fbc0857da"
+    acme_a2p = "BU47bfc6edd22d60317415ef1df58502c1"
+    assert f"trusthub_evaluate {stark_cnam}" in readme and acme_a2p in readme
+    with SandboxServer(DEFAULT_WORLD_PATH, port=0) as server:
+        settings.TRUSTHUB_EVAL = {
+            **settings.TRUSTHUB_EVAL,
+            "BASE_URL": server.url,
+            "ACCOUNT_SID": server.account_sid,
+            "AUTH_TOKEN": server.auth_token,
+        }
+        out = io.StringIO()
+        call_command("trusthub_sync", stdout=out)
+        assert "Trust Products: 3" in out.getvalue()
+        verdicts = {}
+        for sid in (stark_cnam, acme_a2p):
+            call_command("trusthub_evaluate", sid, stdout=io.StringIO())
+            evaluation = run_until_done(Evaluation.objects.get(trust_product__sid=sid))
+            verdicts[sid] = evaluation.status
+    assert verdicts == {stark_cnam: "noncompliant", acme_a2p: "compliant"}
