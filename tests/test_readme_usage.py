@@ -14,7 +14,7 @@ from celery import current_app
 from tests.factories import UMBRELLA, sync_world
 from tests.services import ROOT
 from trusthub_eval import queue, services
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, TrustProduct
 from trusthub_eval.queue import RetryLater
 
 README = (ROOT / "README.md").read_text()
@@ -44,11 +44,28 @@ def test_the_readme_beat_schedule_names_tasks_that_run(sandbox, django_capture_o
             result = current_app.tasks[name].apply(kwargs=entry.get("kwargs", {})).get()
         if name == "trusthub_eval.sync":
             assert result["customer_profiles"] == CustomerProfile.objects.count() > 0
+            assert result["trust_products"] == TrustProduct.objects.count() > 0
             assert result["policies"] == Policy.objects.count() > 0
             assert result["skipped"] == 0
         else:
-            assert result["queued"] == CustomerProfile.objects.count()
-    assert Evaluation.objects.filter(state="completed").count() == CustomerProfile.objects.count()
+            records = CustomerProfile.objects.count() + TrustProduct.objects.count()
+            assert result["queued"] == records
+    completed = Evaluation.objects.filter(state="completed")
+    assert completed.filter(customer_profile__isnull=False).count() == (
+        CustomerProfile.objects.count()
+    )
+    assert completed.filter(trust_product__isnull=False).count() == TrustProduct.objects.count()
+
+
+@pytest.mark.django_db
+def test_evaluate_all_of_one_kind_queues_that_kind_only(sandbox):
+    from trusthub_eval.tasks import evaluate_all_task
+
+    sync_task_result = current_app.tasks["trusthub_eval.sync"].apply().get()
+    assert sync_task_result["trust_products"] > 0
+    result = evaluate_all_task.apply(kwargs={"kind": "trust-product"}).get()
+    assert result["queued"] == TrustProduct.objects.count()
+    assert not Evaluation.objects.filter(customer_profile__isnull=False).exists()
 
 
 def test_the_sync_task_imports_evaluations_when_asked(sandbox, db):

@@ -11,7 +11,8 @@ from django.db import DatabaseError
 
 from trusthub_eval import dispatch, queue, services, sync
 from trusthub_eval.exceptions import RetryLater
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import RECORD_MODELS, Evaluation
 from trusthub_eval.worker import task_connections
 
 logger = logging.getLogger(__name__)
@@ -95,19 +96,24 @@ def resume_queued_task(self: Any, older_than: float | None = None) -> int:
 
 
 @shared_task(name="trusthub_eval.evaluate_all", ignore_result=True)
-def evaluate_all_task() -> dict[str, int]:
-    """Schedule this to re-evaluate every profile against its own policy."""
-    result = services.request_evaluations(
-        CustomerProfile.objects.all(), trigger=Evaluation.Trigger.SCHEDULE
-    )
-    return {"queued": result.queued, "in_flight": result.in_flight}
+def evaluate_all_task(kind: str | None = None) -> dict[str, int]:
+    """Schedule this to re-evaluate every Customer Profile and Trust Product against its own
+    policy; ``kind`` ("customer-profile" or "trust-product") limits it to one kind."""
+    kinds = [RecordKind(kind)] if kind is not None else list(RecordKind)
+    queued = in_flight = 0
+    for each in kinds:
+        result = services.request_evaluations(
+            RECORD_MODELS[each].objects.all(), trigger=Evaluation.Trigger.SCHEDULE
+        )
+        queued, in_flight = queued + result.queued, in_flight + result.in_flight
+    return {"queued": queued, "in_flight": in_flight}
 
 
 @shared_task(name="trusthub_eval.sync", ignore_result=True)
 def sync_task(evaluations: bool = False) -> dict[str, int]:
-    """Schedule this to import new policies and customer profiles (and, with ``evaluations``,
-    evaluations made elsewhere) as ``manage.py trusthub_sync`` does; unusable records are
-    skipped and logged."""
+    """Schedule this to import new policies, Customer Profiles and Trust Products (and, with
+    ``evaluations``, evaluations made elsewhere) as ``manage.py trusthub_sync`` does; unusable
+    records are skipped and logged."""
     synced = sync.sync_all(evaluations=evaluations)
     counts = {name: one.stored for name, one in synced.items()}
     counts["skipped"] = sum(len(one.skipped) for one in synced.values())
