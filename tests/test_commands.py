@@ -94,7 +94,8 @@ def test_bad_sid_from_a_real_shell_is_one_line_not_a_traceback(tmp_path):
         check=False,
     )
     assert result.returncode == 1
-    assert "CommandError: 'BU-nope' is not a valid Customer Profile or Trust Product SID" in result.stderr
+    expected = "CommandError: 'BU-nope' is not a valid Customer Profile or Trust Product SID"
+    assert expected in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -21,7 +21,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--evaluations",
             action="store_true",
-            help="Also import each profile's and Trust Product's evaluations made outside this app.",
+            help="Also import the evaluations of each profile and Trust Product made outside "
+            "this app.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
