@@ -221,13 +221,13 @@ def _complete_sql(
 ) -> str:
     """The statement of :func:`complete` for an evaluation of a record of ``kind``, setting
     the row's ``names`` and inserting requirement rows of ``result_names`` (None: none)."""
-    profile_model = RECORD_MODELS[kind]
+    record_model = RECORD_MODELS[kind]
     result_model = model._meta.get_field("requirement_results").related_model
     assert isinstance(result_model, type)
     connection = connections[using]
     c = _quoted(using)
     quote = connection.ops.quote_name
-    pk = c(profile_model, "pk")
+    pk = c(record_model, "pk")
     sets = ", ".join(f"{c(model, name)} = %s" for name in names)
     result_fields = [_field(result_model, name) for name in result_names or ()]
     columns = ", ".join(quote(str(f.column)) for f in result_fields)
@@ -244,24 +244,24 @@ def _complete_sql(
         if result_names is not None
         else ""
     )
-    checked = c(profile_model, "compliance_checked_at")
+    checked = c(record_model, "compliance_checked_at")
     return f"""
         WITH done AS (
             UPDATE {_table(using, model)}
             SET {sets}, {c(model, "completed_at")} = {NOW}
             WHERE {c(model, "id")} = %s AND {c(model, "state")} = %s
                 AND {c(model, "started_at")} = %s
-            RETURNING {c(model, "id")} AS id, {c(model, kind.field)} AS profile_id,
+            RETURNING {c(model, "id")} AS id, {c(model, kind.field)} AS record_id,
                 {c(model, "completed_at")} AS completed_at
         ), {insert} locked AS (
-            SELECT p.{pk} AS id, p.{c(profile_model, "compliance_status")} AS previous
-            FROM {_table(using, profile_model)} AS p JOIN done ON p.{pk} = done.profile_id
+            SELECT p.{pk} AS id, p.{c(record_model, "compliance_status")} AS previous
+            FROM {_table(using, record_model)} AS p JOIN done ON p.{pk} = done.record_id
             FOR UPDATE OF p
         ), applied AS (
-            UPDATE {_table(using, profile_model)} AS p
-            SET {c(profile_model, "compliance_status")} = %s, {checked} = done.completed_at,
-                {c(profile_model, "failing_requirements")} = %s
-            FROM locked JOIN done ON done.profile_id = locked.id
+            UPDATE {_table(using, record_model)} AS p
+            SET {c(record_model, "compliance_status")} = %s, {checked} = done.completed_at,
+                {c(record_model, "failing_requirements")} = %s
+            FROM locked JOIN done ON done.record_id = locked.id
             WHERE p.{pk} = locked.id
                 AND (p.{checked} IS NULL OR p.{checked} <= done.completed_at)
             RETURNING p.{pk}
@@ -314,16 +314,16 @@ def _queue_sql(using: str, kind: RecordKind) -> str:
                 {c(e, "trigger")}, {c(e, "requested_by")}, {c(e, "requested_at")},
                 {c(e, "attempts")}, {c(e, "error_message")}, {c(e, "next_attempt_at")}
             )
-            SELECT pair.profile_id, pair.policy_id, %s, %s, %s, %s, 0, '', {NOW}
-            FROM unnest(%s::bigint[], %s::bigint[]) AS pair(profile_id, policy_id)
-            ORDER BY pair.profile_id
+            SELECT pair.record_id, pair.policy_id, %s, %s, %s, %s, 0, '', {NOW}
+            FROM unnest(%s::bigint[], %s::bigint[]) AS pair(record_id, policy_id)
+            ORDER BY pair.record_id
             ON CONFLICT ({c(e, kind.field)}, {c(e, "policy")}, {c(e, "in_flight")})
             DO NOTHING
-            RETURNING {c(e, "id")} AS id, {c(e, kind.field)} AS profile_id
+            RETURNING {c(e, "id")} AS id, {c(e, kind.field)} AS record_id
         ), latest AS (
-            UPDATE {_table(using, p)} AS profile
+            UPDATE {_table(using, p)} AS record
             SET {c(p, "latest_evaluation")} = new.id
-            FROM new WHERE profile.{c(p, "pk")} = new.profile_id
+            FROM new WHERE record.{c(p, "pk")} = new.record_id
         )
         SELECT id FROM new ORDER BY id
     """  # noqa: S608 (identifiers come from the models' metadata, values are parameters)
