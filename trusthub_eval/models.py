@@ -18,7 +18,6 @@ from trusthub_eval.managers import (
 )
 from trusthub_eval.sids import (
     validate_account_sid,
-    validate_customer_profile_sid,
     validate_evaluation_sid,
     validate_policy_sid,
 )
@@ -134,7 +133,7 @@ class Record(models.Model):
     @property
     def errors(self) -> list[Any]:
         """TrustHub's errors of a rejection, as its last answer gave them (``raw``'s)."""
-        errors = (self.raw or {}).get("errors") if isinstance(self.raw, dict) else None
+        errors = self.raw.get("errors") if isinstance(self.raw, dict) else None
         return errors if isinstance(errors, list) else []
 
 
@@ -144,7 +143,9 @@ class CustomerProfile(Record):
     kind = RecordKind.CUSTOMER_PROFILE
 
     sid = models.CharField(
-        _("customer profile SID"), max_length=SID_LENGTH, validators=[validate_customer_profile_sid]
+        _("customer profile SID"),
+        max_length=SID_LENGTH,
+        validators=[RecordKind.CUSTOMER_PROFILE.sid_validator],
     )
     policy = models.ForeignKey(
         Policy,
