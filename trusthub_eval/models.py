@@ -66,11 +66,29 @@ def _record_indexes(prefix: str) -> list[models.Index]:
     ]
 
 
+def _sid_field(kind: RecordKind, verbose_name: Any) -> models.CharField[str, str]:
+    """A record's ``sid``: each kind's own name and message."""
+    return models.CharField(verbose_name, max_length=SID_LENGTH, validators=[kind.sid_validator])
+
+
+def _policy_field(*, related_name: str) -> models.ForeignKey[Policy | None, Policy | None]:
+    """A record's ``policy``: each kind's own reverse name (``policy.customer_profiles``)."""
+    return models.ForeignKey(
+        Policy,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name=related_name,
+        verbose_name=_("policy"),
+    )
+
+
 class Record(models.Model):
     """What TrustHub evaluates, mirrored from TrustHub: a Customer Profile or a Trust Product.
 
     Both are TrustHub bundles with the same fields; each concrete model adds its ``sid`` and
-    ``policy`` (their names and reverse names differ) and says its ``kind``.
+    ``policy`` (from :func:`_sid_field` and :func:`_policy_field`: their names and reverse names
+    differ) and says its ``kind``.
     """
 
     class Status(models.TextChoices):
@@ -142,19 +160,8 @@ class CustomerProfile(Record):
 
     kind = RecordKind.CUSTOMER_PROFILE
 
-    sid = models.CharField(
-        _("customer profile SID"),
-        max_length=SID_LENGTH,
-        validators=[RecordKind.CUSTOMER_PROFILE.sid_validator],
-    )
-    policy = models.ForeignKey(
-        Policy,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="customer_profiles",
-        verbose_name=_("policy"),
-    )
+    sid = _sid_field(RecordKind.CUSTOMER_PROFILE, _("customer profile SID"))
+    policy = _policy_field(related_name="customer_profiles")
 
     objects: ClassVar[RecordQuerySet[CustomerProfile]] = RecordQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -176,19 +183,8 @@ class TrustProduct(Record):
 
     kind = RecordKind.TRUST_PRODUCT
 
-    sid = models.CharField(
-        _("trust product SID"),
-        max_length=SID_LENGTH,
-        validators=[RecordKind.TRUST_PRODUCT.sid_validator],
-    )
-    policy = models.ForeignKey(
-        Policy,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="trust_products",
-        verbose_name=_("policy"),
-    )
+    sid = _sid_field(RecordKind.TRUST_PRODUCT, _("trust product SID"))
+    policy = _policy_field(related_name="trust_products")
     customer_profile = models.ForeignKey(
         CustomerProfile,
         on_delete=models.SET_NULL,

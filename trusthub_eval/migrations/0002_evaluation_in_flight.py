@@ -33,13 +33,10 @@ transactional DDL:
   added this migration.
 """
 
-import contextlib
-
 from django.conf import settings
-from django.db import migrations, models, transaction
-from django.db.migrations.operations.base import Operation
+from django.db import migrations, models
 
-from trusthub_eval.migrations._online import OnlineTable
+from trusthub_eval.migrations._online import OnlineOperation, OnlineTable
 
 OLD_INDEX = 'trusthub_eval_one_active_per_profile_policy'
 CONSTRAINT = 'trusthub_eval_one_in_flight'
@@ -64,7 +61,6 @@ STATE_OPERATIONS = [
     ),
 ]
 # The same operations applied to the database, each from the state the one before it left.
-DJANGO_OPERATIONS = migrations.SeparateDatabaseAndState(database_operations=STATE_OPERATIONS)
 
 
 class OnlineInFlight(OnlineTable):
@@ -130,44 +126,12 @@ class OnlineInFlight(OnlineTable):
                     return
 
 
-class AddInFlight(Operation):
+class AddInFlight(OnlineOperation):
     """STATE_OPERATIONS for Django's model state; on the database, see the module docstring."""
 
-    reversible = True
-    reduces_to_sql = False
-
-    def state_forwards(self, app_label, state):
-        for operation in STATE_OPERATIONS:
-            operation.state_forwards(app_label, state)
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        model = to_state.apps.get_model(app_label, 'evaluation')
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
-            return
-        if schema_editor.connection.vendor == 'postgresql':
-            online = OnlineInFlight(schema_editor, model)
-            if online.chooses_online():
-                online.forwards()
-                return
-        with self.all_or_nothing(schema_editor):
-            DJANGO_OPERATIONS.database_forwards(app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        model = from_state.apps.get_model(app_label, 'evaluation')
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
-            return
-        if schema_editor.connection.vendor == 'postgresql':
-            OnlineInFlight(schema_editor, model).backwards()
-            return
-        with self.all_or_nothing(schema_editor):
-            DJANGO_OPERATIONS.database_backwards(app_label, schema_editor, from_state, to_state)
-
-    def all_or_nothing(self, schema_editor):
-        """One transaction around Django's operations where the database's DDL is transactional."""
-        connection = schema_editor.connection
-        if connection.features.can_rollback_ddl:
-            return transaction.atomic(using=connection.alias)
-        return contextlib.nullcontext()
+    model_name = 'evaluation'
+    state_operations = STATE_OPERATIONS
+    online = OnlineInFlight
 
     def describe(self):
         return 'Add field in_flight to evaluation, in place of the one-active constraint'

@@ -23,13 +23,10 @@ MySQL, MariaDB) the operations are Django's own, in one transaction where the da
 transactional.
 """
 
-import contextlib
-
 import django.db.models.deletion
-from django.db import migrations, models, transaction
-from django.db.migrations.operations.base import Operation
+from django.db import migrations, models
 
-from trusthub_eval.migrations._online import OnlineTable
+from trusthub_eval.migrations._online import OnlineOperation, OnlineTable
 
 ONE_RECORD = 'trusthub_eval_one_record'
 ONE_IN_FLIGHT = 'trusthub_eval_tp_one_in_flight'
@@ -61,7 +58,6 @@ STATE_OPERATIONS = [
         constraint=models.CheckConstraint(condition=models.Q(models.Q(('customer_profile__isnull', False), ('trust_product__isnull', True)), models.Q(('customer_profile__isnull', True), ('trust_product__isnull', False)), _connector='OR'), name='trusthub_eval_one_record'),
     ),
 ]
-DJANGO_OPERATIONS = migrations.SeparateDatabaseAndState(database_operations=STATE_OPERATIONS)
 
 
 class OnlineTrustProduct(OnlineTable):
@@ -111,45 +107,16 @@ class OnlineTrustProduct(OnlineTable):
         )
 
 
-class AddTrustProduct(Operation):
+class AddTrustProduct(OnlineOperation):
     """STATE_OPERATIONS for Django's model state; on the database, see the module docstring."""
 
-    reversible = True
-    reduces_to_sql = False
+    model_name = 'evaluation'
+    state_operations = STATE_OPERATIONS
+    online = OnlineTrustProduct
 
-    def state_forwards(self, app_label, state):
-        for operation in STATE_OPERATIONS:
-            operation.state_forwards(app_label, state)
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        model = to_state.apps.get_model(app_label, 'evaluation')
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
-            return
-        if schema_editor.connection.vendor == 'postgresql':
-            online = OnlineTrustProduct(schema_editor, model)
-            if online.chooses_online():
-                online.forwards()
-                return
-        with self.all_or_nothing(schema_editor):
-            DJANGO_OPERATIONS.database_forwards(app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        model = from_state.apps.get_model(app_label, 'evaluation')
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
-            return
-        if schema_editor.connection.vendor == 'postgresql':
-            OnlineTrustProduct(schema_editor, model).backwards()
-            return
-        with self.all_or_nothing(schema_editor):
-            model.objects.filter(customer_profile__isnull=True).delete()
-            DJANGO_OPERATIONS.database_backwards(app_label, schema_editor, from_state, to_state)
-
-    def all_or_nothing(self, schema_editor):
-        """One transaction around Django's operations where the database's DDL is transactional."""
-        connection = schema_editor.connection
-        if connection.features.can_rollback_ddl:
-            return transaction.atomic(using=connection.alias)
-        return contextlib.nullcontext()
+    def before_backwards(self, model):
+        # Trust Products' evaluations have no place in the table as it was.
+        model.objects.filter(customer_profile__isnull=True).delete()
 
     def describe(self):
         return 'Add field trust_product to evaluation, and its constraints and index'

@@ -1,15 +1,18 @@
 """Schema changes on a big PostgreSQL table that stop no reader or writer for long.
 
-The migrations' shared steps: catalog changes that wait at most a moment for their locks (and
+The migrations' shared steps (and :class:`OnlineOperation`, which takes them on PostgreSQL and
+Django's own operations elsewhere): catalog changes that wait at most a moment for their locks (and
 try again), indexes built CONCURRENTLY (a build an interrupted run left invalid is built
 again), constraints added NOT VALID and validated afterwards. Each step skips what an earlier,
 interrupted run already did, so ``migrate`` run again finishes the job. Not a migration itself:
 Django's loader skips modules whose name starts with an underscore.
 """
 
+import contextlib
 import time
 
-from django.db import transaction
+from django.db import migrations, transaction
+from django.db.migrations.operations.base import Operation
 from django.db.utils import OperationalError
 
 # How long a catalog change waits for its lock before it gives up and tries again: while it
@@ -129,3 +132,55 @@ class OnlineTable:
                         f'the long transactions on it have ended.'
                     ) from error
                 time.sleep(min(0.1 * (attempt + 1), 2.0))
+
+
+class OnlineOperation(Operation):
+    """Django's ``state_operations`` on one model, for the model state and for every database
+    but a PostgreSQL table with rows, where ``online`` (an :class:`OnlineTable`) makes the same
+    schema without long locks. Django's operations run in one transaction where the database's
+    DDL is transactional."""
+
+    reversible = True
+    reduces_to_sql = False
+    model_name: str
+    state_operations: list
+    online: type
+
+    def state_forwards(self, app_label, state):
+        for operation in self.state_operations:
+            operation.state_forwards(app_label, state)
+
+    def django_operations(self):
+        return migrations.SeparateDatabaseAndState(database_operations=self.state_operations)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if schema_editor.connection.vendor == 'postgresql':
+            online = self.online(schema_editor, model)
+            if online.chooses_online():
+                online.forwards()
+                return
+        with self.all_or_nothing(schema_editor):
+            self.django_operations().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if schema_editor.connection.vendor == 'postgresql':
+            self.online(schema_editor, model).backwards()
+            return
+        with self.all_or_nothing(schema_editor):
+            self.before_backwards(model)
+            self.django_operations().database_backwards(app_label, schema_editor, from_state, to_state)
+
+    def before_backwards(self, model):
+        """What must go before Django's operations are undone (rows the old schema cannot hold)."""
+
+    def all_or_nothing(self, schema_editor):
+        connection = schema_editor.connection
+        if connection.features.can_rollback_ddl:
+            return transaction.atomic(using=connection.alias)
+        return contextlib.nullcontext()
