@@ -12,10 +12,10 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from tests.factories import make_profile
+from tests.factories import make_profile, sid
 from trusthub_eval.api import rows, serializers, views
 from trusthub_eval.api.filters import EvaluationFilter
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.models import CustomerProfile, Evaluation, TrustProduct
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
@@ -218,3 +218,37 @@ def test_a_host_serializer_of_model_columns_is_written_from_rows_as_it_writes(
     assert {row["profile_name"] for row in page} == {"EUROPA LTD", "ACME INC"}
     assert None in {row["profile_policy"] for row in page}
     assert {row["requested_by"] for row in page} == {None, "reader"}
+
+
+def test_a_key_drf_leaves_out_past_a_null_relation_is_left_out_of_the_row_too(api, profiles):
+    # A Trust Product's evaluation has no customer_profile: DRF leaves out a field through it
+    # that allows no null (profile_name) and writes null for one that does (profile_policy).
+    # The plan does the same, rather than leaving the whole list to the serializer.
+    product = TrustProduct.objects.create(sid=sid("BU"), policy=profiles[0].policy)
+    Evaluation.objects.create(trust_product=product, policy=product.policy, state="completed")
+    plan = rows.plan_for(WiderEvaluationSerializer)
+    assert plan is not None
+    assert [step.key for step in plan.steps if step.needs] == ["profile_name"]
+    page = results(api.get("/host/wider/"))
+    evaluations = Evaluation.objects.order_by("-requested_at", "-id")
+    request = Request(APIRequestFactory().get("/host/wider/"))
+    expected = WiderEvaluationSerializer(evaluations, many=True, context={"request": request})
+    assert page == json.loads(JSONRenderer().render(expected.data))
+    assert [list(row) for row in page] == [
+        [name for name in WiderEvaluationSerializer.Meta.fields if name != "profile_name"],
+        *[WiderEvaluationSerializer.Meta.fields] * 4,
+    ]
+    assert page[0]["profile_policy"] is None
+
+
+def test_a_field_past_a_null_relation_with_a_default_is_left_to_the_serializer():
+    # DRF writes the default there, which the plan does not: no plan, the serializer writes.
+    class Defaulted(serializers.EvaluationSerializer):
+        profile_name = drf_serializers.CharField(
+            source="customer_profile.friendly_name", read_only=True, default="-"
+        )
+
+        class Meta(serializers.EvaluationSerializer.Meta):
+            fields = ["id", "profile_name"]
+
+    assert rows.plan_for(Defaulted) is None

@@ -27,6 +27,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models import QuerySet
 from rest_framework import ISO_8601, serializers
+from rest_framework.fields import empty
 from rest_framework.settings import api_settings
 
 from trusthub_eval.api.serializers import IdentityUrlField, OmitsFields, UsernameField, url_writer
@@ -69,6 +70,9 @@ class Step:
     column: int  # index among the plan's columns; for a nested object, its relation's
     make: MakeWrite | None = None  # None: the value as it is
     nested: WritePlan | None = None
+    # The columns of the nullable relations on the field's way: where one is null, DRF leaves
+    # the key out (a field that allows no null and has no default skips itself).
+    needs: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,18 @@ class WritePlan:
                 written[key] = value
             return written
 
-        return write
+        skips = [(step.key, step.needs) for step in self.steps if step.needs]
+        if not skips:
+            return write
+
+        def write_skipping(row: Sequence[Any]) -> dict[str, Any]:
+            written = write(row)
+            for key, needs in skips:
+                if key in written and any(row[column] is None for column in needs):
+                    del written[key]
+            return written
+
+        return write_skipping
 
     def write(self, rows: Sequence[Any], context: Mapping[str, Any]) -> list[dict[str, Any]]:
         write = self.writer(context)
@@ -217,18 +232,24 @@ def _step(
     if field.source == "*" or not field.source_attrs:
         return None
     nested = isinstance(field, serializers.ModelSerializer)
+    relations: list[str] = []
     found = _model_field(
-        model, field.source_attrs, field, relation=nested or isinstance(field, UsernameField)
+        model,
+        field.source_attrs,
+        field,
+        relation=nested or isinstance(field, UsernameField),
+        skipped_unless=relations,
     )
     if found is None:
         return None
     path = prefix + "__".join(_names(model, field.source_attrs))
+    needs = tuple(_column(columns, prefix + relation) for relation in relations)
     if isinstance(field, serializers.ModelSerializer):
         if not issubclass(found.related_model, field.Meta.model):
             return None
         column = _column(columns, path)
         plan = _plan(type(field), f"{path}__", columns, instance=field)
-        return None if plan is None else Step(name, column, nested=plan)
+        return None if plan is None else Step(name, column, nested=plan, needs=needs)
     if isinstance(field, UsernameField):
         # get_username() is the value of the user model's USERNAME_FIELD, unless the model
         # says otherwise.
@@ -239,8 +260,9 @@ def _step(
             or not _own(field, UsernameField, ("to_representation", "get_attribute"))
         ):
             return None
-        return Step(name, _column(columns, f"{path}__{user_model.USERNAME_FIELD}"))
-    return Step(name, _column(columns, path), _value_writer(field, found))
+        column = _column(columns, f"{path}__{user_model.USERNAME_FIELD}")
+        return Step(name, column, needs=needs)
+    return Step(name, _column(columns, path), _value_writer(field, found), needs=needs)
 
 
 def _model_field(
@@ -249,23 +271,33 @@ def _model_field(
     field: serializers.Field[Any, Any, Any, Any],
     *,
     relation: bool = False,
+    skipped_unless: list[str] | None = None,
 ) -> Any:
     """The model field ``attrs`` names from ``model``: a concrete column (or with
     ``relation``, a relation to one object); None for anything else (a property, a method,
-    a relation to many), or where a null relation on the way would make DRF leave the key out
-    rather than write null."""
+    a relation to many).
+
+    A null relation on the way makes DRF write null for a field that allows it, its default
+    for a field that has one, and leave the key out for a field that is not required:
+    ``skipped_unless`` gets the paths of the relations the key then needs (None for a field
+    with a default, or a required one).
+    """
     found: Any = None
+    path: list[str] = []
     for n, attr in enumerate(attrs):
         try:
             found = model._meta.pk if attr == "pk" else model._meta.get_field(attr)
         except FieldDoesNotExist:
             return None
+        path.append(found.name)
         last = n == len(attrs) - 1
         if found.is_relation:
             if not (found.many_to_one or found.one_to_one) or not found.concrete:
                 return None
             if not last and found.null and not field.allow_null:
-                return None
+                if field.default is not empty or field.required or skipped_unless is None:
+                    return None
+                skipped_unless.append("__".join(path))
             if last:
                 return found if relation else None
             model = found.related_model

@@ -283,7 +283,10 @@ def shows_evaluations(context: Mapping[str, Any]) -> bool:
 class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
     url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
     customer_profile = CustomerProfileSidField(
-        source="customer_profile.sid", read_only=True, help_text=_("Customer Profile SID (BU…).")
+        source="customer_profile.sid",
+        read_only=True,
+        allow_null=True,
+        help_text=_("Customer Profile SID (BU…); null for a Trust Product's evaluation."),
     )
     policy = PolicySidField(source="policy.sid", read_only=True, help_text=_("Policy SID (RN…)."))
     requested_by = UsernameField(
