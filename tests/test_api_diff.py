@@ -9,16 +9,17 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from tests.factories import STARTER_POLICY, client_for, make_profile, sid
-from trusthub_eval.models import Evaluation, Policy, RequirementResult
+from trusthub_eval.models import Evaluation, Policy, RequirementResult, TrustProduct
 
 pytestmark = pytest.mark.django_db
 
 
-def evaluation(profile, minutes_ago: int, state="completed", policy=None, **verdicts) -> Evaluation:
-    """An evaluation of ``profile`` with a result per requirement: name=passed."""
+def evaluation(record, minutes_ago: int, state="completed", policy=None, **verdicts) -> Evaluation:
+    """An evaluation of ``record`` (a profile or a Trust Product) with a result per requirement:
+    name=passed."""
     made = Evaluation.objects.create(
-        customer_profile=profile,
-        policy=policy or profile.policy,
+        **{record.kind.field: record},
+        policy=policy or record.policy,
         sid=sid("EL") if state == "completed" else None,
         state=state,
         status=("compliant" if all(verdicts.values()) else "noncompliant")
@@ -110,6 +111,22 @@ def test_what_changed_since_the_previous_completed_evaluation(api):
             "after": True,
         },
     ]
+
+
+def test_a_trust_products_evaluation_is_compared_with_its_own_previous_one(api):
+    profile = make_profile()
+    products = [
+        TrustProduct.objects.create(sid=sid("BU"), customer_profile=profile, policy=profile.policy)
+        for _ in range(2)
+    ]
+    own = evaluation(products[0], 30, address=True)
+    others = evaluation(products[1], 20, address=False)  # another product's, same policy
+    evaluation(profile, 15, address=False)  # the profile's it is built on
+    current = evaluation(products[0], 5, address=False)
+    body = diff_of(api, current)
+    assert body["previous"]["id"] == own.pk
+    assert [change["requirement_name"] for change in body["newly_failing"]] == ["address"]
+    assert diff_of(api, others)["previous"] is None
 
 
 def test_the_first_evaluation_has_nothing_to_compare(api):

@@ -78,10 +78,10 @@ def compare_results(previous: Iterable[_HasVerdict], current: Iterable[_HasVerdi
 
 
 def previous_evaluation(evaluation: Evaluation) -> Evaluation | None:
-    """The completed evaluation of the same profile and policy requested just before this one."""
+    """The completed evaluation of the same record and policy requested just before this one."""
     return (
         Evaluation.objects.filter(
-            customer_profile_id=evaluation.customer_profile_id,
+            **{f"{evaluation.kind.field}_id": evaluation.record_id},
             policy_id=evaluation.policy_id,
             state=Evaluation.State.COMPLETED,
         )

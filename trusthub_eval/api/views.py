@@ -388,7 +388,9 @@ class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]
             )
         if self.action == "diff":
             # What the comparison reads of the evaluation; its results are rows of their own.
-            return Evaluation.objects.only("customer_profile", "policy", "requested_at", "state")
+            return Evaluation.objects.only(
+                "customer_profile", "trust_product", "policy", "requested_at", "state"
+            )
         return super().get_queryset()
 
     def get_serializer_class(self) -> type[BaseSerializer[Evaluation]]:
