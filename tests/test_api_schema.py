@@ -168,6 +168,10 @@ def test_schema_describes_lists_as_cursor_pages_and_the_filters(openapi):
         "failing_requirement",
     } <= set(parameters)
     assert parameters["page_size"]["schema"]["maximum"] == 200
+    # The SID filters' schemas are given; their labels describe them all the same.
+    assert parameters["customer_profile"]["description"] == "Evaluations of this profile (BU…)."
+    assert parameters["customer_profile"]["schema"]["pattern"] == "^BU[0-9a-fA-F]{32}$"
+    assert parameters["policy"]["description"] == "Evaluations against this policy (RN…)."
     assert parameters["state"]["schema"]["enum"] == ["completed", "failed", "queued", "running"]
     detail = body_schema(openapi, "/api/evaluations/{id}/", "get", "200")
     result = resolve(openapi, detail["properties"]["results"]["items"])

@@ -27,18 +27,24 @@ def sid_schema(kind: SidKind) -> dict[str, Any]:
     }
 
 
-@extend_schema_field(sid_schema(SidKind.CUSTOMER_PROFILE))
+def _sid_filter_schema(kind: SidKind, filter_: django_filters.Filter) -> None:
+    """Describe ``filter_`` by a SID's schema and its label: drf-spectacular takes no label from
+    a filter whose schema is given."""
+    extend_schema_field({**sid_schema(kind), "description": filter_.label})(filter_)
+
+
 class CustomerProfileSidFilter(django_filters.CharFilter):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("field_name", "customer_profile__sid")
         super().__init__(validators=[sid_validator(SidKind.CUSTOMER_PROFILE)], **kwargs)
+        _sid_filter_schema(SidKind.CUSTOMER_PROFILE, self)
 
 
-@extend_schema_field(sid_schema(SidKind.POLICY))
 class PolicySidFilter(django_filters.CharFilter):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("field_name", "policy__sid")
         super().__init__(validators=[sid_validator(SidKind.POLICY)], **kwargs)
+        _sid_filter_schema(SidKind.POLICY, self)
 
 
 class UTCIsoDateTimeField(IsoDateTimeField):  # type: ignore[misc]
