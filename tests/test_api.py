@@ -28,7 +28,13 @@ from tests.factories import (
 )
 from trusthub_eval import queue, services
 from trusthub_eval.api import views
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.models import (
+    CustomerProfile,
+    Evaluation,
+    Policy,
+    RequirementResult,
+    TrustProduct,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -454,11 +460,11 @@ def test_bulk_against_a_named_policy(trigger_api):
 @pytest.mark.parametrize(
     ("body", "field", "message"),
     [
-        ({}, "non_field_errors", "Give either customer_profiles"),
+        ({}, "non_field_errors", "Give one of customer_profiles, trust_products"),
         (
             {"customer_profiles": ["BU" + "0" * 32], "filter": {"status": "draft"}},
             "non_field_errors",
-            "not both",
+            "Give one of",
         ),
         ({"customer_profiles": []}, "customer_profiles", "Ensure this field has at least 1"),
         ({"customer_profiles": "BU" + "0" * 32}, "customer_profiles", "Expected a list"),
@@ -466,6 +472,26 @@ def test_bulk_against_a_named_policy(trigger_api):
         ({"filter": {"status": "gone"}}, "filter", "not a valid choice"),
         ({"filter": {"policy": "RN1"}}, "filter", "Enter a valid Policy SID"),
         ({"filter": {"status": "draft"}, "policy": "RN1"}, "policy", "Policy SID"),
+        # Trust Products: a list of their own, or a filter of that kind.
+        (
+            {"customer_profiles": ["BU" + "0" * 32], "trust_products": ["BU" + "1" * 32]},
+            "non_field_errors",
+            "Give one of customer_profiles, trust_products",
+        ),
+        ({"trust_products": []}, "trust_products", "Ensure this field has at least 1"),
+        ({"trust_products": ["BUnope"]}, "trust_products", "Enter a valid Trust Product SID"),
+        ({"filter": {"kind": "trust-product"}}, "filter", "at least one of the filters"),
+        ({"filter": {"kind": "policy", "status": "draft"}}, "filter", "not a valid choice"),
+        (
+            {"filter": {"customer_profile": "BU" + "0" * 32}},
+            "filter",
+            'Only Trust Products are built on a profile: add \\"kind\\": \\"trust-product\\".',
+        ),
+        (
+            {"filter": {"kind": "trust-product", "customer_profile": "BU1"}},
+            "filter",
+            "Enter a valid Customer Profile SID",
+        ),
     ],
 )
 def test_bulk_input_errors_are_400_with_field_messages(trigger_api, body, field, message):
@@ -887,6 +913,12 @@ def test_a_payload_nested_deeper_than_python_decodes_breaks_no_answer(django_use
     evaluation = Evaluation.objects.create(
         customer_profile=profile, policy=profile.policy, state="completed"
     )
+    product = TrustProduct.objects.create(
+        sid=sid("BU"), customer_profile=profile, policy=profile.policy
+    )
+    product_evaluation = Evaluation.objects.create(
+        trust_product=product, policy=profile.policy, state="completed"
+    )
     # Written as JSON text, deeper than this Python's json.loads goes (3.13 goes past 2,000).
     depth = next(n for n in (1_500, 10_000, 100_000) if not decodes("[" * n + "]" * n))
     deep = "[" * depth + '"deep"' + "]" * depth
@@ -895,7 +927,9 @@ def test_a_payload_nested_deeper_than_python_decodes_breaks_no_answer(django_use
             for model, pk in (
                 (Evaluation, first.pk),
                 (Evaluation, evaluation.pk),
+                (Evaluation, product_evaluation.pk),
                 (CustomerProfile, profile.pk),
+                (TrustProduct, product.pk),
                 (Policy, profile.policy_id),
             ):
                 model.objects.filter(pk=pk).update(raw=Cast(Value(deep), JSONField()))
@@ -911,5 +945,10 @@ def test_a_payload_nested_deeper_than_python_decodes_breaks_no_answer(django_use
         "/api/customer-profiles/",
         f"/api/policies/{profile.policy.sid}/",
         "/api/policies/",
+        f"/api/evaluations/{product_evaluation.pk}/",
+        f"/api/evaluations/{product_evaluation.pk}/diff/",
+        f"/api/trust-products/{product.sid}/",
+        f"/api/trust-products/{product.sid}/evaluations/",
+        "/api/trust-products/",
     ):
         assert api.get(path).status_code == 200, path

@@ -21,7 +21,9 @@ from schemathesis.specs.openapi import checks
 
 import trusthub_eval
 from tests.factories import INITECH, STARK, sync_world
-from trusthub_eval import queue, services
+from tests.test_trust_products import UMBRELLA_A2P
+from trusthub_eval import queue, services, sync
+from trusthub_eval.models import TrustProduct
 
 pytestmark = pytest.mark.django_db
 
@@ -31,6 +33,10 @@ OPERATIONS = {
     ("GET", "/api/customer-profiles/{sid}/"),
     ("GET", "/api/customer-profiles/{sid}/evaluations/"),
     ("POST", "/api/customer-profiles/{sid}/evaluations/"),
+    ("GET", "/api/trust-products/"),
+    ("GET", "/api/trust-products/{sid}/"),
+    ("GET", "/api/trust-products/{sid}/evaluations/"),
+    ("POST", "/api/trust-products/{sid}/evaluations/"),
     ("GET", "/api/evaluations/"),
     ("GET", "/api/evaluations/{id}/"),
     ("GET", "/api/evaluations/{id}/diff/"),
@@ -133,12 +139,29 @@ def test_schema_describes_the_trigger_request_and_its_202(openapi):
 
 def test_schema_describes_the_bulk_request_and_its_202(openapi):
     request = body_schema(openapi, "/api/evaluations/bulk/", "post")
-    assert set(request["properties"]) == {"customer_profiles", "filter", "policy"}
+    assert set(request["properties"]) == {"customer_profiles", "trust_products", "filter", "policy"}
     assert request["additionalProperties"] is False
-    assert request["properties"]["customer_profiles"]["maxItems"] == 10_000
+    assert request["oneOf"] == [
+        {"required": ["customer_profiles"]},
+        {"required": ["trust_products"]},
+        {"required": ["filter"]},
+    ]
+    for name in ("customer_profiles", "trust_products"):
+        assert request["properties"][name]["maxItems"] == 10_000
+        assert request["properties"][name]["items"]["pattern"] == "^BU[0-9a-fA-F]{32}$"
     criteria = resolve(openapi, request["properties"]["filter"])
-    assert set(criteria["properties"]) == {"policy", "status", "compliance_status"}
+    assert set(criteria["properties"]) == {
+        "kind",
+        "policy",
+        "status",
+        "compliance_status",
+        "customer_profile",
+    }
     assert criteria["additionalProperties"] is False
+    # A criterion besides the kind; a profile's Trust Products for Trust Products only.
+    assert {"required": ["kind"]} not in criteria["anyOf"]
+    assert {"required": ["customer_profile"]} in criteria["anyOf"]
+    assert criteria["not"]["required"] == ["customer_profile"]
     result = body_schema(openapi, "/api/evaluations/bulk/", "post", "202")
     assert set(result["properties"]) == {
         "queued",
@@ -169,7 +192,9 @@ def test_schema_describes_lists_as_cursor_pages_and_the_filters(openapi):
     } <= set(parameters)
     assert parameters["page_size"]["schema"]["maximum"] == 200
     # The SID filters' schemas are given; their labels describe them all the same.
-    assert parameters["customer_profile"]["description"] == "Evaluations of this profile (BU…)."
+    assert parameters["customer_profile"]["description"] == (
+        "Evaluations of this Customer Profile (BU…)."
+    )
     assert parameters["customer_profile"]["schema"]["pattern"] == "^BU[0-9a-fA-F]{32}$"
     assert parameters["policy"]["description"] == "Evaluations against this policy (RN…)."
     assert parameters["state"]["schema"]["enum"] == ["completed", "failed", "queued", "running"]
@@ -238,8 +263,10 @@ def api_schema(sandbox, settings, django_user_model):
     rates.pop("trusthub_eval_trigger")
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
     profiles = sync_world()
-    for sid in (INITECH, STARK):
-        evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")
+    sync.sync_trust_products()
+    records = [profiles[INITECH], profiles[STARK], TrustProduct.objects.get(sid=UMBRELLA_A2P)]
+    for record in records:
+        evaluation, _ = services.request_evaluation(record, trigger="cli")
         queue.run_evaluation(evaluation.pk)
     admin = django_user_model.objects.create_superuser("fuzzer")
     settings.FUZZ_TOKEN = Token.objects.create(user=admin).key
@@ -284,7 +311,8 @@ def test_fuzzed_requests_get_no_server_error_and_conforming_responses(
         # in. Refusing callers without credentials is tested in test_api.py.
         excluded = [checks.ignored_auth]
         body = case.body if isinstance(case.body, dict) else {}
-        if "cursor" in (case.query or {}) or {"policy", "customer_profiles"} & set(body):
+        named = {"policy", "customer_profiles", "trust_products"} & set(body)
+        if "cursor" in (case.query or {}) or named:
             # Any string is a cursor to the schema, and any well-formed SID a record; but only
             # cursors this API issued and SIDs it knows are accepted, the others are a 400 with
             # a field message, which the positive-data check would count as a failure.

@@ -1,4 +1,4 @@
-"""Query-string filters for the profile and evaluation lists (django-filter)."""
+"""Query-string filters for the record and evaluation lists (django-filter)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema_field
 from rest_framework.request import Request
 
-from trusthub_eval.models import CustomerProfile, Evaluation, RequirementResult
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import (
+    CustomerProfile,
+    Evaluation,
+    Record,
+    RequirementResult,
+    TrustProduct,
+)
 from trusthub_eval.sids import SidKind, sid_validator
 
 
@@ -33,10 +40,13 @@ def _sid_filter_schema(kind: SidKind, filter_: django_filters.Filter) -> None:
     extend_schema_field({**sid_schema(kind), "description": filter_.label})(filter_)
 
 
-class CustomerProfileSidFilter(django_filters.CharFilter):  # type: ignore[misc]
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("field_name", "customer_profile__sid")
-        super().__init__(validators=[sid_validator(SidKind.CUSTOMER_PROFILE)], **kwargs)
+class RecordSidFilter(django_filters.CharFilter):  # type: ignore[misc]
+    """A SID of a record of ``kind`` (both kinds' are BU…), named by its kind in messages; by
+    default that of the evaluation's record of that kind."""
+
+    def __init__(self, kind: RecordKind, **kwargs: Any) -> None:
+        kwargs.setdefault("field_name", f"{kind.field}__sid")
+        super().__init__(validators=[kind.sid_validator], **kwargs)
         _sid_filter_schema(SidKind.CUSTOMER_PROFILE, self)
 
 
@@ -93,23 +103,64 @@ class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]
         return super().filter_queryset(request, queryset, view)
 
 
-class CustomerProfileFilter(django_filters.FilterSet):  # type: ignore[misc]
-    policy = PolicySidFilter(label=_("Profiles of this policy (RN…)."))
+class RecordFilter(django_filters.FilterSet):  # type: ignore[misc]
+    # The filters of both kinds' lists; each kind's FilterSet names its model. A comment, not
+    # a docstring, as on the serializers.
+    policy = PolicySidFilter(label=_("Those of this policy (RN…)."))
     status = django_filters.ChoiceFilter(
-        choices=CustomerProfile.Status.choices, label=_("TrustHub's status of the profile.")
+        choices=Record.Status.choices, label=_("TrustHub's status of the record.")
     )
     compliance_status = django_filters.ChoiceFilter(
         choices=Evaluation.Status.choices,
-        label=_("The verdict of the profile's most recent completed evaluation."),
+        label=_("The verdict of the record's most recent completed evaluation."),
     )
 
     class Meta:
-        model = CustomerProfile
         fields = ["policy", "status", "compliance_status"]
 
 
+class CustomerProfileFilter(RecordFilter):
+    class Meta(RecordFilter.Meta):
+        model = CustomerProfile
+
+
+class TrustProductFilter(RecordFilter):
+    customer_profile = RecordSidFilter(
+        RecordKind.CUSTOMER_PROFILE, label=_("Those built on this Customer Profile (BU…).")
+    )
+
+    class Meta(RecordFilter.Meta):
+        model = TrustProduct
+        fields = [*RecordFilter.Meta.fields, "customer_profile"]
+
+
+# Each kind's list's FilterSet (the bulk trigger's filters too).
+RECORD_FILTERS: dict[RecordKind, type[RecordFilter]] = {
+    RecordKind.CUSTOMER_PROFILE: CustomerProfileFilter,
+    RecordKind.TRUST_PRODUCT: TrustProductFilter,
+}
+
+
 class EvaluationFilter(django_filters.FilterSet):  # type: ignore[misc]
-    customer_profile = CustomerProfileSidFilter(label=_("Evaluations of this profile (BU…)."))
+    kind = django_filters.ChoiceFilter(
+        choices=RecordKind.choices,
+        method="filter_kind",
+        label=_("Evaluations of Customer Profiles, or of Trust Products."),
+    )
+    customer_profile = RecordSidFilter(
+        RecordKind.CUSTOMER_PROFILE, label=_("Evaluations of this Customer Profile (BU…).")
+    )
+    trust_product = RecordSidFilter(
+        RecordKind.TRUST_PRODUCT, label=_("Evaluations of this Trust Product (BU…).")
+    )
+    built_on = RecordSidFilter(
+        RecordKind.CUSTOMER_PROFILE,
+        field_name="trust_product__customer_profile__sid",
+        label=_(
+            "Evaluations of the Trust Products built on this Customer Profile (BU…), not of "
+            "the profile itself."
+        ),
+    )
     policy = PolicySidFilter(label=_("Evaluations against this policy (RN…)."))
     status = django_filters.ChoiceFilter(
         choices=Evaluation.Status.choices, label=_("TrustHub's verdict.")
@@ -140,7 +191,10 @@ class EvaluationFilter(django_filters.FilterSet):  # type: ignore[misc]
     class Meta:
         model = Evaluation
         fields = [
+            "kind",
             "customer_profile",
+            "trust_product",
+            "built_on",
             "policy",
             "status",
             "state",
@@ -149,6 +203,11 @@ class EvaluationFilter(django_filters.FilterSet):  # type: ignore[misc]
             "requested_before",
             "failing_requirement",
         ]
+
+    def filter_kind(
+        self, queryset: QuerySet[Evaluation], name: str, value: str
+    ) -> QuerySet[Evaluation]:
+        return queryset.filter(**{f"{RecordKind(value).field}__isnull": False})
 
     def filter_failing_requirement(
         self, queryset: QuerySet[Evaluation], name: str, value: str
@@ -162,4 +221,4 @@ class EvaluationFilter(django_filters.FilterSet):  # type: ignore[misc]
 
 
 # The FilterSets FilterBackend need not run on a query without filters (see there).
-APP_FILTERSETS = frozenset({CustomerProfileFilter, EvaluationFilter})
+APP_FILTERSETS = frozenset({*RECORD_FILTERS.values(), EvaluationFilter})

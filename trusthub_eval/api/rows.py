@@ -30,7 +30,13 @@ from rest_framework import ISO_8601, serializers
 from rest_framework.fields import empty
 from rest_framework.settings import api_settings
 
-from trusthub_eval.api.serializers import IdentityUrlField, OmitsFields, UsernameField, url_writer
+from trusthub_eval.api.serializers import (
+    IdentityUrlField,
+    OmitsFields,
+    RecordKindField,
+    UsernameField,
+    url_writer,
+)
 
 Write = Callable[[Any], Any]
 # How a column's value is written for one page: made from the page's request and format.
@@ -70,6 +76,7 @@ class Step:
     column: int  # index among the plan's columns; for a nested object, its relation's
     make: MakeWrite | None = None  # None: the value as it is
     nested: WritePlan | None = None
+    null: Any = None  # written where the column is null
     # The columns of the nullable relations on the field's way: where one is null, DRF leaves
     # the key out (a field that allows no null and has no default skips itself).
     needs: tuple[int, ...] = ()
@@ -112,14 +119,15 @@ class WritePlan:
         if issubclass(self.serializer_class, OmitsFields):
             omitted = self.serializer_class.omitted_fields(context)
         request, format = context.get("request"), context.get("format")
-        # (key, column, what writes its value, what writes a nested object from the row);
-        # a null value is null, and a value with neither is written as it is.
+        # (key, column, what writes its value, what writes a nested object from the row, what
+        # a null value is written as); a value with neither writer is written as it is.
         steps = [
             (
                 step.key,
                 step.column,
                 step.make(request, format) if step.make is not None else None,
                 step.nested.writer(context) if step.nested is not None else None,
+                step.null,
             )
             for step in self.steps
             if step.key not in omitted
@@ -127,13 +135,14 @@ class WritePlan:
 
         def write(row: Sequence[Any]) -> dict[str, Any]:
             written = {}
-            for key, column, of_value, of_row in steps:
+            for key, column, of_value, of_row, null in steps:
                 value = row[column]
-                if value is not None:
-                    if of_value is not None:
-                        value = of_value(value)
-                    elif of_row is not None:
-                        value = of_row(row)
+                if value is None:
+                    value = null
+                elif of_value is not None:
+                    value = of_value(value)
+                elif of_row is not None:
+                    value = of_row(row)
                 written[key] = value
             return written
 
@@ -229,6 +238,8 @@ def _step(
             return lambda value: None if value == "" else write(value)
 
         return Step(name, _column(columns, prefix + lookup.name), url)
+    if isinstance(field, RecordKindField):
+        return _kind_step(model, name, field, prefix, columns)
     if field.source == "*" or not field.source_attrs:
         return None
     nested = isinstance(field, serializers.ModelSerializer)
@@ -263,6 +274,29 @@ def _step(
         column = _column(columns, f"{path}__{user_model.USERNAME_FIELD}")
         return Step(name, column, needs=needs)
     return Step(name, _column(columns, path), _value_writer(field, found), needs=needs)
+
+
+def _kind_step(
+    model: type[models.Model],
+    name: str,
+    field: RecordKindField,
+    prefix: str,
+    columns: dict[str, int],
+) -> Step | None:
+    """The kind of record, from the column of the foreign key that tells it."""
+    if not _own(field, RecordKindField, ("get_attribute", "to_representation", "kind_of")):
+        return None
+    source = field.source or ""
+    try:
+        found: Any = model._meta.get_field(source)
+    except FieldDoesNotExist:
+        return None
+    if not (found.many_to_one and found.concrete and source == found.attname):
+        return None
+    kind_of = field.kind_of
+    return Step(
+        name, _column(columns, prefix + found.name), lambda r, f: kind_of, null=kind_of(None)
+    )
 
 
 def _model_field(

@@ -23,6 +23,7 @@ from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework.schemas.inspectors import DefaultSchema, ViewInspector
 from rest_framework.settings import api_settings
 
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.models import CustomerProfile, Evaluation
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +70,9 @@ def extend_schema(**kwargs: Any) -> Callable[[F], F]:
 # after the fields ("status" is two different sets here) and ask the host for
 # ENUM_NAME_OVERRIDES (drf_spectacular.W001 in `check --deploy`); a $ref is left alone by it.
 APP_ENUMS: dict[str, type[TextChoices]] = {
+    # Both kinds of record's (Record.Status), named as it was before Trust Products.
     "CustomerProfileStatusEnum": CustomerProfile.Status,
+    "RecordKindEnum": RecordKind,
     "EvaluationStatusEnum": Evaluation.Status,
     "EvaluationStateEnum": Evaluation.State,
     "EvaluationTriggerEnum": Evaluation.Trigger,
@@ -135,7 +138,7 @@ class AppChoiceFieldExtension(OpenApiSerializerFieldExtension):  # type: ignore[
 
 
 class VerdictFieldExtension(OpenApiSerializerFieldExtension):  # type: ignore[no-untyped-call]
-    """A profile's compliance: Evaluation.Status, or null when never evaluated."""
+    """A record's compliance: Evaluation.Status, or null when never evaluated."""
 
     target_class = "trusthub_eval.api.serializers.VerdictField"
 
@@ -143,10 +146,10 @@ class VerdictFieldExtension(OpenApiSerializerFieldExtension):  # type: ignore[no
         return _enum_schema(auto_schema, "EvaluationStatusEnum", blank=False, null=True)
 
 
-class CustomerProfileSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
-    """A profile's latest_evaluation may be left out (see api.serializers.shows_evaluations)."""
+class RecordSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """A record's latest_evaluation may be left out (see api.serializers.shows_evaluations)."""
 
-    target_class = "trusthub_eval.api.serializers.CustomerProfileSerializer"
+    target_class = "trusthub_eval.api.serializers.RecordSerializer"
     match_subclasses = True
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:

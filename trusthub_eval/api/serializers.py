@@ -17,21 +17,42 @@ from drf_spectacular.utils import Direction, extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import preserve_builtin_query_params, reverse
 
-from trusthub_eval.api.filters import CustomerProfileFilter, sid_schema
+from trusthub_eval.api.filters import RECORD_FILTERS, sid_schema
 from trusthub_eval.api.permissions import can_view
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import (
+    RECORD_MODELS,
+    CustomerProfile,
+    Evaluation,
+    Policy,
+    Record,
+    RequirementResult,
+    TrustProduct,
+)
 from trusthub_eval.sids import SidKind, sid_validator
 
 # URL names inside the API's namespace (trusthub_eval.api.urls sets app_name).
 NAMESPACE = "trusthub_eval_api"
-MAX_BULK_PROFILES = 10_000
+MAX_BULK_RECORDS = 10_000
 
 
 @extend_schema_field(sid_schema(SidKind.CUSTOMER_PROFILE))
-class CustomerProfileSidField(serializers.CharField):
-    def __init__(self, **kwargs: Any) -> None:
+class RecordSidField(serializers.CharField):
+    """The SID of a Customer Profile or a Trust Product (both BU…), named by its kind in
+    messages."""
+
+    def __init__(self, kind: RecordKind = RecordKind.CUSTOMER_PROFILE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.validators.append(sid_validator(SidKind.CUSTOMER_PROFILE))
+        self.validators.append(kind.sid_validator)
+
+
+# Its name from before Trust Products, kept for hosts that import it.
+CustomerProfileSidField = RecordSidField
+
+
+def related_sid(kind: RecordKind, source: str, help_text: Any) -> RecordSidField:
+    """The SID of the record of ``kind`` a relation that may be null leads to."""
+    return RecordSidField(kind, source=source, read_only=True, allow_null=True, help_text=help_text)
 
 
 @extend_schema_field(sid_schema(SidKind.POLICY))
@@ -42,13 +63,73 @@ class PolicySidField(serializers.CharField):
 
 
 class VerdictField(serializers.ReadOnlyField):
-    """A profile's compliance: the model stores "" for "never evaluated", the API says null.
+    """A record's compliance: the model stores "" for "never evaluated", the API says null.
 
     Described in the schema by trusthub_eval.api.schema.VerdictFieldExtension.
     """
 
     def to_representation(self, value: Any) -> Any:
         return value or None
+
+
+class RecordKindField(serializers.ChoiceField):
+    """What an evaluation is of: "customer-profile" or "trust-product".
+
+    Told by its ``trust_product`` column, set exactly for a Trust Product's evaluation (the
+    model's constraint), which the list's write plan (trusthub_eval.api.rows) reads as a
+    column of the row and writes by :meth:`kind_of` too.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("source", "trust_product_id")
+        super().__init__(RecordKind.choices, read_only=True, **kwargs)
+
+    def get_attribute(self, instance: Any) -> Any:
+        # Never null: DRF would write a null value as null without asking the field.
+        return self.kind_of(super().get_attribute(instance))
+
+    @staticmethod
+    def kind_of(trust_product_id: object) -> str:
+        """The kind of an evaluation whose ``trust_product`` column holds ``trust_product_id``."""
+        kind = RecordKind.CUSTOMER_PROFILE if trust_product_id is None else RecordKind.TRUST_PRODUCT
+        return kind.value
+
+
+# What a detail view's queryset names TrustHub's errors of a record as, selected by themselves
+# (the "errors" key of the record's payload).
+ERRORS_ANNOTATION = "trusthub_errors"
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "description": "TrustHub's errors of a rejection, as its last answer gave them; "
+        "empty if none.",
+        "items": {
+            "type": "object",
+            "properties": {"code": {"type": "integer"}},
+            "additionalProperties": True,
+        },
+    }
+)
+class RejectionErrorsField(serializers.ReadOnlyField):
+    """TrustHub's errors of a rejected record (its ``errors`` property): a list, empty if none.
+
+    Read from the queryset's :data:`ERRORS_ANNOTATION` where the view selected it (only that
+    key of the payload: a payload nested deeper than Python decodes must not break the
+    answer), else from the record's payload.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["source"] = "*"
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Record) -> list[Any]:
+        if not hasattr(value, ERRORS_ANNOTATION):
+            return value.errors
+        errors = getattr(value, ERRORS_ANNOTATION)
+        # As the property reads the payload: anything but a list is no errors.
+        return errors if isinstance(errors, list) else []
 
 
 # The shapes TrustHub gives a result's field lists; kept as TrustHub sent them.
@@ -208,7 +289,7 @@ class PolicySerializer(serializers.ModelSerializer[Policy]):
 
 
 class EvaluationSummarySerializer(serializers.ModelSerializer[Evaluation]):
-    """The latest evaluation of a profile, as its list shows it."""
+    """The latest evaluation of a record, as its list shows it."""
 
     url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
 
@@ -218,13 +299,24 @@ class EvaluationSummarySerializer(serializers.ModelSerializer[Evaluation]):
         read_only_fields = fields
 
 
-class CustomerProfileSerializer(OmitsFields, serializers.ModelSerializer[CustomerProfile]):
-    url = IdentityUrlField(view_name=f"{NAMESPACE}:customerprofile-detail", lookup_field="sid")
-    evaluations_url = IdentityUrlField(
-        view_name=f"{NAMESPACE}:customerprofile-evaluations",
-        lookup_field="sid",
-        help_text=_("The profile's evaluations, newest first; POST here to request one."),
+def record_urls(model: type[Record]) -> tuple[IdentityUrlField, IdentityUrlField]:
+    """The ``url`` and ``evaluations_url`` of a record of ``model``."""
+    name = model._meta.model_name
+    return (
+        IdentityUrlField(view_name=f"{NAMESPACE}:{name}-detail", lookup_field="sid"),
+        IdentityUrlField(
+            view_name=f"{NAMESPACE}:{name}-evaluations",
+            lookup_field="sid",
+            help_text=_("Its evaluations, newest first; POST here to request one."),
+        ),
     )
+
+
+class RecordSerializer(OmitsFields, serializers.ModelSerializer[Any]):
+    # The fields of both kinds of record; each kind's serializer adds its URLs (record_urls)
+    # and names its model. A comment, not a docstring: drf-spectacular would take a docstring
+    # as its subclasses' description.
+
     policy = PolicySidField(
         source="policy.sid", read_only=True, allow_null=True, help_text=_("Policy SID (RN…).")
     )
@@ -241,7 +333,6 @@ class CustomerProfileSerializer(OmitsFields, serializers.ModelSerializer[Custome
     )
 
     class Meta:
-        model = CustomerProfile
         fields = [
             "url",
             "sid",
@@ -267,6 +358,45 @@ class CustomerProfileSerializer(OmitsFields, serializers.ModelSerializer[Custome
         return () if shows_evaluations(context) else ("latest_evaluation",)
 
 
+class CustomerProfileSerializer(RecordSerializer):
+    url, evaluations_url = record_urls(CustomerProfile)
+
+    class Meta(RecordSerializer.Meta):
+        model = CustomerProfile
+
+
+class TrustProductSerializer(RecordSerializer):
+    url, evaluations_url = record_urls(TrustProduct)
+    customer_profile = related_sid(
+        RecordKind.CUSTOMER_PROFILE,
+        "customer_profile.sid",
+        _("The Customer Profile it is built on (BU…); null if none is known."),
+    )
+
+    class Meta(RecordSerializer.Meta):
+        model = TrustProduct
+        fields = [*RecordSerializer.Meta.fields]
+        fields.insert(fields.index("policy") + 1, "customer_profile")
+        read_only_fields = fields
+
+
+# DRF takes fields off the class (to _declared_fields), so "errors" hides no Serializer.errors.
+class CustomerProfileDetailSerializer(CustomerProfileSerializer):
+    errors = RejectionErrorsField()  # type: ignore[assignment]
+
+    class Meta(CustomerProfileSerializer.Meta):
+        fields = [*CustomerProfileSerializer.Meta.fields, "errors"]
+        read_only_fields = fields
+
+
+class TrustProductDetailSerializer(TrustProductSerializer):
+    errors = RejectionErrorsField()  # type: ignore[assignment]
+
+    class Meta(TrustProductSerializer.Meta):
+        fields = [*TrustProductSerializer.Meta.fields, "errors"]
+        read_only_fields = fields
+
+
 def shows_evaluations(context: Mapping[str, Any]) -> bool:
     """Whether the answer a serializer's ``context`` is for may show evaluations nested in it.
 
@@ -282,11 +412,18 @@ def shows_evaluations(context: Mapping[str, Any]) -> bool:
 
 class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
     url = IdentityUrlField(view_name=f"{NAMESPACE}:evaluation-detail")
-    customer_profile = CustomerProfileSidField(
-        source="customer_profile.sid",
-        read_only=True,
-        allow_null=True,
-        help_text=_("Customer Profile SID (BU…); null for a Trust Product's evaluation."),
+    kind = RecordKindField(
+        help_text=_("What was evaluated: a Customer Profile or a Trust Product.")
+    )
+    customer_profile = related_sid(
+        RecordKind.CUSTOMER_PROFILE,
+        "customer_profile.sid",
+        _("The Customer Profile evaluated (BU…); null for a Trust Product's evaluation."),
+    )
+    trust_product = related_sid(
+        RecordKind.TRUST_PRODUCT,
+        "trust_product.sid",
+        _("The Trust Product evaluated (BU…); null for a Customer Profile's evaluation."),
     )
     policy = PolicySidField(source="policy.sid", read_only=True, help_text=_("Policy SID (RN…)."))
     requested_by = UsernameField(
@@ -299,7 +436,9 @@ class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
             "id",
             "url",
             "sid",
+            "kind",
             "customer_profile",
+            "trust_product",
             "policy",
             "status",
             "state",
@@ -432,89 +571,138 @@ class StrictSerializer(serializers.Serializer[Any]):
 
 
 class EvaluationRequestSerializer(StrictSerializer):
-    """The body of a request to evaluate one profile."""
+    """The body of a request to evaluate one record."""
 
     policy = PolicySidField(
         required=False,
         help_text=_(
-            "Evaluate against this policy (RN…); default: the profile's own policy, else "
-            "DEFAULT_POLICY_SID. A policy not imported yet is looked up in TrustHub."
+            "Evaluate against this policy (RN…); default: the record's own policy, else (for a "
+            "Customer Profile) DEFAULT_POLICY_SID. A policy not imported yet is looked up in "
+            "TrustHub."
         ),
     )
 
 
-class ProfileFilterSerializer(StrictSerializer):
-    """Which profiles a bulk request covers: the filters of the profile list."""
+class RecordFilterSerializer(StrictSerializer):
+    """Which records a bulk request covers: one kind's, by the filters of its list."""
 
-    policy = PolicySidField(required=False, help_text=_("Every profile of this policy (RN…)."))
+    kind = serializers.ChoiceField(
+        choices=RecordKind.choices,
+        default=RecordKind.CUSTOMER_PROFILE.value,
+        help_text=_("Customer Profiles (the default) or Trust Products."),
+    )
+    policy = PolicySidField(required=False, help_text=_("Every one of this policy (RN…)."))
     status = serializers.ChoiceField(
-        choices=CustomerProfile.Status.choices,
+        choices=Record.Status.choices,
         required=False,
-        help_text=_("Every profile with this TrustHub status."),
+        help_text=_("Every one with this TrustHub status."),
     )
     compliance_status = serializers.ChoiceField(
         choices=Evaluation.Status.choices,
         required=False,
-        help_text=_("Every profile whose most recent completed evaluation had this verdict."),
+        help_text=_("Every one whose most recent completed evaluation had this verdict."),
+    )
+    customer_profile = RecordSidField(
+        RecordKind.CUSTOMER_PROFILE,
+        required=False,
+        help_text=_("Every Trust Product built on this Customer Profile (BU…)."),
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        kind = RecordKind(attrs.pop("kind"))
         if not attrs:
-            # An empty filter would re-evaluate every profile of the account: make that explicit.
+            # An empty filter would re-evaluate every record of the account: make that explicit.
             raise serializers.ValidationError(_("Give at least one of the filters."))
-        return attrs
+        if "customer_profile" in attrs and kind != RecordKind.TRUST_PRODUCT:
+            message = _('Only Trust Products are built on a profile: add "kind": "%(kind)s".')
+            raise serializers.ValidationError(
+                {"customer_profile": [message % {"kind": RecordKind.TRUST_PRODUCT.value}]}
+            )
+        return {"kind": kind, **attrs}
+
+
+def _sids(kind: RecordKind, help_text: Any) -> Any:
+    return serializers.ListField(
+        child=RecordSidField(kind),
+        required=False,
+        min_length=1,
+        max_length=MAX_BULK_RECORDS,
+        help_text=help_text,
+    )
+
+
+# The lists of SIDs a bulk request may give, by the kind of record each names.
+BULK_LISTS = {
+    "customer_profiles": RecordKind.CUSTOMER_PROFILE,
+    "trust_products": RecordKind.TRUST_PRODUCT,
+}
 
 
 class BulkEvaluationRequestSerializer(StrictSerializer):
-    """The body of a request to re-evaluate many profiles: a list of SIDs or a filter."""
+    """The body of a request to re-evaluate many records: a list of SIDs or a filter.
 
-    customer_profiles = serializers.ListField(
-        child=CustomerProfileSidField(),
-        required=False,
-        min_length=1,
-        max_length=MAX_BULK_PROFILES,
-        help_text=_("These profiles (BU…); every one must exist."),
+    Valid, it says the ``kind`` of records named; :meth:`records` looks them up.
+    """
+
+    customer_profiles = _sids(
+        RecordKind.CUSTOMER_PROFILE, _("These Customer Profiles (BU…); every one must exist.")
     )
-    filter = ProfileFilterSerializer(
-        required=False, help_text=_("Or every profile matching all of these filters.")
+    trust_products = _sids(
+        RecordKind.TRUST_PRODUCT, _("Or these Trust Products (BU…); every one must exist.")
+    )
+    filter = RecordFilterSerializer(
+        required=False, help_text=_("Or every record of one kind matching all of these filters.")
     )
     policy = PolicySidField(
         required=False,
         help_text=_(
-            "Evaluate against this policy (RN…); default: each profile's own policy, else "
-            "DEFAULT_POLICY_SID. A policy not imported yet is looked up in TrustHub."
+            "Evaluate against this policy (RN…); default: each record's own policy, else (for "
+            "a Customer Profile) DEFAULT_POLICY_SID. A policy not imported yet is looked up in "
+            "TrustHub."
         ),
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        sids = attrs.pop("customer_profiles", None)
-        criteria = attrs.pop("filter", None)
-        if (sids is None) == (criteria is None):
+        given = [name for name in (*BULK_LISTS, "filter") if name in attrs]
+        if len(given) != 1:
             raise serializers.ValidationError(
-                _("Give either customer_profiles (a list of SIDs) or filter, not both.")
+                _("Give one of customer_profiles, trust_products (lists of SIDs) or filter.")
             )
-        if sids is not None:
-            attrs["profiles"] = _profiles_by_sid(list(dict.fromkeys(sids)))
+        (name,) = given
+        if name == "filter":
+            criteria = attrs.pop("filter")
+            attrs["kind"] = criteria.pop("kind")
+            attrs["filter"] = criteria
         else:
-            attrs["profiles"] = CustomerProfileFilter(
-                data=criteria, queryset=CustomerProfile.objects.all()
-            ).qs
+            attrs["kind"] = BULK_LISTS[name]
+            attrs["sids"] = (name, list(dict.fromkeys(attrs.pop(name))))
         return attrs
 
-
-def _profiles_by_sid(sids: list[str]) -> QuerySet[CustomerProfile]:
-    """The profiles named, as a queryset by primary key; a 400 naming the unknown ones if any."""
-    # values_list rather than model instances: 10,000 of those take longer than the query.
-    found = dict(CustomerProfile.objects.filter(sid__in=sids).values_list("sid", "pk"))
-    missing = set(sids) - found.keys()
-    if missing:
-        shown = sorted(missing)[:10]
-        more = len(missing) - len(shown)
-        message = _("Unknown customer profiles: %(sids)s.") % {"sids": ", ".join(shown)}
-        if more:
-            message += " " + _("(and %(n)d more)") % {"n": more}
-        raise serializers.ValidationError({"customer_profiles": [message]})
-    return CustomerProfile.objects.filter(pk__in=found.values())
+    def records(self) -> QuerySet[Any]:
+        """The records the valid body names; a 400 naming the unknown SIDs of a list."""
+        kind: RecordKind = self.validated_data["kind"]
+        model = RECORD_MODELS[kind]
+        if "filter" in self.validated_data:
+            filterset = RECORD_FILTERS[kind](
+                data=self.validated_data["filter"], queryset=model.objects.all()
+            )
+            filtered: QuerySet[Any] = filterset.qs
+            return filtered
+        name, sids = self.validated_data["sids"]
+        # values_list rather than model instances: 10,000 of those take longer than the query.
+        found = dict(model.objects.filter(sid__in=sids).values_list("sid", "pk"))
+        missing = set(sids) - found.keys()
+        if missing:
+            shown = sorted(missing)[:10]
+            more = len(missing) - len(shown)
+            message = _("Unknown %(records)s: %(sids)s.") % {
+                "records": model._meta.verbose_name_plural,
+                "sids": ", ".join(shown),
+            }
+            if more:
+                message += " " + _("(and %(n)d more)") % {"n": more}
+            raise serializers.ValidationError({name: [message]})
+        return model.objects.filter(pk__in=found.values())
 
 
 class StrictSerializerSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
@@ -533,7 +721,7 @@ class StrictSerializerSchema(OpenApiSerializerExtension):  # type: ignore[no-unt
 
 
 class BulkEvaluationRequestSchema(StrictSerializerSchema):  # type: ignore[no-untyped-call]
-    """Describe in the schema what validate() insists on: exactly one way to name profiles."""
+    """Describe in the schema what validate() insists on: exactly one way to name records."""
 
     target_class = BulkEvaluationRequestSerializer
     match_subclasses = False
@@ -541,20 +729,27 @@ class BulkEvaluationRequestSchema(StrictSerializerSchema):  # type: ignore[no-un
 
     def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
         schema: dict[str, Any] = super().map_serializer(auto_schema, direction)
-        schema["oneOf"] = [{"required": ["customer_profiles"]}, {"required": ["filter"]}]
+        schema["oneOf"] = [{"required": [name]} for name in (*BULK_LISTS, "filter")]
         return schema
 
 
-class ProfileFilterSchema(StrictSerializerSchema):  # type: ignore[no-untyped-call]
-    """Describe in the schema that a filter needs at least one criterion."""
+class RecordFilterSchema(StrictSerializerSchema):  # type: ignore[no-untyped-call]
+    """Describe in the schema what validate() insists on: at least one criterion besides the
+    kind, and a Customer Profile's Trust Products only for Trust Products."""
 
-    target_class = ProfileFilterSerializer
+    target_class = RecordFilterSerializer
     match_subclasses = False
     priority = 1
 
     def map_serializer(self, auto_schema: Any, direction: Direction) -> dict[str, Any]:
         schema: dict[str, Any] = super().map_serializer(auto_schema, direction)
-        schema["minProperties"] = 1
+        criteria = [name for name in schema["properties"] if name != "kind"]
+        schema["anyOf"] = [{"required": [name]} for name in criteria]
+        # Not (customer_profile given and the kind not trust-product, or left out).
+        schema["not"] = {
+            "required": ["customer_profile"],
+            "properties": {"kind": {"not": {"enum": [RecordKind.TRUST_PRODUCT.value]}}},
+        }
         return schema
 
 
@@ -583,12 +778,12 @@ class BulkEvaluationResultSerializer(serializers.Serializer[Any]):
     queued = serializers.IntegerField(help_text=_("Evaluations queued by this request."))
     in_flight = serializers.IntegerField(
         help_text=_(
-            "Profiles skipped because an evaluation against the same policy was queued "
+            "Records skipped because an evaluation against the same policy was queued "
             "or running already."
         )
     )
     skipped = serializers.IntegerField(
-        help_text=_("Profiles skipped because they have no policy and none was given.")
+        help_text=_("Records skipped because they have no policy and none was given.")
     )
     evaluation_ids = serializers.ListField(
         child=serializers.IntegerField(), help_text=_("The ids of the evaluations queued.")

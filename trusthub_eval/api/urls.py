@@ -13,6 +13,7 @@ app_name = NAMESPACE
 
 router = SimpleRouter()
 router.register("customer-profiles", views.CustomerProfileViewSet, basename="customerprofile")
+router.register("trust-products", views.TrustProductViewSet, basename="trustproduct")
 router.register("policies", views.PolicyViewSet, basename="policy")
 router.register("evaluations", views.EvaluationViewSet, basename="evaluation")
 
@@ -21,6 +22,11 @@ urlpatterns = [
         "customer-profiles/<str:sid>/evaluations/",
         views.CustomerProfileEvaluationsView.as_view(),
         name="customerprofile-evaluations",
+    ),
+    path(
+        "trust-products/<str:sid>/evaluations/",
+        views.TrustProductEvaluationsView.as_view(),
+        name="trustproduct-evaluations",
     ),
     path("evaluations/bulk/", views.BulkEvaluationView.as_view(), name="evaluation-bulk"),
     *router.urls,

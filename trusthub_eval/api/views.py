@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar, cast
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import F, Prefetch, QuerySet
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_view
@@ -21,19 +22,32 @@ from rest_framework.throttling import BaseThrottle
 
 from trusthub_eval import services
 from trusthub_eval.api import rows, serializers
-from trusthub_eval.api.filters import CustomerProfileFilter, EvaluationFilter, FilterBackend
+from trusthub_eval.api.filters import (
+    CustomerProfileFilter,
+    EvaluationFilter,
+    FilterBackend,
+    TrustProductFilter,
+)
 from trusthub_eval.api.pagination import EvaluationPagination, NamePagination
 from trusthub_eval.api.parsers import JSONParser
-from trusthub_eval.api.permissions import REQUEST_PERMISSIONS, ModelPermissions
+from trusthub_eval.api.permissions import ModelPermissions, request_permissions, view_permission
 from trusthub_eval.api.schema import SpectacularSchema, extend_schema
 from trusthub_eval.diff import compare_with_previous
 from trusthub_eval.exceptions import TrustHubError
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy, RequirementResult
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import (
+    RECORD_MODELS,
+    CustomerProfile,
+    Evaluation,
+    Policy,
+    RequirementResult,
+    TrustProduct,
+)
+from trusthub_eval.permissions import has_perms
 from trusthub_eval.sids import SidKind, is_sid
 from trusthub_eval.throttling import TriggerRateThrottle
 
-if TYPE_CHECKING:
-    from django_stubs_ext import StrOrPromise
+V = TypeVar("V", bound=type[Any])
 
 
 # DRF's error bodies: {"detail": "…"}, or for invalid input each field's messages (a list, or
@@ -70,28 +84,42 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     }
 
 
-def _sid_parameter(kind: SidKind, description: StrOrPromise) -> OpenApiParameter:
+def _sid_kind(kind: SidKind | RecordKind) -> tuple[SidKind, str]:
+    """The SID prefix of ``kind`` and what its SIDs are called."""
+    if isinstance(kind, RecordKind):
+        # Both kinds of record are TrustHub bundles: BU…, told apart by their label only.
+        return SidKind.CUSTOMER_PROFILE, kind.sid_label
+    return kind, kind.label
+
+
+def _sid_parameter(kind: SidKind | RecordKind) -> OpenApiParameter:
+    prefix, label = _sid_kind(kind)
     return OpenApiParameter(
         "sid",
         OpenApiTypes.STR,
         OpenApiParameter.PATH,
-        description=description,
-        pattern=f"^{kind.value}[0-9a-fA-F]{{32}}$",
+        description=f"{label} ({prefix.value}…).",
+        pattern=f"^{prefix.value}[0-9a-fA-F]{{32}}$",
     )
 
 
-def _check_sid(value: str, kind: SidKind) -> str:
+def _check_sid(value: str, kind: SidKind | RecordKind) -> str:
     # A malformed SID is the caller's mistake, not a missing record: say what is wrong with it.
-    if not is_sid(value, kind):
+    prefix, label = _sid_kind(kind)
+    if not is_sid(value, prefix):
         raise ValidationError(
             {
                 "sid": [
                     _("Enter a valid %(label)s: '%(prefix)s' followed by 32 hexadecimal digits.")
-                    % {"label": kind.label, "prefix": kind.value}
+                    % {"label": label, "prefix": prefix.value}
                 ]
             }
         )
     return value
+
+
+def _no_such(kind: RecordKind) -> NotFound:
+    return NotFound(_("No such %(record)s.") % {"record": RECORD_MODELS[kind]._meta.verbose_name})
 
 
 class TrustHubUnavailable(APIException):
@@ -101,12 +129,16 @@ class TrustHubUnavailable(APIException):
 
 
 @contextlib.contextmanager
-def policy_errors() -> Iterator[None]:
-    """The service's answers about the policy to evaluate against, as API errors."""
+def policy_errors(kind: RecordKind) -> Iterator[None]:
+    """The service's answers about the policy to evaluate records of ``kind`` against, as API
+    errors."""
     try:
         yield
     except services.NoPolicy:
-        raise ValidationError({"policy": [_("This profile has no policy: name one.")]}) from None
+        message = _("This %(record)s has no policy: name one.") % {
+            "record": RECORD_MODELS[kind]._meta.verbose_name
+        }
+        raise ValidationError({"policy": [message]}) from None
     except services.UnknownPolicy as error:
         raise ValidationError({"policy": [str(error)]}) from None
     except TrustHubError as error:
@@ -120,8 +152,15 @@ class TriggerMixin:
     """POSTs that queue evaluations: JSON bodies, the request permission, the trigger throttle."""
 
     parser_classes: Sequence[type[BaseParser]] = [JSONParser]
-    # The same rule as the admin's (trusthub_eval.permissions).
-    write_permissions = {"POST": REQUEST_PERMISSIONS}
+
+    @property
+    def write_permissions(self) -> Mapping[str, Sequence[str]]:
+        """What ModelPermissions requires of a POST before the body is read."""
+        return {"POST": self.request_permissions()}
+
+    def request_permissions(self) -> Sequence[str]:
+        # The same rule as the admin's (trusthub_eval.permissions): for profiles, by default.
+        return request_permissions(CustomerProfile)
 
     def get_throttles(self) -> list[BaseThrottle]:
         # Keep whatever the host throttles everything with, and add ours.
@@ -176,7 +215,7 @@ class SidLookupMixin:
 
     lookup_field = "sid"
     lookup_value_regex = "[^/]+"
-    sid_kind: SidKind
+    sid_kind: ClassVar[SidKind | RecordKind]
     kwargs: dict[str, Any]
 
     def get_object(self) -> Any:
@@ -191,7 +230,7 @@ class SidLookupMixin:
     ),
     retrieve=extend_schema(
         summary=_("Fetch a policy"),
-        parameters=[_sid_parameter(SidKind.POLICY, _("Policy SID (RN…)."))],
+        parameters=[_sid_parameter(SidKind.POLICY)],
         responses={200: serializers.PolicySerializer, **_errors(400, 401, 403, 404)},
     ),
 )
@@ -205,79 +244,138 @@ class PolicyViewSet(RowsListMixin, SidLookupMixin, viewsets.ReadOnlyModelViewSet
     sid_kind = SidKind.POLICY
 
 
-@extend_schema_view(
-    list=extend_schema(
-        summary=_("List customer profiles"),
-        description=_("Each with its compliance and latest evaluation. Ordered by name."),
-        responses={
-            200: serializers.CustomerProfileSerializer(many=True),
-            **_errors(400, 401, 403),
-        },
-    ),
-    retrieve=extend_schema(
-        summary=_("Fetch a customer profile"),
-        parameters=[_sid_parameter(SidKind.CUSTOMER_PROFILE, _("Customer Profile SID (BU…)."))],
-        responses={200: serializers.CustomerProfileSerializer, **_errors(400, 401, 403, 404)},
-    ),
-)
-class CustomerProfileViewSet(
-    RowsListMixin, SidLookupMixin, viewsets.ReadOnlyModelViewSet[CustomerProfile]
-):
-    # A profile's page: its latest evaluation and policy in the same query.
-    queryset = CustomerProfile.objects.with_latest_evaluation().defer(
-        "raw", "policy__raw", "policy__requirements", "latest_evaluation__raw"
+def record_views_schema(
+    kind: RecordKind, serializer: type[BaseSerializer[Any]], detail: type[BaseSerializer[Any]]
+) -> Callable[[V], V]:
+    """The schema of a kind of record's list and detail (:class:`RecordViewSet`)."""
+    meta = RECORD_MODELS[kind]._meta
+    return extend_schema_view(
+        list=extend_schema(
+            summary=format_lazy(_("List {records}"), records=meta.verbose_name_plural),
+            description=_("Each with its compliance and latest evaluation. Ordered by name."),
+            responses={200: serializer(many=True), **_errors(400, 401, 403)},
+        ),
+        retrieve=extend_schema(
+            summary=format_lazy(_("Fetch a {record}"), record=meta.verbose_name),
+            description=_("With TrustHub's errors, if it rejected it."),
+            parameters=[_sid_parameter(kind)],
+            responses={200: detail, **_errors(400, 401, 403, 404)},
+        ),
     )
-    serializer_class = serializers.CustomerProfileSerializer
+
+
+# What a record's page leaves out: TrustHub's payloads, which it does not show.
+_PAYLOADS = ("raw", "policy__raw", "policy__requirements", "latest_evaluation__raw")
+
+
+class RecordViewSet(RowsListMixin, SidLookupMixin, viewsets.ReadOnlyModelViewSet[Any]):
+    # A kind of record's list and detail: each kind's subclass names its kind, its queryset
+    # (its latest evaluation and policy in the same query, TrustHub's payloads left out), its
+    # serializers and its FilterSet. A comment, not a docstring: drf-spectacular would take a
+    # docstring as the operations' description.
+    sid_kind: ClassVar[RecordKind]
+    detail_serializer_class: type[BaseSerializer[Any]]
     permission_classes = [ModelPermissions]
     schema = SpectacularSchema()
     pagination_class = NamePagination
     filter_backends = [FilterBackend]
-    filterset_class = CustomerProfileFilter
-    sid_kind = SidKind.CUSTOMER_PROFILE
+
+    def get_queryset(self) -> QuerySet[Any, Any]:
+        queryset: QuerySet[Any, Any] = super().get_queryset()
+        if self.action == "retrieve":
+            # TrustHub's errors alone, not the payload they are in (serializers.ERRORS_ANNOTATION).
+            queryset = queryset.annotate(**{serializers.ERRORS_ANNOTATION: F("raw__errors")})
+        return queryset
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.action == "retrieve":
+            return self.detail_serializer_class
+        return super().get_serializer_class()
 
 
-_profile_sid = _sid_parameter(SidKind.CUSTOMER_PROFILE, _("Customer Profile SID (BU…)."))
-
-
-@extend_schema_view(
-    get=extend_schema(
-        summary=_("A profile's evaluations"),
-        description=_("Its history, newest first."),
-        parameters=[_profile_sid],
-        responses={200: serializers.EvaluationSerializer(many=True), **_errors(400, 401, 403, 404)},
-    ),
-    post=extend_schema(
-        summary=_("Request an evaluation of a profile"),
-        description=_(
-            "Queues an evaluation and answers at once, without calling TrustHub: 202 with the "
-            "queued evaluation and its URL in Location. While one is queued or running for the "
-            "same profile and policy, that one is returned instead of a second."
-        ),
-        parameters=[
-            _profile_sid,
-            OpenApiParameter(
-                "Location",
-                OpenApiTypes.URI,
-                OpenApiParameter.HEADER,
-                description=_("The evaluation's URL."),
-                response=[202],
-                required=True,
-            ),
-        ],
-        request=serializers.EvaluationRequestSerializer,
-        responses={
-            202: OpenApiResponse(
-                serializers.AcceptedEvaluationSerializer,
-                description=_("Queued (or already queued or running)."),
-            ),
-            **_errors(400, 401, 403, 404, 415, 429, 503),
-        },
-    ),
+@record_views_schema(
+    RecordKind.CUSTOMER_PROFILE,
+    serializers.CustomerProfileSerializer,
+    serializers.CustomerProfileDetailSerializer,
 )
-class CustomerProfileEvaluationsView(
+class CustomerProfileViewSet(RecordViewSet):
+    sid_kind = RecordKind.CUSTOMER_PROFILE
+    queryset = CustomerProfile.objects.with_latest_evaluation().defer(*_PAYLOADS)
+    serializer_class = serializers.CustomerProfileSerializer
+    detail_serializer_class = serializers.CustomerProfileDetailSerializer
+    filterset_class = CustomerProfileFilter
+
+
+@record_views_schema(
+    RecordKind.TRUST_PRODUCT,
+    serializers.TrustProductSerializer,
+    serializers.TrustProductDetailSerializer,
+)
+class TrustProductViewSet(RecordViewSet):
+    sid_kind = RecordKind.TRUST_PRODUCT
+    queryset = (
+        TrustProduct.objects.with_latest_evaluation()
+        .select_related("customer_profile")
+        .defer(*_PAYLOADS, "customer_profile__raw")
+    )
+    serializer_class = serializers.TrustProductSerializer
+    detail_serializer_class = serializers.TrustProductDetailSerializer
+    filterset_class = TrustProductFilter
+
+
+def record_evaluations_schema(kind: RecordKind) -> Callable[[V], V]:
+    """The schema of a record's evaluations (:class:`RecordEvaluationsView`)."""
+    record = RECORD_MODELS[kind]._meta.verbose_name
+    sid = _sid_parameter(kind)
+    return extend_schema_view(
+        get=extend_schema(
+            summary=format_lazy(_("A {record}'s evaluations"), record=record),
+            description=_("Its history, newest first."),
+            parameters=[sid],
+            responses={
+                200: serializers.EvaluationSerializer(many=True),
+                **_errors(400, 401, 403, 404),
+            },
+        ),
+        post=extend_schema(
+            summary=format_lazy(_("Request an evaluation of a {record}"), record=record),
+            description=_(
+                "Queues an evaluation and answers at once, without calling TrustHub: 202 with "
+                "the queued evaluation and its URL in Location. While one is queued or running "
+                "for the same record and policy, that one is returned instead of a second."
+            ),
+            parameters=[
+                sid,
+                OpenApiParameter(
+                    "Location",
+                    OpenApiTypes.URI,
+                    OpenApiParameter.HEADER,
+                    description=_("The evaluation's URL."),
+                    response=[202],
+                    required=True,
+                ),
+            ],
+            request=serializers.EvaluationRequestSerializer,
+            responses={
+                202: OpenApiResponse(
+                    serializers.AcceptedEvaluationSerializer,
+                    description=_("Queued (or already queued or running)."),
+                ),
+                **_errors(400, 401, 403, 404, 415, 429, 503),
+            },
+        ),
+    )
+
+
+class RecordEvaluationsView(
     TriggerMixin, RowsListMixin, mixins.ListModelMixin, generics.GenericAPIView[Evaluation]
 ):
-    queryset = Evaluation.objects.select_related("customer_profile", "policy", "requested_by")
+    # A record's evaluations: its history, and requests for one more. Each kind's subclass
+    # names its kind. A comment, not a docstring, as on RecordViewSet.
+    kind: ClassVar[RecordKind]
+    queryset = Evaluation.objects.select_related(
+        "customer_profile", "trust_product", "policy", "requested_by"
+    )
     serializer_class = serializers.EvaluationSerializer
     request_serializer_class = serializers.EvaluationRequestSerializer
     permission_classes = [ModelPermissions]
@@ -285,15 +383,19 @@ class CustomerProfileEvaluationsView(
     pagination_class = EvaluationPagination
     filter_backends: list[Any] = []
 
+    def request_permissions(self) -> Sequence[str]:
+        return request_permissions(RECORD_MODELS[self.kind])
+
     def get_queryset(self) -> QuerySet[Any, Any]:
-        sid = _check_sid(self.kwargs["sid"], SidKind.CUSTOMER_PROFILE)
-        return super().get_queryset().filter(customer_profile__sid=sid)
+        sid = _check_sid(self.kwargs["sid"], self.kind)
+        return super().get_queryset().filter(**{f"{self.kind.field}__sid": sid})
 
     def paginate_queryset(self, queryset: Any) -> list[Any] | None:
         page = super().paginate_queryset(queryset)
-        # Rows prove the profile exists; only an empty page needs the extra query.
-        if not page and not CustomerProfile.objects.filter(sid=self.kwargs["sid"]).exists():
-            raise NotFound(_("No such customer profile."))
+        # Rows prove the record exists; only an empty page needs the extra query.
+        records = RECORD_MODELS[self.kind].objects
+        if not page and not records.filter(sid=self.kwargs["sid"]).exists():
+            raise _no_such(self.kind)
         return page
 
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -305,19 +407,24 @@ class CustomerProfileEvaluationsView(
         return super().get_serializer_class()
 
     def post(self, request: Request, sid: str) -> Response:
-        profile = self._profile(sid)
+        model = RECORD_MODELS[self.kind]
+        _check_sid(sid, self.kind)
+        try:
+            record = model.objects.select_related("policy").get(sid=sid)
+        except model.DoesNotExist:
+            raise _no_such(self.kind) from None
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
-        with policy_errors():
+        with policy_errors(self.kind):
             try:
                 evaluation, _created = services.request_evaluation(
-                    profile,
+                    record,
                     body.validated_data.get("policy"),
                     requested_by=request.user,
                     trigger=Evaluation.Trigger.API,
                 )
-            except CustomerProfile.DoesNotExist:  # deleted since it was looked up
-                raise NotFound(_("No such customer profile.")) from None
+            except model.DoesNotExist:  # deleted since it was looked up
+                raise _no_such(self.kind) from None
         data = serializers.AcceptedEvaluationSerializer(
             evaluation, context=self.get_serializer_context()
         ).data
@@ -328,12 +435,15 @@ class CustomerProfileEvaluationsView(
         location = str(data["url"])
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
-    def _profile(self, sid: str) -> CustomerProfile:
-        _check_sid(sid, SidKind.CUSTOMER_PROFILE)
-        try:
-            return CustomerProfile.objects.select_related("policy").get(sid=sid)
-        except CustomerProfile.DoesNotExist:
-            raise NotFound(_("No such customer profile.")) from None
+
+@record_evaluations_schema(RecordKind.CUSTOMER_PROFILE)
+class CustomerProfileEvaluationsView(RecordEvaluationsView):
+    kind = RecordKind.CUSTOMER_PROFILE
+
+
+@record_evaluations_schema(RecordKind.TRUST_PRODUCT)
+class TrustProductEvaluationsView(RecordEvaluationsView):
+    kind = RecordKind.TRUST_PRODUCT
 
 
 _evaluation_id = OpenApiParameter(
@@ -357,7 +467,7 @@ _evaluation_id = OpenApiParameter(
         summary=_("What changed since the previous evaluation"),
         description=_(
             "The requirements that fail now and did not, those that failed and no longer do, "
-            "and the others, against the completed evaluation of the same profile and policy "
+            "and the others, against the completed evaluation of the same record and policy "
             "requested just before this one. As the admin shows it on the evaluation's page."
         ),
         parameters=[_evaluation_id],
@@ -365,7 +475,9 @@ _evaluation_id = OpenApiParameter(
     ),
 )
 class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]):
-    queryset = Evaluation.objects.select_related("customer_profile", "policy", "requested_by")
+    queryset = Evaluation.objects.select_related(
+        "customer_profile", "trust_product", "policy", "requested_by"
+    )
     serializer_class = serializers.EvaluationSerializer
     permission_classes = [ModelPermissions]
     schema = SpectacularSchema()
@@ -380,10 +492,18 @@ class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]
         if self.action == "retrieve":
             results = RequirementResult.objects.order_by("position")
             return (
-                Evaluation.objects.select_related("customer_profile", "policy", "requested_by")
+                Evaluation.objects.select_related(
+                    "customer_profile", "trust_product", "policy", "requested_by"
+                )
                 # TrustHub's payloads, which the answer does not show: one nested deeper than
                 # Python decodes would fail the request.
-                .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+                .defer(
+                    "raw",
+                    "customer_profile__raw",
+                    "trust_product__raw",
+                    "policy__raw",
+                    "policy__requirements",
+                )
                 .prefetch_related(Prefetch("requirement_results", queryset=results))
             )
         if self.action == "diff":
@@ -406,19 +526,25 @@ class EvaluationViewSet(RowsListMixin, viewsets.ReadOnlyModelViewSet[Evaluation]
         return Response(self.get_serializer(comparison).data)
 
 
-class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[CustomerProfile]):
-    queryset = CustomerProfile.objects.all()
+class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[Evaluation]):
+    queryset = Evaluation.objects.all()
     serializer_class = serializers.BulkEvaluationRequestSerializer
     permission_classes = [ModelPermissions]
     schema = SpectacularSchema()
 
+    def request_permissions(self) -> Sequence[str]:
+        # Before the body is read: those of either kind. The kind's own view permission is
+        # checked once the body says which kind it names.
+        return request_permissions()
+
     @extend_schema(
-        summary=_("Request evaluations of many profiles"),
+        summary=_("Request evaluations of many records"),
         description=_(
-            "Queues one evaluation per profile named (or matched by the filter) in a constant "
-            "number of queries, and answers at once. Profiles with an evaluation against the "
-            "same policy already queued or running are counted in in_flight; profiles with no "
-            "policy (and none given) are skipped."
+            "Queues one evaluation per Customer Profile or Trust Product named (or matched by "
+            "the filter) in a constant number of queries, and answers at once. Records with an "
+            "evaluation against the same policy already queued or running are counted in "
+            "in_flight; records with no policy (and none given) are skipped. Needs the view "
+            "permission of the kind of record named."
         ),
         request=serializers.BulkEvaluationRequestSerializer,
         responses={
@@ -427,11 +553,19 @@ class BulkEvaluationView(TriggerMixin, generics.GenericAPIView[CustomerProfile])
         },
     )
     def post(self, request: Request) -> Response:
-        body = self.get_serializer(data=request.data)
+        body = cast(
+            serializers.BulkEvaluationRequestSerializer, self.get_serializer(data=request.data)
+        )
         body.is_valid(raise_exception=True)
-        with policy_errors():
+        kind = body.validated_data["kind"]
+        # Before the SIDs are looked up: a 400 naming the unknown ones would tell someone who
+        # may not see that kind of record which exist.
+        if not has_perms(request.user, [view_permission(RECORD_MODELS[kind])]):
+            self.permission_denied(request)
+        records = body.records()
+        with policy_errors(kind):
             result = services.request_evaluations(
-                body.validated_data["profiles"],
+                records,
                 body.validated_data.get("policy"),
                 requested_by=request.user,
                 trigger=Evaluation.Trigger.API,
