@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 
 import pytest
 from django.conf import settings
@@ -271,6 +272,27 @@ def test_pages_deep_into_a_list_cost_the_same_as_the_first(api, path):
     # And back from the last page, by its previous link.
     assert queries_for(api, last["previous"]) == 3
     assert set(counts) == {3}, counts
+
+
+def page_query(client: APIClient, url: str) -> str:
+    """The SQL of the page's rows: the last query of the request."""
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url).status_code == 200
+    return captured.captured_queries[-1]["sql"]
+
+
+def test_a_column_read_alone_through_a_relation_is_a_subquery_and_filters_still_join(api):
+    # A join per relation made PostgreSQL plan the page for longer than it ran it.
+    profile = fill(3)
+    table = '[`"]trusthub_eval_customerprofile[`"]'
+    assert "JOIN" not in page_query(api, "/api/evaluations/")
+    # The profile list joins the one relation it reads several columns through.
+    joins = re.findall(r"JOIN ([`\"]\w+[`\"])", page_query(api, "/api/customer-profiles/"))
+    assert [name.strip('`"') for name in joins] == ["trusthub_eval_evaluation"]
+    # A filter on the column compares the profile's own column (its unique index), by a join.
+    filtered = page_query(api, f"/api/evaluations/?customer_profile={profile.sid}")
+    assert re.search(rf"JOIN {table} ON", filtered)
+    assert re.search(rf"WHERE .*{table}\.[`\"]sid[`\"] = ", filtered)
 
 
 # --- permissions: the host's backends, on every request ---------------------------------------
