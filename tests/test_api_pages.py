@@ -149,6 +149,60 @@ def test_every_list_writes_what_its_serializer_writes(api, reader, varied, zone)
         assert_same_rows(api.get(url), serialized(serializers.PolicySerializer, policies, url))
 
 
+class ZoneOfTheUser:
+    """A host's middleware that activates each user's time zone (here Kathmandu's, +05:45)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with timezone.override("Asia/Kathmandu"):
+            return self.get_response(request)
+
+
+def test_a_zone_a_host_activates_per_request_is_written_as_the_serializer_writes(api, varied):
+    middleware = [*settings.MIDDLEWARE, f"{THIS_MODULE}.ZoneOfTheUser"]
+    with override_settings(TIME_ZONE="UTC", MIDDLEWARE=middleware):
+        response = api.get("/api/evaluations/")
+        with timezone.override("Asia/Kathmandu"):
+            evaluations = Evaluation.objects.order_by("-requested_at", "-id")
+            expected = serialized(
+                serializers.EvaluationSerializer, evaluations, "/api/evaluations/"
+            )
+    assert_same_rows(response, expected)
+    assert expected[0]["requested_at"].endswith("+05:45")
+
+
+@pytest.mark.parametrize("micro", [0, 1, 999_999, 500_000], ids=["none", "one", "most", "half"])
+def test_each_date_time_is_written_to_the_microsecond_as_the_serializer_writes(api, varied, micro):
+    moment = datetime.datetime(1970, 1, 1, 0, 0, 7, micro, tzinfo=datetime.UTC)
+    Evaluation.objects.update(requested_at=moment, started_at=None, date_created=moment)
+    evaluations = Evaluation.objects.order_by("-requested_at", "-id")
+    expected = serialized(serializers.EvaluationSerializer, evaluations, "/api/evaluations/")
+    assert_same_rows(api.get("/api/evaluations/"), expected)
+    assert expected[0]["requested_at"] == (
+        "1970-01-01T00:00:07Z" if not micro else f"1970-01-01T00:00:07.{micro:06d}Z"
+    )
+
+
+def test_postgresql_writes_the_date_times_of_a_page_in_utc_and_no_other_database_does(varied):
+    from trusthub_eval.api.rows import plan_for
+
+    plan = plan_for(serializers.EvaluationSerializer)
+    assert plan is not None
+    on_postgresql = connection.vendor == "postgresql"
+    assert plan.iso_times(connection.alias) is on_postgresql
+    with timezone.override("Asia/Kathmandu"):
+        assert not plan.iso_times(connection.alias)
+    if on_postgresql:
+        completed = Evaluation.objects.get(state="completed")
+        (row,) = plan.select(Evaluation.objects.filter(pk=completed.pk), "requested_at", iso=True)
+        field = serializers.EvaluationSerializer().fields["completed_at"]
+        assert row.completed_at__iso == field.to_representation(completed.completed_at)
+        # The pagination reads its position as the model's value.
+        assert row.requested_at == completed.requested_at
+
+
 def test_a_filtered_page_after_a_cursor_writes_what_the_serializer_writes(api, varied):
     first = api.get("/api/evaluations/?page_size=1&trigger=schedule&state=completed")
     assert first.status_code == 200

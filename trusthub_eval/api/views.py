@@ -193,7 +193,8 @@ class RowsListMixin:
         ordering = getattr(getattr(self, "paginator", None), "ordering", None) or ()
         if isinstance(ordering, str):
             ordering = (ordering,)
-        return plan.select(queryset, *(name.lstrip("-") for name in ordering)).all()
+        more = (name.lstrip("-") for name in ordering)
+        return plan.select(queryset, *more, iso=plan.iso_times(queryset.db)).all()
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         view: Any = self
