@@ -14,12 +14,13 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, models, router
 
 REQUEST_EVALUATION = "trusthub_eval.request_evaluation"
+VIEW_EVALUATION = "trusthub_eval.view_evaluation"
 # A request answers with the evaluation it queued (or the one in flight), and whether it worked
 # says whether the profile exists: whoever may ask must also be allowed to see both.
 REQUEST_PERMISSIONS = (
     REQUEST_EVALUATION,
     "trusthub_eval.view_customerprofile",
-    "trusthub_eval.view_evaluation",
+    VIEW_EVALUATION,
 )
 
 # Django's backends whose permissions are ModelBackend's (the second only lets inactive users
@@ -29,9 +30,22 @@ _MODEL_BACKENDS = (ModelBackend, AllowAllUsersModelBackend)
 _CACHE = "_trusthub_eval_permissions"
 
 
-def can_request_evaluations(user: Any) -> bool:
-    """Whether ``user`` may queue evaluations (from the admin or the API)."""
-    return bool(user is not None and user.is_authenticated and has_perms(user, REQUEST_PERMISSIONS))
+def view_permission(model: type[models.Model]) -> str:
+    """The permission to view ``model``'s records."""
+    return f"{model._meta.app_label}.view_{model._meta.model_name}"
+
+
+def request_permissions(*records: type[models.Model]) -> tuple[str, ...]:
+    """The permissions to queue evaluations of ``records``' records: the permission itself,
+    and, as for a profile (:data:`REQUEST_PERMISSIONS`), seeing those records and evaluations."""
+    return (REQUEST_EVALUATION, *(view_permission(model) for model in records), VIEW_EVALUATION)
+
+
+def can_request_evaluations(user: Any, *records: type[models.Model]) -> bool:
+    """Whether ``user`` may queue evaluations (from the admin or the API) of ``records``'
+    records; of Customer Profiles when none are named."""
+    perms = request_permissions(*records) if records else REQUEST_PERMISSIONS
+    return bool(user is not None and user.is_authenticated and has_perms(user, perms))
 
 
 def has_perms(user: Any, perms: Iterable[str]) -> bool:
