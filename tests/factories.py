@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from trusthub_eval import queue, sync
 from trusthub_eval.exceptions import RetryLater
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.models import CustomerProfile, Evaluation, Policy, TrustProduct
 
 ACME = "BUfd0c753db72f0d7f08d8ff54199fda78"  # compliant
 INITECH = "BU0c94a6739989d2d0335a3cf9fc125bde"  # no business information
@@ -53,6 +53,29 @@ def make_profile(policy: Policy | None = None, **fields: object) -> CustomerProf
     policy = policy or Policy.objects.for_sid(PRIMARY_POLICY)
     fields.setdefault("friendly_name", "Local only")
     return CustomerProfile.objects.create(sid=sid("BU"), policy=policy, **fields)
+
+
+def bulk_evaluations(
+    record: CustomerProfile | TrustProduct,
+    times,
+    *,
+    took: datetime.timedelta | None = None,
+    **fields: object,
+) -> list[Evaluation]:
+    """Evaluations of ``record`` (a profile or a trust product) against its policy, requested
+    at each of ``times`` (and answered ``took`` later); completed and compliant unless
+    ``fields`` say otherwise. One INSERT."""
+    values = {"trigger": "schedule", "state": "completed", "status": "compliant", **fields}
+    return Evaluation.objects.bulk_create(
+        Evaluation(
+            **{record.kind.field: record},
+            policy=record.policy,
+            requested_at=when,
+            completed_at=when + took if took is not None else None,
+            **values,
+        )
+        for when in times
+    )
 
 
 def posts(sandbox, profile_sid: str) -> int:

@@ -27,6 +27,7 @@ from tests.factories import (
     STARTER_POLICY,
     UMBRELLA,
     make_profile,
+    sid,
     sync_world,
 )
 from trusthub_eval import queue, services, sync
@@ -36,6 +37,7 @@ from trusthub_eval.models import (
     Evaluation,
     Policy,
     RequirementResult,
+    TrustProduct,
 )
 
 pytestmark = pytest.mark.django_db
@@ -220,7 +222,7 @@ def test_profile_page_history_is_bounded_and_links_to_all(admin_client, world):
 
 def test_profile_page_of_a_never_evaluated_profile(admin_client, world):
     response = admin_client.get(url("customerprofile_change", world[STARK].pk))
-    assert "This profile has not been evaluated yet." in text(response)
+    assert "This customer profile has not been evaluated yet." in text(response)
     assert "No finished evaluations yet." in text(response)
 
 
@@ -420,7 +422,7 @@ def test_action_asks_for_confirmation_before_queueing(admin_client, world):
     assert "Ask TrustHub to evaluate these 2 customer profiles?" in page
     for profile in chosen:
         assert profile.sid in page
-    assert "Each profile's own policy" in page
+    assert "Each one's own policy" in page
     assert not Evaluation.objects.filter(trigger="admin").exists()
     body = response.content.decode()
     for profile in chosen:
@@ -542,15 +544,17 @@ def test_action_is_offered_with_the_permission(client, world):
     )
 
 
-def test_action_on_profiles_without_a_policy_says_nothing_was_queued(admin_client, world):
-    orphan = make_profile(friendly_name="Orphan")
-    CustomerProfile.objects.filter(pk=orphan.pk).update(policy=None)
+@pytest.mark.parametrize("model", [CustomerProfile, TrustProduct])
+def test_action_on_records_without_a_policy_says_nothing_was_queued(admin_client, world, model):
+    orphan = model.objects.create(sid=sid("BU"), friendly_name="Orphan")
     response = admin_client.post(
-        url("customerprofile_changelist"),
+        url(f"{model._meta.model_name}_changelist"),
         action_post([orphan.pk], confirm="yes", policy=""),
         follow=True,
     )
-    assert "Nothing was queued" in text(response)
+    page = text(response)
+    assert "Nothing was queued" in page
+    assert f"none of the selected {model._meta.verbose_name_plural} has a policy" in page
 
 
 # --- evaluations -------------------------------------------------------------------------------

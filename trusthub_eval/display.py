@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+from collections.abc import Mapping
 
 from django.templatetags.static import static
 from django.utils import formats
@@ -29,6 +31,34 @@ def error_code_link(code: object) -> SafeString | str:
         TWILIO_ERROR_URL.format(number),
         number,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionError:
+    """One of TrustHub's rejection errors of a record: its code, and whatever else it says."""
+
+    code: object = None
+    details: tuple[tuple[str, str], ...] = ()
+
+
+def rejection_errors(errors: object) -> list[RejectionError]:
+    """A record's ``errors`` as TrustHub lists them (items of any shape; ``{"code": 18601}``
+    in the spec's examples), each as its code and the rest of what it says, as text."""
+    if not isinstance(errors, list):
+        return []
+    described = []
+    for error in errors:
+        if isinstance(error, Mapping):
+            details = tuple(
+                (str(key), value if isinstance(value, str) else pretty_json(value))
+                for key, value in error.items()
+                if key != "code"
+            )
+            described.append(RejectionError(error.get("code"), details))
+        elif error is not None:
+            text = error if isinstance(error, str) else pretty_json(error)
+            described.append(RejectionError(details=(("", text),)))
+    return described
 
 
 _BADGES = {

@@ -9,17 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Model, QuerySet, TextField
+from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Length, Substr
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.translation import gettext
 
-from trusthub_eval.display import pretty_json
-from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, Evaluation, Policy
+from trusthub_eval.display import RejectionError, pretty_json, rejection_errors
+from trusthub_eval.models import DuplicateEvaluation, Evaluation, Policy, Record
 from trusthub_eval.paginator import EstimatedCountPaginator
 from trusthub_eval.payloads import unstorable_problem
 
@@ -31,6 +33,8 @@ else:
 
 # A page shows at most this many characters of a stored payload, and reads no more.
 PAYLOAD_SHOWN = 100_000
+# A page reads at most this many characters of a record's rejection errors.
+ERRORS_SHOWN = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +49,7 @@ class StoredJSON:
         return self.length > len(self.text)
 
 
-def stored_json(obj: CustomerProfile | DuplicateEvaluation | Evaluation | Policy) -> StoredJSON:
+def stored_json(obj: Record | DuplicateEvaluation | Evaluation | Policy) -> StoredJSON:
     """The row's ``raw`` payload as text: pretty-printed when whole and readable, else as stored.
 
     Read from the database as text rather than through the model field, which decodes it:
@@ -70,6 +74,34 @@ def stored_json(obj: CustomerProfile | DuplicateEvaluation | Evaluation | Policy
             if unstorable_problem(value) is None:
                 shown = pretty_json(value)
     return StoredJSON(shown, length)
+
+
+def errors_json() -> Substr:
+    """A record's rejection errors (``raw``'s ``errors``) as JSON text, for an annotation.
+
+    Read apart from the rest of the payload, for the reasons :func:`stored_json` gives.
+    """
+    return Substr(KT("raw__errors"), 1, ERRORS_SHOWN)
+
+
+def read_errors(text: str | None) -> list[RejectionError]:
+    """The rejection errors in the text :func:`errors_json` read; none when there are none, or
+    when they are not a readable list (the page's JSON of the record shows them as stored)."""
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    if unstorable_problem(value) is not None:
+        return []
+    return rejection_errors(value)
+
+
+def stored_errors(record: Record) -> list[RejectionError]:
+    """The record's rejection errors, as TrustHub last listed them."""
+    text = type(record)._default_manager.filter(pk=record.pk).values_list(errors_json()).first()
+    return read_errors(text[0] if text else None)
 
 
 def max_rows_per_form() -> int | None:
@@ -155,6 +187,15 @@ class ReadOnlyAdmin(ModelAdmin):
     def object_context(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
         """What the object's own page shows beside its fields (its template's variables)."""
         return {}
+
+    def may_view(self, request: HttpRequest, model: type[Model]) -> bool:
+        """Whether the admin pages of ``model``'s rows open for this user: a page shows or
+        links to those rows only then."""
+        try:
+            model_admin = self.admin_site.get_model_admin(model)
+        except NotRegistered:
+            return False
+        return bool(model_admin.has_view_permission(request))
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

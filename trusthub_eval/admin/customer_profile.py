@@ -1,206 +1,138 @@
-"""The customer profiles' admin: latest compliance, history and timeline, re-evaluation."""
+"""The customer profiles' admin; a profile's page also shows the trust products built on it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.admin.exceptions import NotRegistered
-from django.db.models import QuerySet
+from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest
-from django.templatetags.static import static
 from django.urls import reverse
-from django.utils.html import format_html
 from django.utils.safestring import SafeString
-from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from trusthub_eval.admin.base import ReadOnlyAdmin, change_url, stored_json
-from trusthub_eval.admin.filters import ComplianceFilter, PolicyFilter, TrustHubStatusFilter
-from trusthub_eval.admin.views import ReevaluateMixin
-from trusthub_eval.display import compliance_badge
-from trusthub_eval.models import CustomerProfile, Evaluation
-from trusthub_eval.sids import SidKind, is_sid
-from trusthub_eval.timeline import FAILED, TimelinePoint, render_timeline
+from trusthub_eval.admin.base import change_url, errors_json, read_errors
+from trusthub_eval.admin.record import RecordAdmin, timeline_points
+from trusthub_eval.display import RejectionError
+from trusthub_eval.models import CustomerProfile, Evaluation, RequirementResult, TrustProduct
 
-# The profile page shows this many evaluations and links to the rest; the timeline this many.
-HISTORY_LIMIT = 20
-TIMELINE_LIMIT = 200
+__all__ = ["CustomerProfileAdmin", "timeline_points"]
+
+# A profile's page lists this many of its trust products and links to the rest.
+PRODUCTS_LIMIT = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class BusinessRow:
+    """The profile, or a trust product built on it, as a row of the profile's page."""
+
+    record: CustomerProfile | TrustProduct
+    #: Its page; empty for the profile whose page it is.
+    url: str
+    status: str
+    compliance: SafeString
+    errors: list[RejectionError]
+    #: What the row shows for the failing requirements of a record never evaluated.
+    empty: str
+    #: The requirements that failed in its newest completed evaluation, by name; None where the
+    #: user may not see evaluations.
+    failing: list[str] | None = None
+    history_url: str = ""
 
 
 @admin.register(CustomerProfile)
-class CustomerProfileAdmin(ReevaluateMixin, ReadOnlyAdmin):
-    list_display = [
-        "friendly_name",
-        "sid",
-        "trusthub_status",
-        "compliance",
-        "compliance_checked_at",
-        "failing",
-        "policy_name",
-    ]
-    list_display_links = ["friendly_name", "sid"]
-    list_filter = [TrustHubStatusFilter, ComplianceFilter, ("policy", PolicyFilter)]
-    list_select_related = ["policy", "latest_evaluation"]
-    list_defer = ("raw", "policy__raw", "policy__requirements", "latest_evaluation__raw")
-    search_fields = ["=sid", "friendly_name", "email"]
+class CustomerProfileAdmin(RecordAdmin):
     search_help_text = _("A customer profile SID (BU…), or part of a name or an email address.")
-    actions = ["reevaluate_selected"]
-    raw_id_fields = ["policy", "latest_evaluation"]
-    fieldsets = [
-        (None, {"fields": ["friendly_name", "sid", "email", "trusthub_status", "policy"]}),
-        (
-            _("Compliance"),
-            {
-                "fields": [
-                    "compliance",
-                    "compliance_checked_at",
-                    "failing",
-                    "latest_evaluation",
-                ]
-            },
-        ),
-        (
-            _("TrustHub"),
-            {
-                "fields": [
-                    "account_sid",
-                    "valid_until",
-                    "date_created",
-                    "date_updated",
-                    "synced_at",
-                ],
-                # Collapsed (a <details>, no JavaScript) to bring the timeline and history up.
-                "classes": ["collapse"],
-            },
-        ),
-    ]
-    readonly_fields = ["trusthub_status", "compliance", "failing"]
-    change_form_template = "trusthub_eval/admin/customerprofile/change_form.html"
-
-    @admin.display(description=_("TrustHub status"), ordering="status")
-    def trusthub_status(self, profile: CustomerProfile) -> str:
-        try:
-            return str(CustomerProfile.Status(profile.status).label)
-        except ValueError:
-            return profile.status
-
-    @admin.display(description=_("latest compliance"), ordering="compliance_status")
-    def compliance(self, profile: CustomerProfile) -> SafeString:
-        badge = compliance_badge(profile.compliance_status)
-        latest = profile.latest_evaluation
-        if latest is not None and latest.is_active:
-            badge += format_html(
-                ' <img src="{}" alt="{}" title="{}" width="13" height="13" '
-                'class="trusthub-in-flight">',
-                static("admin/img/icon-clock.svg"),
-                gettext("re-evaluating"),
-                gettext("An evaluation is %(state)s") % {"state": latest.get_state_display()},
-            )
-        return badge
-
-    @admin.display(description=_("failing"), ordering="failing_requirements")
-    def failing(self, profile: CustomerProfile) -> int | str:
-        # Never evaluated is not "0 failing": the admin's empty value, on the list and the page
-        # (where a None would read "None").
-        if not profile.compliance_status:
-            return self.get_empty_value_display()
-        return profile.failing_requirements
-
-    @admin.display(description=_("policy"), ordering="policy__friendly_name")
-    def policy_name(self, profile: CustomerProfile) -> str | None:
-        # A method rather than the field: the admin keeps foreign keys on one line, and policy
-        # names are long enough to push the list off the screen.
-        return str(profile.policy) if profile.policy is not None else None
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[CustomerProfile], search_term: str
-    ) -> tuple[QuerySet[CustomerProfile], bool]:
-        # A whole SID goes to its unique index; the admin's "=sid" would compare UPPER(sid),
-        # which no index serves, ORed with the name and email searches.
-        term = search_term.strip()
-        if is_sid(term, SidKind.CUSTOMER_PROFILE):
-            return queryset.filter(sid=term), False
-        return super().get_search_results(request, queryset, search_term)
-
-    def has_evaluation_view_permission(self, request: HttpRequest) -> bool:
-        """Whether the evaluations' own pages open for this user: the profile's page shows
-        their history (rows, timeline, links) only then, as the API lists them only then."""
-        try:
-            evaluations = self.admin_site.get_model_admin(Evaluation)
-        except NotRegistered:
-            return False
-        return bool(evaluations.has_view_permission(request))
 
     def object_context(self, request: HttpRequest, obj: CustomerProfile) -> dict[str, Any]:
-        return self.profile_context(request, obj)
+        context = self.record_context(request, obj)
+        return {**context, **self.business_context(request, obj, context["rejection_errors"])}
 
-    def get_fieldsets(self, request: HttpRequest, obj: CustomerProfile | None = None) -> Any:
-        fieldsets = super().get_fieldsets(request, obj)
-        if self.has_evaluation_view_permission(request):
-            return fieldsets
-        # Django links a related object whether or not its page would open.
-        hidden = "latest_evaluation"
-        return [
-            (name, {**options, "fields": [f for f in options["fields"] if f != hidden]})
-            for name, options in fieldsets
+    def business_context(
+        self, request: HttpRequest, profile: CustomerProfile, errors: list[RejectionError]
+    ) -> dict[str, Any]:
+        """The profile and each trust product built on it, side by side: TrustHub's status and
+        errors, the latest verdict and the requirements that failed, each linking to its own
+        page and history. In a number of queries that does not grow with the products."""
+        if not self.may_view(request, TrustProduct):
+            return {}
+        newest = Evaluation.objects.filter(state=Evaluation.State.COMPLETED).order_by(
+            "-completed_at", "-id"
+        )
+        products = list(
+            profile.trust_products.select_related("policy", "latest_evaluation")
+            .defer("raw", "policy__raw", "policy__requirements", "latest_evaluation__raw")
+            .annotate(
+                errors_text=errors_json(),
+                newest_completed=Subquery(
+                    newest.filter(trust_product=OuterRef("pk")).values("id")[:1]
+                ),
+            )
+            .order_by("friendly_name", "sid")[: PRODUCTS_LIMIT + 1]
+        )
+        more = len(products) > PRODUCTS_LIMIT
+        products = products[:PRODUCTS_LIMIT]
+        rows = [
+            self._row(profile, "", errors),
+            *(self._row(p, change_url(p), read_errors(p.errors_text)) for p in products),
         ]
-
-    def profile_context(self, request: HttpRequest, profile: CustomerProfile) -> dict[str, Any]:
-        """History, timeline and the re-evaluate button for the profile's page."""
+        products_url = reverse(f"admin:{self.opts.app_label}_trustproduct_changelist")
         context = {
-            "can_request_evaluation": self.has_request_evaluation_permission(request),
-            "reevaluate_url": self.reevaluate_url(profile),
-            "raw_json": stored_json(profile),
+            "business": rows,
+            "business_more": more,
+            "products_url": f"{products_url}?customer_profile__id__exact={profile.pk}",
         }
         if not self.has_evaluation_view_permission(request):
             return context
-        history = list(
-            Evaluation.objects.filter(customer_profile=profile)
-            .select_related("policy", "requested_by")
-            .defer("raw", "policy__raw", "policy__requirements")
-            .with_failing_count()
-            .order_by("-requested_at", "-id")[: HISTORY_LIMIT + 1]
-        )
-        all_url = reverse(f"admin:{self.opts.app_label}_evaluation_changelist")
-        finished = (
-            Evaluation.objects.filter(
-                customer_profile=profile,
-                state__in=[Evaluation.State.COMPLETED, Evaluation.State.FAILED],
-            )
-            .select_related("policy")
-            .only("requested_at", "state", "status", "sid", "policy__friendly_name", "policy__sid")
-            .order_by("-requested_at", "-id")[:TIMELINE_LIMIT]
-        )
+        # Row by row: the newest completed evaluation of the profile, then of each product.
+        newest_ids = [
+            newest.filter(customer_profile=profile).values_list("id", flat=True).first(),
+            *(p.newest_completed for p in products),
+        ]
+        failing = failing_requirements(i for i in newest_ids if i is not None)
+        evaluations_url = reverse(f"admin:{self.opts.app_label}_evaluation_changelist")
         return {
             **context,
-            "can_view_evaluations": True,
-            "history": history[:HISTORY_LIMIT],
-            "history_more": len(history) > HISTORY_LIMIT,
-            "history_url": f"{all_url}?customer_profile__id__exact={profile.pk}",
-            "timeline": render_timeline(timeline_points(finished)),
-            "timeline_limit": TIMELINE_LIMIT,
+            "business": [
+                dataclasses.replace(
+                    row,
+                    failing=failing.get(newest_id, []) if newest_id is not None else [],
+                    history_url=self.history_url(row.record),
+                )
+                for row, newest_id in zip(rows, newest_ids, strict=True)
+            ],
+            "products_history_url": (
+                f"{evaluations_url}?trust_product__customer_profile__id__exact={profile.pk}"
+            ),
         }
 
-
-def timeline_points(evaluations: Iterable[Evaluation]) -> list[TimelinePoint]:
-    """Finished evaluations as timeline points, each linking to its page."""
-    points = []
-    for evaluation in evaluations:
-        if evaluation.state == Evaluation.State.FAILED:
-            outcome = FAILED
-        elif evaluation.status in (Evaluation.Status.COMPLIANT, Evaluation.Status.NONCOMPLIANT):
-            outcome = str(evaluation.status)
-        else:
-            continue
-        label = f"{evaluation} ({evaluation.policy})"
-        points.append(
-            TimelinePoint(
-                when=evaluation.requested_at,
-                outcome=outcome,
-                label=label,
-                url=change_url(evaluation),
-            )
+    def _row(
+        self, record: CustomerProfile | TrustProduct, url: str, errors: list[RejectionError]
+    ) -> BusinessRow:
+        # The list columns' own words and badges.
+        return BusinessRow(
+            record=record,
+            url=url,
+            status=self.trusthub_status(record),
+            compliance=self.compliance(record),
+            errors=errors,
+            empty=self.get_empty_value_display(),
         )
-    return points
+
+
+def failing_requirements(evaluation_ids: Iterable[int]) -> dict[int, list[str]]:
+    """The names of the requirements that failed in each of the evaluations; one query."""
+    failing: dict[int, list[str]] = {}
+    results = (
+        RequirementResult.objects.failing()
+        .filter(evaluation_id__in=list(evaluation_ids))
+        .order_by("evaluation_id", "position")
+        .values_list("evaluation_id", "requirement_friendly_name", "requirement_name")
+    )
+    for evaluation_id, label, name in results:
+        names = failing.setdefault(evaluation_id, [])
+        if (label or name) not in names:
+            names.append(label or name)
+    return failing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib import admin
@@ -11,7 +12,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from trusthub_eval.models import Evaluation, Policy, Record
 
 
 class TrustHubStatusFilter(admin.SimpleListFilter):
@@ -21,7 +22,7 @@ class TrustHubStatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(value, str(label)) for value, label in CustomerProfile.Status.choices]
+        return [(value, str(label)) for value, label in Record.Status.choices]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
@@ -57,3 +58,26 @@ class PolicyFilter(admin.RelatedFieldListFilter):
 
     def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
         return [(policy.pk, str(policy)) for policy in Policy.objects.only("sid", "friendly_name")]
+
+
+class ChosenRecordFilter(admin.RelatedFieldListFilter):
+    """A filter on a related record, set by the links of other pages ("History", "its trust
+    products"): it shows the chosen record and "All" while one is chosen, and nothing otherwise.
+    Every record would make a sidebar too long to read, and a query over a big table."""
+
+    @property
+    def include_empty_choice(self) -> bool:
+        return False
+
+    def has_output(self) -> bool:
+        return self.lookup_val is not None
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        # ASCII digits that fit a bigint; anything else matches no row, and the changelist
+        # answers it as a bad filter.
+        values = self.lookup_val or ()
+        keys = [int(value) for value in values if re.fullmatch(r"[0-9]{1,18}", value)]
+        if not keys:
+            return []
+        chosen = field.related_model._default_manager.filter(pk__in=keys)
+        return [(record.pk, str(record)) for record in chosen.only("sid", "friendly_name")]

@@ -12,6 +12,6 @@ class ReevaluateForm(forms.Form):
     policy = forms.ModelChoiceField(
         queryset=Policy.objects.all(),
         required=False,
-        empty_label=_("Each profile's own policy"),
+        empty_label=_("Each one's own policy"),
         label=_("Evaluate against"),
     )

@@ -1,4 +1,4 @@
-"""The admin's own pages: re-evaluating profiles (a button, a bulk action) and the queue."""
+"""The admin's own pages: re-evaluating records (a button, a bulk action) and the queue."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import model_format_dict, quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import (
@@ -27,19 +27,20 @@ from trusthub_eval.admin.base import ModelAdmin, change_url
 from trusthub_eval.admin.forms import ReevaluateForm
 from trusthub_eval.conf import app_settings
 from trusthub_eval.display import grouped
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.models import CustomerProfile, Evaluation, TrustProduct
 from trusthub_eval.paginator import count_rows
 from trusthub_eval.permissions import can_request_evaluations
 from trusthub_eval.throttling import trigger_wait
 
-# The re-evaluation confirmation page names this many of the selected profiles.
+# The re-evaluation confirmation page names this many of the selected records.
 CONFIRMATION_PREVIEW = 10
 # Rows in flight listed on the queue page, oldest first.
 HEALTH_OLDEST = 20
 
 
 class ReevaluateMixin(ModelAdmin):
-    """Customer profiles' "Re-evaluate now" button and bulk action, each a service call."""
+    """The "Re-evaluate now" button and bulk action of a record's admin (a Customer Profile's,
+    a Trust Product's), each a service call."""
 
     reevaluate_confirmation_template = "trusthub_eval/admin/reevaluate_confirmation.html"
 
@@ -55,43 +56,42 @@ class ReevaluateMixin(ModelAdmin):
             *super().get_urls(),
         ]
 
-    def reevaluate_url(self, profile: CustomerProfile) -> str:
-        """Where the profile's "Re-evaluate now" button posts."""
+    def reevaluate_url(self, record: CustomerProfile | TrustProduct) -> str:
+        """Where the record's "Re-evaluate now" button posts."""
         opts = self.opts
         return reverse(
-            f"admin:{opts.app_label}_{opts.model_name}_reevaluate", args=[quote(profile.pk)]
+            f"admin:{opts.app_label}_{opts.model_name}_reevaluate", args=[quote(record.pk)]
         )
 
     def has_request_evaluation_permission(self, request: HttpRequest) -> bool:
-        # The API's rule too: the permission, and seeing profiles and evaluations.
-        return can_request_evaluations(request.user)
+        # The API's rule too: the permission, and seeing these records and evaluations.
+        return can_request_evaluations(request.user, self.model)
 
     def reevaluate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """POST: queue an evaluation of one profile against its policy, then go back to it."""
+        """POST: queue an evaluation of one record against its policy, then go back to it."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        # Permission first: a 404 for an unknown profile would tell who may not look which
-        # profiles exist.
+        # Permission first: a 404 for an unknown record would tell who may not look which
+        # records exist.
         if not (
             self.has_view_permission(request) and self.has_request_evaluation_permission(request)
         ):
             raise PermissionDenied
-        profile = self.get_object(request, unquote(object_id))
-        if profile is None:
-            raise Http404(gettext("No customer profile with ID “%s”.") % object_id)
+        record = self.get_object(request, unquote(object_id))
+        if record is None:
+            raise Http404(self._not_found(object_id))
         if self._throttled(request):
-            return HttpResponseRedirect(change_url(profile))
+            return HttpResponseRedirect(change_url(record))
         try:
             evaluation, created = services.request_evaluation(
-                profile, trigger=Evaluation.Trigger.ADMIN, requested_by=request.user
+                record, trigger=Evaluation.Trigger.ADMIN, requested_by=request.user
             )
-        except CustomerProfile.DoesNotExist:  # deleted since it was looked up
-            raise Http404(gettext("No customer profile with ID “%s”.") % object_id) from None
+        except self.model.DoesNotExist:  # deleted since it was looked up
+            raise Http404(self._not_found(object_id)) from None
         except services.NoPolicy:
             self.message_user(
                 request,
-                gettext("%(profile)s has no policy to be evaluated against.")
-                % {"profile": profile},
+                gettext("%(record)s has no policy to be evaluated against.") % {"record": record},
                 messages.ERROR,
             )
         else:
@@ -104,7 +104,7 @@ class ReevaluateMixin(ModelAdmin):
                         # The link reads "Evaluation #12" (the evaluation's own name).
                         gettext("{} of “{}” queued. Reload to see TrustHub's answer."),
                         link,
-                        profile,
+                        record,
                     ),
                     messages.SUCCESS,
                 )
@@ -115,21 +115,22 @@ class ReevaluateMixin(ModelAdmin):
                         gettext(
                             "An evaluation of “{}” against “{}” is already in flight ({}): {}."
                         ),
-                        profile,
+                        record,
                         evaluation.policy,
                         evaluation.get_state_display(),
                         link,
                     ),
                     messages.WARNING,
                 )
-        return HttpResponseRedirect(change_url(profile))
+        return HttpResponseRedirect(change_url(record))
 
+    # The admin fills in the model's names, as in its own "Delete selected …".
     @admin.action(
-        description=_("Re-evaluate selected customer profiles"),
+        description=_("Re-evaluate selected %(verbose_name_plural)s"),
         permissions=["request_evaluation"],
     )
     def reevaluate_selected(
-        self, request: HttpRequest, queryset: QuerySet[CustomerProfile]
+        self, request: HttpRequest, queryset: QuerySet[CustomerProfile] | QuerySet[TrustProduct]
     ) -> HttpResponse | None:
         """Ask for confirmation (and a policy), then queue them all in one service call."""
         confirmed = "confirm" in request.POST
@@ -137,8 +138,8 @@ class ReevaluateMixin(ModelAdmin):
         if confirmed and form.is_valid():
             if self._throttled(request):
                 return None
-            # The queryset goes to the service whole: "select all" on 10,000 profiles is a
-            # handful of queries, never one per profile.
+            # The queryset goes to the service whole: "select all" on 10,000 records is a
+            # handful of queries, never one per record.
             result = services.request_evaluations(
                 queryset,
                 form.cleaned_data["policy"],
@@ -151,7 +152,7 @@ class ReevaluateMixin(ModelAdmin):
         preview = list(queryset.select_related("policy")[:CONFIRMATION_PREVIEW])
         context = {
             **self.admin_site.each_context(request),
-            "title": gettext("Re-evaluate customer profiles"),
+            "title": gettext("Re-evaluate %(verbose_name_plural)s") % model_format_dict(self.opts),
             "subtitle": None,
             "opts": self.opts,
             "media": self.media,
@@ -167,6 +168,12 @@ class ReevaluateMixin(ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.reevaluate_confirmation_template, context)
+
+    def _not_found(self, object_id: str) -> str:
+        return gettext("No %(name)s with ID “%(key)s”.") % {
+            "name": self.opts.verbose_name,
+            "key": object_id,
+        }
 
     def _throttled(self, request: HttpRequest) -> bool:
         """Whether the API's trigger throttle refuses this request (then say so)."""
@@ -198,9 +205,10 @@ class ReevaluateMixin(ModelAdmin):
             self.message_user(
                 request,
                 gettext(
-                    "Nothing was queued: none of the selected customer profiles has a policy. "
-                    "Choose a policy to evaluate them against."
-                ),
+                    "Nothing was queued: none of the selected %(verbose_name_plural)s has a "
+                    "policy. Choose a policy to evaluate them against."
+                )
+                % model_format_dict(self.opts),
                 messages.ERROR,
             )
             return
