@@ -572,7 +572,7 @@ def test_evaluation_list_shows_who_what_when_and_how_long(admin_client, world):
     ]
     assert headers == [
         "Evaluation",
-        "Customer profile and policy",
+        "What was evaluated",
         "Compliance",
         "Requested by",
         "Requested at",

@@ -14,8 +14,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils.functional import cached_property
 
-from tests.factories import make_profile
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy
+from tests.factories import bulk_evaluations, make_profile, sid
+from trusthub_eval.kinds import RecordKind
+from trusthub_eval.models import RECORD_MODELS, CustomerProfile, Evaluation, Policy, TrustProduct
 from trusthub_eval.paginator import EstimatedCountPaginator, RowCount, count_rows
 from trusthub_eval.templatetags.trusthub_admin import trusthub_date_hierarchy
 
@@ -27,20 +28,26 @@ DAY = datetime.timedelta(days=1)
 
 CHANGELISTS = [
     "customerprofile_changelist",
+    "trustproduct_changelist",
     "evaluation_changelist",
     "policy_changelist",
 ]
 # Each changelist unfiltered, filtered and searched.
 QUERIES = {
     "customerprofile_changelist": ["", "?compliance=none", "?status=draft", "?q=Profile"],
+    "trustproduct_changelist": ["", "?compliance=none", "?customer_profile__id__exact=1", "?q=P"],
     "evaluation_changelist": [
         "",
         "?state__exact=completed",
         "?requested_at__year=2024",
+        "?kind=trust-product",
+        "?trust_product__customer_profile__id__exact=1",
         "?q=Profile",
     ],
     "policy_changelist": ["", "?q=RN"],
 }
+# The records each changelist lists rows of (the evaluations': the profiles').
+KINDS = {"trustproduct_changelist": RecordKind.TRUST_PRODUCT}
 
 
 def url(name: str, *args: object) -> str:
@@ -61,22 +68,28 @@ def counts(queries) -> list[str]:
     return [q["sql"] for q in queries if re.search(r"\bCOUNT\(", q["sql"], re.I)]
 
 
-def make_evaluations(n: int, *, start: datetime.datetime, step: datetime.timedelta, **fields):
+def make_evaluations(
+    n: int,
+    *,
+    start: datetime.datetime,
+    step: datetime.timedelta,
+    kind: RecordKind = RecordKind.CUSTOMER_PROFILE,
+    **fields,
+):
+    """A new record of ``kind`` (a trust product is built on a new profile) with ``n``
+    evaluations, its latest evaluation and compliance set from them."""
     policy = Policy.objects.for_sid("RN" + "a" * 32)
-    profile = make_profile(policy=policy)
-    Evaluation.objects.bulk_create(
-        Evaluation(
-            customer_profile=profile,
-            policy=policy,
-            trigger=fields.get("trigger", "schedule"),
-            state=fields.get("state", "completed"),
-            status=fields.get("status", "compliant"),
-            requested_at=start + i * step,
-            completed_at=start + i * step + datetime.timedelta(seconds=2),
+    record = make_profile(policy=policy)
+    if kind == RecordKind.TRUST_PRODUCT:
+        record = TrustProduct.objects.create(
+            sid=sid("BU"), friendly_name="Product", policy=policy, customer_profile=record
         )
-        for i in range(n)
-    )
-    return profile
+    times = [start + i * step for i in range(n)]
+    bulk_evaluations(record, times, took=datetime.timedelta(seconds=2), **fields)
+    records = RECORD_MODELS[kind].objects.filter(pk=record.pk)
+    records.refresh_latest()
+    records.refresh_compliance()
+    return record
 
 
 def analyze() -> None:
@@ -86,7 +99,7 @@ def analyze() -> None:
     """
     statement = "ANALYZE TABLE {}" if connection.vendor == "mysql" else "ANALYZE {}"
     with connection.cursor() as cursor:
-        for model in (Policy, CustomerProfile, Evaluation):
+        for model in (Policy, CustomerProfile, TrustProduct, Evaluation):
             cursor.execute(statement.format(model._meta.db_table))
             if connection.vendor == "mysql":
                 cursor.fetchall()
@@ -274,6 +287,15 @@ def test_changelists_on_a_server_never_count_a_whole_table(admin_client, monkeyp
         CustomerProfile(sid=f"BU{i:032x}", friendly_name=f"Profile {i}", policy=policy)
         for i in range(120)
     )
+    TrustProduct.objects.bulk_create(
+        TrustProduct(
+            sid=f"BU{i + 1000:032x}",
+            friendly_name=f"Product {i}",
+            policy=policy,
+            customer_profile=profiles[i % 10],
+        )
+        for i in range(120)
+    )
     Evaluation.objects.bulk_create(
         Evaluation(
             customer_profile=profiles[i % 120],
@@ -303,7 +325,7 @@ def test_changelists_on_a_server_never_count_a_whole_table(admin_client, monkeyp
 @pytest.mark.parametrize("name", CHANGELISTS)
 def test_changelists_count_at_most_once(admin_client, name):
     # No "N total" count (show_full_result_count), no facet counts: only the paginator's.
-    make_evaluations(5, start=JAN_2024, step=DAY)
+    make_evaluations(5, start=JAN_2024, step=DAY, kind=KINDS.get(name, RecordKind.CUSTOMER_PROFILE))
     for query in [*QUERIES[name], "?_facets=True"]:
         with CaptureQueriesContext(connection) as queries:
             response = admin_client.get(url(name) + query)
@@ -313,7 +335,7 @@ def test_changelists_count_at_most_once(admin_client, name):
 
 @pytest.mark.parametrize("name", CHANGELISTS)
 def test_changelists_leave_trusthubs_payloads_unread(admin_client, name):
-    make_evaluations(3, start=JAN_2024, step=DAY)
+    make_evaluations(3, start=JAN_2024, step=DAY, kind=KINDS.get(name, RecordKind.CUSTOMER_PROFILE))
     with CaptureQueriesContext(connection) as queries:
         assert admin_client.get(url(name)).status_code == 200
     assert not [q["sql"] for q in queries if '."raw"' in q["sql"]]
@@ -327,16 +349,22 @@ def test_changelist_queries_do_not_grow_with_the_rows_shown(admin_client, name):
             assert admin_client.get(url(name)).status_code == 200
         return len(queries)
 
-    make_evaluations(3, start=JAN_2024, step=DAY)
+    kind = KINDS.get(name, RecordKind.CUSTOMER_PROFILE)
+    make_evaluations(3, start=JAN_2024, step=DAY, kind=kind)
     few = queries_for_page()
-    for _ in range(10):
-        make_evaluations(10, start=datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC), step=DAY)
+    march = datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC)
+    for n in range(10):
+        # The evaluations' list shows both kinds of record.
+        other = RecordKind.TRUST_PRODUCT if name == "evaluation_changelist" and n % 2 else kind
+        make_evaluations(10, start=march, step=DAY, kind=other)
     assert queries_for_page() == few
 
 
-def test_evaluation_page_queries_do_not_grow_with_the_history(admin_client):
-    profile = make_evaluations(3, start=JAN_2024, step=DAY)
-    newest = profile.evaluations.order_by("-requested_at").first()
+@pytest.mark.parametrize("kind", RecordKind)
+def test_evaluation_page_queries_do_not_grow_with_the_history(admin_client, kind):
+    record = make_evaluations(3, start=JAN_2024, step=DAY, kind=kind)
+    newest = record.evaluations.order_by("-requested_at").first()
+    record_page = url(f"{record._meta.model_name}_change", record.pk)
 
     def queries_for(path: str) -> int:
         admin_client.get(path)  # warm caches (content types) first
@@ -345,22 +373,12 @@ def test_evaluation_page_queries_do_not_grow_with_the_history(admin_client):
         return len(queries)
 
     evaluation_page = queries_for(url("evaluation_change", newest.pk))
-    profile_page = queries_for(url("customerprofile_change", profile.pk))
-    Evaluation.objects.filter(customer_profile=profile).delete()
-    Evaluation.objects.bulk_create(
-        Evaluation(
-            customer_profile=profile,
-            policy=profile.policy,
-            trigger="schedule",
-            state="completed",
-            status="compliant",
-            requested_at=JAN_2024 + i * HOUR,
-        )
-        for i in range(300)
-    )
-    newest = profile.evaluations.order_by("-requested_at").first()
+    before = queries_for(record_page)
+    record.evaluations.all().delete()
+    bulk_evaluations(record, [JAN_2024 + i * HOUR for i in range(300)])
+    newest = record.evaluations.order_by("-requested_at").first()
     assert queries_for(url("evaluation_change", newest.pk)) == evaluation_page
-    assert queries_for(url("customerprofile_change", profile.pk)) == profile_page
+    assert queries_for(record_page) == before
 
 
 # --- the date drill-down -----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The admin of trust products, beside their profiles: their list and page, re-evaluation and
-its permission, each profile's page with its trust products, TrustHub's rejection errors.
-TrustHub is the sandbox serving the demo world."""
+its permission, each profile's page with its trust products, TrustHub's rejection errors, and
+the evaluations' list by kind and record. TrustHub is the sandbox serving the demo world."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from django.utils import timezone
 from tests.factories import ACME, STARK, UMBRELLA, bulk_evaluations, sync_world
 from tests.test_admin import action_post, evaluate, message_texts, staff, text, url
 from trusthub_eval import services, sync
-from trusthub_eval.models import CustomerProfile, Evaluation, Policy, TrustProduct
+from trusthub_eval.admin import evaluation as evaluation_admin
+from trusthub_eval.models import (
+    CustomerProfile,
+    DuplicateEvaluation,
+    Evaluation,
+    Policy,
+    TrustProduct,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -429,3 +436,163 @@ def test_profile_page_queries_do_not_grow_with_its_trust_products(
     with django_assert_max_num_queries(len(few)):
         response = admin_client.get(page)
     assert section(response, "business").count("<tr class=") == 1 + 3 + 30
+
+
+# --- the evaluations' list ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed(products):
+    """Evaluations of profiles and of trust products."""
+    umbrella = CustomerProfile.objects.get(sid=UMBRELLA)
+    acme = CustomerProfile.objects.get(sid=ACME)
+    return {
+        "umbrella": evaluate(umbrella),
+        "acme": evaluate(acme),
+        "umbrella_a2p": evaluate(products[UMBRELLA_A2P]),
+        "acme_a2p": evaluate(products[ACME_A2P]),
+        "acme_shaken": evaluate(products[ACME_SHAKEN]),
+    }
+
+
+def shown(admin_client, query: str) -> set[int]:
+    response = admin_client.get(url("evaluation_changelist") + query)
+    assert response.status_code == 200, query
+    return {e.pk for e in response.context["cl"].result_list}
+
+
+def test_evaluation_list_shows_what_was_evaluated_linked(admin_client, products, mixed):
+    response = admin_client.get(url("evaluation_changelist"))
+    body = response.content.decode()
+    row = next(
+        r for r in re.findall(r"<tr>.*?</tr>", body, flags=re.S) if str(mixed["acme_a2p"]) in r
+    )
+    product = products[ACME_A2P]
+    assert (
+        f'<a href="{url("trustproduct_change", product.pk)}">{html.escape(str(product))}</a>' in row
+    )
+    assert f"Trust Product · {html.escape(str(product.policy))}" in row
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", body, flags=re.S) if str(mixed["acme"]) in r)
+    assert url("customerprofile_change", mixed["acme"].customer_profile_id) in row
+    assert "Customer Profile · " in row
+
+
+def test_evaluation_list_filters_by_kind_and_record(admin_client, products, mixed):
+    ids = {name: e.pk for name, e in mixed.items()}
+    acme = CustomerProfile.objects.get(sid=ACME)
+    products_only = {ids["umbrella_a2p"], ids["acme_a2p"], ids["acme_shaken"]}
+    assert shown(admin_client, "?kind=trust-product") == products_only
+    assert shown(admin_client, "?kind=customer-profile") == {ids["umbrella"], ids["acme"]}
+    assert shown(admin_client, "?kind=nonsense") == set(ids.values())
+    assert shown(admin_client, f"?trust_product__id__exact={products[ACME_A2P].pk}") == {
+        ids["acme_a2p"]
+    }
+    built_on_acme = f"?trust_product__customer_profile__id__exact={acme.pk}"
+    assert shown(admin_client, built_on_acme) == {ids["acme_a2p"], ids["acme_shaken"]}
+    assert shown(admin_client, f"?customer_profile__id__exact={acme.pk}") == {ids["acme"]}
+    # Filters combine.
+    a2p = products[ACME_A2P].policy_id
+    assert shown(admin_client, built_on_acme + f"&policy__id__exact={a2p}") == {ids["acme_a2p"]}
+    # The sidebar offers the kinds, and shows a chosen record (only while one is chosen).
+    sidebar = admin_client.get(url("evaluation_changelist") + built_on_acme).content.decode()
+    sidebar = sidebar.split('id="changelist-filter"')[1]
+    assert "By what was evaluated" in sidebar and "Trust Product" in sidebar
+    assert "By trust product&#x27;s customer profile" in sidebar and "Acme Anvils Inc." in sidebar
+    plain = admin_client.get(url("evaluation_changelist")).content.decode()
+    assert "By trust product&#x27;s customer profile" not in plain
+
+
+def test_evaluation_list_searches_trust_products(admin_client, products, mixed):
+    ids = {name: e.pk for name, e in mixed.items()}
+    assert shown(admin_client, f"?q={ACME_A2P}") == {ids["acme_a2p"]}
+    assert shown(admin_client, f"?q={ACME}") == {ids["acme"]}
+    assert shown(admin_client, "?q=umbrella") == {ids["umbrella"], ids["umbrella_a2p"]}
+    assert shown(admin_client, "?q=shaken") == {ids["acme_shaken"]}
+    assert shown(admin_client, f"?q=BU{'0' * 32}") == set()
+
+
+def test_a_search_matching_many_records_reads_them_by_subquery(admin_client, mixed, monkeypatch):
+    # Past the keys it reads, a search asks for the records' evaluations by a subquery.
+    monkeypatch.setattr(evaluation_admin, "SEARCH_KEYS", 1)
+    ids = {name: e.pk for name, e in mixed.items()}
+    assert shown(admin_client, "?q=acme") == {ids["acme"], ids["acme_a2p"], ids["acme_shaken"]}
+    assert shown(admin_client, "?q=umbrella") == {ids["umbrella"], ids["umbrella_a2p"]}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "trust_product__id__exact=abc",
+        "trust_product__customer_profile__id__exact=%C2%B2",
+        "trust_product__customer_profile__id__exact=" + "9" * 30,
+        "customer_profile__id__exact=%00",
+        "kind=%00",
+    ],
+)
+def test_bad_record_filters_are_a_clean_answer(admin_client, products, mixed, query):
+    response = admin_client.get(url("evaluation_changelist") + "?" + query)
+    assert response.status_code in (200, 302)
+
+
+def test_evaluation_list_queries_do_not_grow_with_trust_product_rows(
+    admin_client, products, mixed, django_assert_max_num_queries
+):
+    queries = ("", "?kind=trust-product", f"?trust_product__id__exact={products[ACME_A2P].pk}")
+    admin_client.get(url("evaluation_changelist"))  # warm caches (content types) first
+    few = {}
+    for query in queries:
+        with django_assert_max_num_queries(30) as captured:
+            assert admin_client.get(url("evaluation_changelist") + query).status_code == 200
+        few[query] = len(captured)
+    now = timezone.now()
+    for product in products.values():
+        bulk_evaluations(product, [now - datetime.timedelta(hours=n) for n in range(4)])
+    for query in queries:
+        with django_assert_max_num_queries(few[query]):
+            response = admin_client.get(url("evaluation_changelist") + query)
+        for row in response.context["cl"].result_list:
+            assert "raw" in row.get_deferred_fields()
+            if row.trust_product_id:
+                assert "raw" in row.trust_product.get_deferred_fields()
+
+
+def test_evaluation_page_of_a_trust_product_names_it_not_a_profile(admin_client, products, mixed):
+    evaluation = mixed["acme_a2p"]
+    response = admin_client.get(url("evaluation_change", evaluation.pk))
+    page = text(response)
+    assert f"Trust product: {products[ACME_A2P]}" in page
+    assert "Customer profile:" not in page
+    assert url("trustproduct_change", products[ACME_A2P].pk) in response.content.decode()
+
+
+def test_queue_page_names_a_trust_product_in_flight(admin_client, products):
+    services.request_evaluation(products[ACME_A2P], trigger="cli")
+    response = admin_client.get(url("evaluation_health"))
+    assert response.status_code == 200
+    oldest = response.content.decode().split("Oldest in flight")[1]
+    assert html.escape(str(products[ACME_A2P])) in oldest and "Trust Product" in oldest
+
+
+def test_every_page_opens_for_a_user_with_the_view_permissions(client, products, mixed):
+    client.force_login(staff("viewer", *VIEW_EVERYTHING))
+    for page in (
+        url("trustproduct_changelist"),
+        url("trustproduct_change", products[STARK_CNAM].pk),
+        url("customerprofile_change", CustomerProfile.objects.get(sid=ACME).pk),
+        url("evaluation_change", mixed["acme_a2p"].pk),
+        url("evaluation_changelist") + "?kind=trust-product",
+    ):
+        assert client.get(page).status_code == 200, page
+
+
+def test_a_duplicate_of_a_trust_products_evaluation_names_the_product(admin_client, products):
+    product = products[ACME_A2P]
+    evaluation = evaluate(product)
+    duplicate = DuplicateEvaluation.objects.create(
+        sid="EL" + "d" * 32, evaluation=evaluation, trust_product=product, policy=product.policy
+    )
+    listing = admin_client.get(url("duplicateevaluation_changelist")).content.decode()
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", listing, flags=re.S) if duplicate.sid in r)
+    assert f'<td class="field-record">{html.escape(str(product))}</td>' in row
+    page = admin_client.get(url("duplicateevaluation_change", duplicate.pk))
+    assert url("trustproduct_change", product.pk) in page.content.decode()

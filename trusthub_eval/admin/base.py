@@ -35,6 +35,14 @@ else:
 PAYLOAD_SHOWN = 100_000
 # A page reads at most this many characters of a record's rejection errors.
 ERRORS_SHOWN = 10_000
+# What a list of evaluations leaves unread: their payloads, their records' and their policies'.
+EVALUATION_PAYLOADS = (
+    "raw",
+    "customer_profile__raw",
+    "trust_product__raw",
+    "policy__raw",
+    "policy__requirements",
+)
 
 
 @dataclasses.dataclass(frozen=True)

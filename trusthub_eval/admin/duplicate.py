@@ -8,28 +8,30 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval.admin.base import ReadOnlyAdmin, stored_json
-from trusthub_eval.models import DuplicateEvaluation
+from trusthub_eval.models import CustomerProfile, DuplicateEvaluation, TrustProduct
 
 
 @admin.register(DuplicateEvaluation)
 class DuplicateEvaluationAdmin(ReadOnlyAdmin):
     """Evaluations TrustHub created for a request whose row already holds another."""
 
-    list_display = ["sid", "evaluation", "customer_profile", "policy", "status", "recorded_at"]
-    list_select_related = ["evaluation", "customer_profile", "policy"]
+    list_display = ["sid", "evaluation", "record", "policy", "status", "recorded_at"]
+    list_select_related = ["evaluation", "customer_profile", "trust_product", "policy"]
     list_defer = (
         "raw",
         "evaluation__raw",
         "customer_profile__raw",
+        "trust_product__raw",
         "policy__raw",
         "policy__requirements",
     )
-    raw_id_fields = ["evaluation", "customer_profile", "policy"]
+    raw_id_fields = ["evaluation", "customer_profile", "trust_product", "policy"]
     search_fields = ["=sid"]
     fields = [
         "sid",
         "evaluation",
         "customer_profile",
+        "trust_product",
         "policy",
         "status",
         "date_created",
@@ -37,6 +39,10 @@ class DuplicateEvaluationAdmin(ReadOnlyAdmin):
         "payload",
     ]
     readonly_fields = ["payload"]
+
+    @admin.display(description=_("evaluated"))
+    def record(self, duplicate: DuplicateEvaluation) -> CustomerProfile | TrustProduct | None:
+        return duplicate.customer_profile or duplicate.trust_product
 
     @admin.display(description=_("TrustHub payload"))
     def payload(self, duplicate: DuplicateEvaluation) -> SafeString | str:

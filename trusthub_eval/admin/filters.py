@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from trusthub_eval.kinds import RecordKind
 from trusthub_eval.models import Evaluation, Policy, Record
 
 
@@ -60,6 +61,22 @@ class PolicyFilter(admin.RelatedFieldListFilter):
         return [(policy.pk, str(policy)) for policy in Policy.objects.only("sid", "friendly_name")]
 
 
+class RecordKindFilter(admin.SimpleListFilter):
+    """What was evaluated: a Customer Profile or a Trust Product."""
+
+    title = _("what was evaluated")
+    parameter_name = "kind"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, str(label)) for value, label in RecordKind.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value not in RecordKind.values:
+            return queryset
+        return queryset.filter(**{f"{RecordKind(value).field}__isnull": False})
+
+
 class ChosenRecordFilter(admin.RelatedFieldListFilter):
     """A filter on a related record, set by the links of other pages ("History", "its trust
     products"): it shows the chosen record and "All" while one is chosen, and nothing otherwise.
@@ -81,3 +98,11 @@ class ChosenRecordFilter(admin.RelatedFieldListFilter):
             return []
         chosen = field.related_model._default_manager.filter(pk__in=keys)
         return [(record.pk, str(record)) for record in chosen.only("sid", "friendly_name")]
+
+
+class BuiltOnFilter(ChosenRecordFilter):
+    """Evaluations of the trust products built on the chosen customer profile."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.title = gettext("trust product's customer profile")

@@ -23,7 +23,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from trusthub_eval import queue, services
-from trusthub_eval.admin.base import ModelAdmin, change_url
+from trusthub_eval.admin.base import EVALUATION_PAYLOADS, ModelAdmin, change_url
 from trusthub_eval.admin.forms import ReevaluateForm
 from trusthub_eval.conf import app_settings
 from trusthub_eval.display import grouped
@@ -259,8 +259,8 @@ class QueueMixin(ModelAdmin):
         )
         oldest = (
             Evaluation.objects.active()
-            .select_related("customer_profile", "policy")
-            .defer("raw", "customer_profile__raw", "policy__raw", "policy__requirements")
+            .select_related("customer_profile", "trust_product", "policy")
+            .defer(*EVALUATION_PAYLOADS)
             .order_by("requested_at")[:HEALTH_OLDEST]
         )
         context = {
