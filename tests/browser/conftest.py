@@ -12,7 +12,11 @@ from django.db import connections
 from tests.factories import ACME, INITECH, STARK, UMBRELLA, sync_world
 from tests.services import CHROMIUM_BIN
 from trusthub_eval import queue, services, sync
-from trusthub_eval.models import Evaluation, Policy
+from trusthub_eval.models import Evaluation, Policy, TrustProduct
+
+UMBRELLA_A2P = "BU2e0e704ccf062d8b699b4e174a246d65"  # noncompliant: no company type
+ACME_A2P = "BUb65649846535a13c146877e5d89a1eb4"  # compliant, built on Acme
+STARK_CNAM = "BU2d498b49f35d4585f8faab7b4008339c"  # rejected by Twilio
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -56,8 +60,14 @@ def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 @pytest.fixture
 def history(sandbox) -> dict[str, Any]:
-    """Profiles with every kind of verdict and state, and an evaluation with a diff."""
+    """Profiles and trust products with every kind of verdict and state, TrustHub's rejection
+    errors, and an evaluation with a diff."""
     profiles = sync_world()
+    sync.sync_trust_products()
+    products = {p.sid: p for p in TrustProduct.objects.select_related("policy")}
+    for sid in (ACME_A2P, UMBRELLA_A2P, UMBRELLA_A2P):
+        evaluation, _ = services.request_evaluation(products[sid], trigger="cli")
+        queue.run_evaluation(evaluation.pk)
     sync.sync_evaluations(profiles[ACME])
     for sid in (INITECH, UMBRELLA):
         evaluation, _ = services.request_evaluation(profiles[sid], trigger="cli")
@@ -72,6 +82,10 @@ def history(sandbox) -> dict[str, Any]:
     return {
         "acme": profiles[ACME].pk,
         "stark": profiles[STARK].pk,
+        "umbrella": profiles[UMBRELLA].pk,
         "regressed": acme_history[2].pk,
         "policy": Policy.objects.order_by("pk").first().pk,
+        "product": products[UMBRELLA_A2P].pk,
+        "rejected_product": products[STARK_CNAM].pk,
+        "product_evaluation": products[UMBRELLA_A2P].evaluations.latest().pk,
     }

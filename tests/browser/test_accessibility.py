@@ -20,17 +20,37 @@ from tests.services import AXE_JS
 pytestmark = [pytest.mark.browser, pytest.mark.axe, pytest.mark.django_db(transaction=True)]
 
 # Each page as someone who may re-evaluate sees it: badges of every kind on striped rows, the
-# timeline's links, the results and their diff, the confirmation page.
+# timeline's links, the results and their diff, TrustHub's rejection errors, a profile's trust
+# products, the confirmation pages.
 PAGES = {
     "profiles": "/admin/trusthub_eval/customerprofile/",
     "profile": "/admin/trusthub_eval/customerprofile/{acme}/change/",
     "profile with a failure": "/admin/trusthub_eval/customerprofile/{stark}/change/",
+    "profile with a noncompliant trust product": (
+        "/admin/trusthub_eval/customerprofile/{umbrella}/change/"
+    ),
+    "trust products": "/admin/trusthub_eval/trustproduct/",
+    "trust products of a profile": (
+        "/admin/trusthub_eval/trustproduct/?customer_profile__id__exact={acme}"
+    ),
+    "trust product": "/admin/trusthub_eval/trustproduct/{product}/change/",
+    "rejected trust product": "/admin/trusthub_eval/trustproduct/{rejected_product}/change/",
     "evaluations": "/admin/trusthub_eval/evaluation/",
     "evaluations, filtered": "/admin/trusthub_eval/evaluation/?state__exact=completed",
+    "evaluations of trust products": (
+        "/admin/trusthub_eval/evaluation/?kind=trust-product"
+        "&trust_product__customer_profile__id__exact={umbrella}"
+    ),
     "evaluation and diff": "/admin/trusthub_eval/evaluation/{regressed}/change/",
+    "trust product's evaluation and diff": (
+        "/admin/trusthub_eval/evaluation/{product_evaluation}/change/"
+    ),
+    "queue": "/admin/trusthub_eval/evaluation/health/",
     "policies": "/admin/trusthub_eval/policy/",
     "policy": "/admin/trusthub_eval/policy/{policy}/change/",
 }
+# The changelists whose bulk action leads to a confirmation page.
+CONFIRMED = ("customerprofile", "trustproduct")
 
 
 DJANGOS = "#header, .breadcrumbs, #nav-sidebar, #toggle-nav-sidebar, #toolbar, #changelist-filter"
@@ -74,7 +94,7 @@ def describe(found: list[dict[str, Any]]) -> str:
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_the_admin_pages_add_no_accessibility_violations(page, live_server, history, theme):
-    staff("operator", *VIEW_ALL, "request_evaluation")
+    staff("operator", *VIEW_ALL, "view_trustproduct", "request_evaluation")
     log_in(page, live_server, "operator")
     page.emulate_media(color_scheme=theme)
     # The yardstick: Django's own index page passes, so whatever fails below is ours.
@@ -86,13 +106,15 @@ def test_the_admin_pages_add_no_accessibility_violations(page, live_server, hist
         found = violations(page, label=name)
         if found:
             failures[name] = found
-    # The re-evaluation confirmation page, reached as people reach it.
-    page.goto(f"{live_server.url}/admin/trusthub_eval/customerprofile/")
-    page.check("#action-toggle")
-    page.select_option("select[name=action]", "reevaluate_selected")
-    page.click("button[name=index]")
-    page.wait_for_selector("form input[name=confirm]", state="attached")
-    found = violations(page, label="re-evaluate confirmation")
-    if found:
-        failures["re-evaluate confirmation"] = found
+    # The re-evaluation confirmation pages, reached as people reach them.
+    for model in CONFIRMED:
+        page.goto(f"{live_server.url}/admin/trusthub_eval/{model}/")
+        page.check("#action-toggle")
+        page.select_option("select[name=action]", "reevaluate_selected")
+        page.click("button[name=index]")
+        page.wait_for_selector("form input[name=confirm]", state="attached")
+        name = f"re-evaluate confirmation ({model})"
+        found = violations(page, label=name)
+        if found:
+            failures[name] = found
     assert failures == {}, describe([{"page": k, "violations": v} for k, v in failures.items()])

@@ -20,7 +20,7 @@ from tests.factories import ACME, STARK, UMBRELLA, sync_world
 from tests.services import ROOT
 from tests.worker import celery_worker
 from trusthub_eval import sync
-from trusthub_eval.models import CustomerProfile, Evaluation
+from trusthub_eval.models import CustomerProfile, Evaluation, TrustProduct
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -75,7 +75,7 @@ def profile_url(live_server: Any, profile: CustomerProfile) -> str:
     return f"{live_server.url}/admin/trusthub_eval/customerprofile/{profile.pk}/change/"
 
 
-VIEW_ALL = ("view_customerprofile", "view_evaluation", "view_policy")
+VIEW_ALL = ("view_customerprofile", "view_trustproduct", "view_evaluation", "view_policy")
 
 
 @pytest.mark.worker
@@ -83,6 +83,7 @@ def test_operator_reevaluates_and_watches_the_answer_arrive(
     page, live_server, sandbox, settings, tmp_path
 ):
     profiles = sync_world()
+    sync.sync_trust_products()
     sync.sync_evaluations(profiles[ACME])
     acme = profiles[ACME]
     staff("operator", *VIEW_ALL, "request_evaluation")
@@ -95,9 +96,10 @@ def test_operator_reevaluates_and_watches_the_answer_arrive(
         acme_row = page.locator("#result_list tr", has_text="Acme Anvils Inc.")
         assert acme_row.locator(".trusthub-badge.trusthub-compliant").is_visible()
 
-        # The profile: its history and the timeline picture.
+        # The profile: its trust products, its history and the timeline picture.
         page.click("text=Acme Anvils Inc.")
         page.wait_for_url(profile_url(live_server, acme))
+        assert page.locator("#trusthub-business tbody tr").count() == 1 + 3
         assert page.locator("#trusthub-history tbody tr").count() == 5
         timeline = page.locator("svg.trusthub-timeline")
         assert timeline.is_visible()
@@ -158,12 +160,18 @@ def test_operator_reevaluates_and_watches_the_answer_arrive(
         page.click("input[type=submit][value='Yes, re-evaluate']")
         assert "Queued 2 evaluations." in page.locator("ul.messagelist").inner_text()
 
+        # A trust product of Acme's, from the profile's page.
+        page.goto(profile_url(live_server, acme))
+        page.click("#trusthub-business a:has-text('A2P Messaging Profile')")
+        page.click("button:has-text('Re-evaluate now')")
+        assert "queued" in page.locator("ul.messagelist").inner_text()
+
         # Watch them arrive in the evaluation list.
         page.goto(f"{live_server.url}/admin/trusthub_eval/evaluation/?trigger__exact=admin")
         reload_until(
             page,
             lambda: (
-                page.locator("#result_list tbody tr").count() == 3
+                page.locator("#result_list tbody tr").count() == 4
                 and "Queued" not in page.locator("#result_list tbody").inner_text()
                 and "Running" not in page.locator("#result_list tbody").inner_text()
             ),
@@ -181,6 +189,8 @@ def test_operator_reevaluates_and_watches_the_answer_arrive(
 
     queued = Evaluation.objects.filter(customer_profile__in=chosen, trigger="admin")
     assert {(e.state, e.requested_by.username) for e in queued} == {("completed", "operator")}
+    product = Evaluation.objects.get(trust_product__isnull=False, trigger="admin")
+    assert (product.trust_product.customer_profile, product.state) == (acme, "completed")
     assert "trusthub_eval.run_evaluation" in w.output
 
 
@@ -206,7 +216,7 @@ def test_every_column_of_the_lists_shows_at_1400_px_beside_the_navigation(
     staff("operator", *VIEW_ALL, "request_evaluation")
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, live_server, "operator", fold_navigation=False)
-    for changelist in ("customerprofile", "evaluation"):
+    for changelist in ("customerprofile", "trustproduct", "evaluation"):
         page.goto(f"{live_server.url}/admin/trusthub_eval/{changelist}/")
         assert page.locator("#nav-sidebar").is_visible()
         assert page.locator("#changelist-filter").is_visible()
@@ -224,3 +234,51 @@ def test_every_column_of_the_lists_shows_at_1400_px_beside_the_navigation(
             " return r.scrollWidth <= r.clientWidth; }"
         )
         screenshot(page, f"{changelist}-list-1400")
+
+
+def test_a_trust_product_and_the_profile_it_is_built_on(page, live_server, history):
+    staff("operator", *VIEW_ALL, "request_evaluation")
+    log_in(page, live_server, "operator")
+
+    # The profile's page: the profile and its trust product side by side.
+    umbrella = (
+        f"{live_server.url}/admin/trusthub_eval/customerprofile/{history['umbrella']}/change/"
+    )
+    page.goto(umbrella)
+    rows = page.locator("#trusthub-business tbody tr")
+    assert rows.count() == 2
+    product_row = rows.nth(1)
+    assert product_row.locator(".trusthub-badge.trusthub-noncompliant").is_visible()
+    assert product_row.locator("ul.trusthub-fields li").count() > 0
+    screenshot(page, "profile-trust-products", docs=True)
+
+    # Its page, from there: history, timeline, the button, the profile it is built on.
+    product = f"{live_server.url}/admin/trusthub_eval/trustproduct/{history['product']}/change/"
+    product_row.locator("th a").click()
+    page.wait_for_url(product)
+    assert page.locator("#trusthub-history tbody tr").count() == 2
+    assert page.locator("svg.trusthub-timeline circle.tl-noncompliant").count() == 2
+    assert page.locator("button:has-text('Re-evaluate now')").is_visible()
+    assert (
+        page.locator(".field-customer_profile a")
+        .get_attribute("href")
+        .endswith(f"/customerprofile/{history['umbrella']}/change/")
+    )
+    screenshot(page, "trust-product", docs=True)
+
+    # TrustHub's rejection errors, above the fields.
+    rejected = history["rejected_product"]
+    page.goto(f"{live_server.url}/admin/trusthub_eval/trustproduct/{rejected}/change/")
+    errors = page.locator("#trusthub-errors")
+    assert errors.is_visible()
+    assert errors.locator("a.trusthub-error-code").inner_text() == "18601"
+    screenshot(page, "trust-product-rejected")
+
+    # The list of trust products, and the evaluations of those built on the profile.
+    page.goto(f"{live_server.url}/admin/trusthub_eval/trustproduct/")
+    assert page.locator("#result_list tbody tr").count() == TrustProduct.objects.count()
+    screenshot(page, "trust-product-list", docs=True)
+    page.goto(umbrella)
+    page.click("text=Evaluations of these trust products")
+    assert page.locator("#result_list tbody tr").count() == 2
+    assert "Trust Product" in page.locator("#result_list tbody tr").first.inner_text()
