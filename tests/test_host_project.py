@@ -356,9 +356,11 @@ def settings_dict(snippet: str) -> dict[str, str]:
     return ast.literal_eval(value)
 
 
-def test_the_install_section_names_only_profiles_of_the_packaged_world():
+def test_the_install_section_names_only_records_of_the_packaged_world():
     section = README.read_text().split("## Install into your own project", 1)[1].split("\n## ")[0]
     world = json.loads((ROOT / "trusthub_eval/sandbox/default_world.json").read_text())
-    packaged = {profile["sid"] for profile in world["customer_profiles"]}
+    packaged = {
+        record["sid"] for kind in ("customer_profiles", "trust_products") for record in world[kind]
+    }
     named = set(re.findall(r"BU[0-9a-f]{32}", section))
     assert named and named <= packaged

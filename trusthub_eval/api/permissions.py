@@ -12,8 +12,12 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from trusthub_eval.models import Evaluation
-from trusthub_eval.permissions import REQUEST_EVALUATION, REQUEST_PERMISSIONS, has_perms
+from trusthub_eval.permissions import (
+    REQUEST_PERMISSIONS,
+    has_perms,
+    request_permissions,
+    view_permission,
+)
 
 __all__ = [
     "REQUEST_PERMISSIONS",
@@ -23,22 +27,6 @@ __all__ = [
     "request_permissions",
     "view_permission",
 ]
-
-
-def view_permission(model: type[Model]) -> str:
-    """The permission to read ``model``'s records through the API."""
-    return f"{model._meta.app_label}.view_{model._meta.model_name}"
-
-
-def request_permissions(*records: type[Model]) -> tuple[str, ...]:
-    """What requesting evaluations of ``records``' records needs: the one request permission
-    and, as for profiles (:data:`REQUEST_PERMISSIONS`), the view permissions of those records
-    and of evaluations, since the answer shows the evaluation and whether the record exists."""
-    return (
-        REQUEST_EVALUATION,
-        *(view_permission(model) for model in records),
-        view_permission(Evaluation),
-    )
 
 
 def can_view(user: Any, model: type[Model]) -> bool:
