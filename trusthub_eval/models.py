@@ -394,7 +394,13 @@ class Evaluation(models.Model):
     @property
     def kind(self) -> RecordKind:
         """The kind of record evaluated."""
-        if self.trust_product_id is not None:
+        return self.kind_of(self.trust_product_id)
+
+    @staticmethod
+    def kind_of(trust_product_id: object) -> RecordKind:
+        """The kind of an evaluation whose ``trust_product`` column holds ``trust_product_id``
+        (set exactly for a Trust Product's evaluation: the model's constraint)."""
+        if trust_product_id is not None:
             return RecordKind.TRUST_PRODUCT
         return RecordKind.CUSTOMER_PROFILE
 

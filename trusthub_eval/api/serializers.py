@@ -91,8 +91,7 @@ class RecordKindField(serializers.ChoiceField):
     @staticmethod
     def kind_of(trust_product_id: object) -> str:
         """The kind of an evaluation whose ``trust_product`` column holds ``trust_product_id``."""
-        kind = RecordKind.CUSTOMER_PROFILE if trust_product_id is None else RecordKind.TRUST_PRODUCT
-        return kind.value
+        return Evaluation.kind_of(trust_product_id).value
 
 
 # What a detail view's queryset names TrustHub's errors of a record as, selected by themselves
